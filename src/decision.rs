@@ -1,0 +1,634 @@
+//! The pure decision core: a request view in, a [`Verdict`] out. No I/O; the
+//! only state it touches is the [`Gate`] (rate limits, lockout).
+//!
+//! Order: route and HTTP method → per-IP limit → API policies → (body read
+//! by the caller) → method lookup → parameter view → lockout → hash → user
+//! and method limits → forward with the canonical path.
+
+use std::net::IpAddr;
+
+use crate::catalog::Auth;
+use crate::config::{PathPolicy, Settings};
+use crate::limits::{Allowance, Gate};
+use crate::params::Params;
+use crate::reply::{Reason, Refusal};
+use crate::route::{forward_path, route, ApiPath, PathKind, RouteError};
+use crate::signature;
+
+/// What the core needs of a request before its body is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    /// HTTP method, e.g. `POST`.
+    pub method: &'a str,
+    /// Path without query.
+    pub path: &'a str,
+    /// Raw query string (without `?`), if any.
+    pub query: Option<&'a str>,
+    /// `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// Client address.
+    pub client_ip: IpAddr,
+}
+
+/// Who signed a verified call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// The admin (system) key.
+    Admin,
+    /// A reseller's own key (its name).
+    Reseller(String),
+    /// No hash was needed (method without hash, or hash checking off).
+    Unchecked,
+    /// Not an API call (pass-through path).
+    PassThrough,
+}
+
+/// Facts about a call, known whether it is forwarded or refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallInfo {
+    /// Canonical method name when catalogued.
+    pub method: Option<String>,
+    /// Requested name when it was a legacy alias.
+    pub alias: Option<String>,
+    /// Requested name when not catalogued.
+    pub unknown: Option<String>,
+    /// `u`, when given as a single value.
+    pub user: Option<String>,
+}
+
+impl CallInfo {
+    /// Bounded-cardinality label: the canonical name, or `other`.
+    pub fn label(&self) -> &str {
+        self.method.as_deref().unwrap_or("other")
+    }
+}
+
+/// A forward decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Path and query to send upstream (alias rewritten, path canonical).
+    pub path_and_query: String,
+    /// Who signed.
+    pub signer: Signer,
+    /// Tightest rate-limit allowance, for RateLimit-* headers.
+    pub allowance: Option<Allowance>,
+}
+
+/// The core's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send upstream.
+    Forward(Forward, CallInfo),
+    /// Answer at the edge.
+    Refuse(Refusal, CallInfo),
+}
+
+/// What passed the first stage.
+#[derive(Debug, Clone)]
+pub enum Admitted {
+    /// An API call; the body is needed next.
+    Api(ApiPath, Option<Allowance>),
+    /// A path forwarded unchanged (REST v2 or other paths, when configured).
+    PassThrough(Option<Allowance>),
+}
+
+fn route_refusal(e: RouteError) -> Refusal {
+    let reason = match e {
+        RouteError::Traversal
+        | RouteError::EncodedSeparator
+        | RouteError::BadEscape
+        | RouteError::NotAbsolute => Reason::BadRequest,
+        RouteError::BadName
+        | RouteError::TooDeep
+        | RouteError::BadFormat
+        | RouteError::NoMethod => Reason::NotFound,
+    };
+    Refusal::with(reason, e.to_string())
+}
+
+/// Whether a request with this head carries a body worth reading.
+pub fn is_get(method: &str) -> bool {
+    method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
+}
+
+/// Stage one, before the body is read: route, HTTP method, per-IP limit,
+/// API policies.
+pub fn admit<G: Gate + ?Sized>(
+    s: &Settings,
+    gate: &G,
+    head: &Head<'_>,
+) -> Result<Admitted, Refusal> {
+    let kind = route(head.path, &s.prefix).map_err(route_refusal)?;
+    let policy = match &kind {
+        PathKind::Api(_) => None,
+        PathKind::RestV2 => Some(s.rest_v2),
+        PathKind::Other => Some(s.other_paths),
+    };
+    if policy == Some(PathPolicy::Refuse) {
+        return Err(Refusal::new(Reason::NotFound));
+    }
+    let allowance = gate.check_ip(head.client_ip)?;
+    let api = match kind {
+        PathKind::Api(a) => a,
+        _ => return Ok(Admitted::PassThrough(allowance)),
+    };
+    let get = is_get(head.method);
+    if !get && !head.method.eq_ignore_ascii_case("POST") {
+        return Err(Refusal::new(Reason::MethodNotAllowed));
+    }
+    if !s.allow_api {
+        return Err(Refusal::new(Reason::ApiDisabled));
+    }
+    if get && !s.allow_get {
+        return Err(Refusal::new(Reason::GetDisabled));
+    }
+    Ok(Admitted::Api(api, allowance))
+}
+
+/// Stage two, with the whole body: everything else.
+pub fn finish<G: Gate + ?Sized>(
+    s: &Settings,
+    gate: &G,
+    head: &Head<'_>,
+    admitted: Admitted,
+    body: &[u8],
+) -> Verdict {
+    let (api, ip_allowance) = match admitted {
+        Admitted::PassThrough(a) => {
+            let mut pq = head.path.to_string();
+            if let Some(q) = head.query {
+                pq.push('?');
+                pq.push_str(q);
+            }
+            return Verdict::Forward(
+                Forward {
+                    path_and_query: pq,
+                    signer: Signer::PassThrough,
+                    allowance: a,
+                },
+                CallInfo::default(),
+            );
+        }
+        Admitted::Api(api, a) => (api, a),
+    };
+    let mut info = CallInfo::default();
+    let found = s.catalog.lookup(&api.method);
+    let (canonical, order, auth): (&str, &[String], Auth) = match found {
+        Some(f) => {
+            info.method = Some(f.method.name.clone());
+            info.alias = f.alias.map(str::to_string);
+            (&f.method.name, &f.method.hash, f.method.auth)
+        }
+        None => {
+            info.unknown = Some(api.method.clone());
+            if s.unknown_methods == PathPolicy::Refuse {
+                return Verdict::Refuse(Refusal::new(Reason::UnknownMethod), info);
+            }
+            (&api.method, s.catalog.global_order(), Auth::Hash)
+        }
+    };
+
+    let bad = |e: &dyn std::fmt::Display, info: CallInfo| {
+        Verdict::Refuse(Refusal::with(Reason::BadRequest, e.to_string()), info)
+    };
+    let mut params = Params::new();
+    let built = (|| {
+        if let Some(q) = head.query {
+            params.add_form(q.as_bytes())?;
+        }
+        params.add_body(
+            head.content_type,
+            body,
+            head.method.eq_ignore_ascii_case("POST"),
+        )?;
+        // Rails' path parameters take precedence; a different value elsewhere
+        // is the same ambiguity as a duplicate.
+        if let Some(id) = &api.id {
+            params.insert("id", crate::params::Value::Scalar(id.clone()))?;
+        }
+        if let Some(f) = &api.format {
+            params.insert("format", crate::params::Value::Scalar(f.clone()))?;
+        }
+        Ok::<_, crate::params::ParamError>(())
+    })();
+    if let Err(e) = built {
+        return bad(&e, info);
+    }
+    let user = match params.scalar("u") {
+        Ok(u) => u.map(str::to_string),
+        Err(e) => return bad(&e, info),
+    };
+    info.user = user.clone();
+    let ip = head.client_ip;
+
+    let signer = if auth == Auth::None || !s.verify_hash {
+        Signer::Unchecked
+    } else {
+        for name in order {
+            if let Err(e) = params.scalar(name) {
+                return bad(&e, info);
+            }
+        }
+        let given = match params.scalar("hash") {
+            Ok(Some(h)) => h,
+            Ok(None) => return Verdict::Refuse(Refusal::new(Reason::BadHash), info),
+            Err(e) => return bad(&e, info),
+        };
+        let who = user.as_deref().unwrap_or("");
+        if let Err(r) = gate.check_lockout(ip, who) {
+            return Verdict::Refuse(r, info);
+        }
+        let value_of = |n: &str| params.scalar(n).ok().flatten();
+        let admin_ok = signature::compute(order, value_of, s.admin_key.expose()).matches(given);
+        let reseller = user
+            .as_deref()
+            .and_then(|u| s.reseller_of.get(u))
+            .and_then(|&i| s.resellers.get(i));
+        // Both candidates are always computed, so timing does not tell which key matched.
+        let reseller_ok = reseller
+            .is_some_and(|r| signature::compute(order, value_of, r.key.expose()).matches(given));
+        let ok = admin_ok | reseller_ok;
+        gate.record_hash(ip, who, ok);
+        if !ok {
+            return Verdict::Refuse(Refusal::new(Reason::BadHash), info);
+        }
+        match (admin_ok, reseller) {
+            (true, _) => Signer::Admin,
+            (false, Some(r)) => Signer::Reseller(r.name.clone()),
+            (false, None) => Signer::Admin,
+        }
+    };
+
+    let call_allowance = match gate.check_call(ip, user.as_deref(), info.label()) {
+        Ok(a) => a,
+        Err(r) => return Verdict::Refuse(r, info),
+    };
+    let mut pq = forward_path(
+        &s.prefix,
+        canonical,
+        api.id.as_deref(),
+        api.format.as_deref(),
+    );
+    if let Some(q) = head.query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let allowance = match (ip_allowance, call_allowance) {
+        (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
+        (a, b) => a.or(b),
+    };
+    Verdict::Forward(
+        Forward {
+            path_and_query: pq,
+            signer,
+            allowance,
+        },
+        info,
+    )
+}
+
+/// Both stages at once (tests, fuzzing, benchmarks).
+pub fn decide<G: Gate + ?Sized>(s: &Settings, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
+    match admit(s, gate, head) {
+        Ok(a) => finish(s, gate, head, a, body),
+        Err(r) => Verdict::Refuse(r, CallInfo::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Open;
+
+    pub(crate) fn settings(extra: &str) -> Settings {
+        std::env::set_var("MORGW_DECISION_KEY", "456789");
+        std::env::set_var("MORGW_DECISION_RKEY", "resellerkey");
+        let text = format!(
+            r#"
+listen = ["127.0.0.1:0"]
+[upstream]
+servers = ["127.0.0.1:1"]
+[secrets]
+admin_key_env = "MORGW_DECISION_KEY"
+[[resellers]]
+name = "res1"
+key_env = "MORGW_DECISION_RKEY"
+users = ["ruser"]
+{extra}
+"#
+        );
+        Settings::from_toml(&text, None).unwrap()
+    }
+
+    fn head<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> Head<'a> {
+        Head {
+            method,
+            path,
+            query,
+            content_type: None,
+            client_ip: "192.0.2.1".parse().unwrap(),
+        }
+    }
+
+    fn post(s: &Settings, path: &str, query: &str) -> Verdict {
+        let q = (!query.is_empty()).then_some(query);
+        decide(s, &Open, &head("POST", path, q), b"")
+    }
+
+    fn fwd_path(v: &Verdict) -> &str {
+        match v {
+            Verdict::Forward(f, _) => &f.path_and_query,
+            Verdict::Refuse(r, _) => panic!("refused: {r:?}"),
+        }
+    }
+
+    fn reason(v: &Verdict) -> Reason {
+        match v {
+            Verdict::Refuse(r, _) => r.reason,
+            Verdict::Forward(f, _) => panic!("forwarded: {f:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_user_details_get() {
+        let s = settings("");
+        let v = post(
+            &s,
+            "/billing/api/user_details_get",
+            "u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441",
+        );
+        assert_eq!(
+            fwd_path(&v),
+            "/billing/api/user_details_get?u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441"
+        );
+    }
+
+    #[test]
+    fn seed_user_details_update_via_alias_is_rewritten() {
+        let s = settings("");
+        let q = "u=admin&user_id=123&u15=1&hash=0ab3ede4e93a55c38855a2cc9b9e169d35442c48";
+        let v = post(&s, "/billing/api/user_update_api", q);
+        assert_eq!(
+            fwd_path(&v),
+            format!("/billing/api/user_details_update?{q}")
+        );
+        match v {
+            Verdict::Forward(_, info) => {
+                assert_eq!(info.alias.as_deref(), Some("user_update_api"));
+                assert_eq!(info.method.as_deref(), Some("user_details_update"));
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn seed_user_calls_get_and_uppercase_hash() {
+        let s = settings("");
+        let v = post(
+            &s,
+            "/billing/api/user_calls",
+            "u=admin&s_user=123&hash=F7C3BC1D808E04732ADF679965CCC34CA7AE3441",
+        );
+        assert!(fwd_path(&v).starts_with("/billing/api/user_calls_get?"));
+    }
+
+    #[test]
+    fn seed_device_clis_get_key_only() {
+        std::env::set_var("MORGW_DECISION_SECRET", "secret");
+        let s2 = Settings::from_toml(
+            r#"
+listen = ["127.0.0.1:0"]
+[upstream]
+servers = ["127.0.0.1:1"]
+[secrets]
+admin_key_env = "MORGW_DECISION_SECRET"
+"#,
+            None,
+        )
+        .unwrap();
+        let v = post(
+            &s2,
+            "/billing/api/device_clis_get",
+            "u=admin&devices_id=6&users_id=3&hash=e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4",
+        );
+        fwd_path(&v);
+    }
+
+    #[test]
+    fn wrong_or_missing_hash_refused() {
+        let s = settings("");
+        let v = post(
+            &s,
+            "/billing/api/user_details_get",
+            "u=admin&user_id=124&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441",
+        );
+        assert_eq!(reason(&v), Reason::BadHash);
+        let v = post(&s, "/billing/api/user_details_get", "u=admin&user_id=123");
+        assert_eq!(reason(&v), Reason::BadHash);
+    }
+
+    #[test]
+    fn reseller_key_only_for_its_users() {
+        let s = settings("");
+        let h = signature::compute(&["user_id"], |_| Some("5"), b"resellerkey");
+        let q = format!("u=ruser&user_id=5&hash={}", h.as_str());
+        let v = post(&s, "/billing/api/user_details_get", &q);
+        match &v {
+            Verdict::Forward(f, _) => assert_eq!(f.signer, Signer::Reseller("res1".into())),
+            other => panic!("{other:?}"),
+        }
+        let q = format!("u=someone&user_id=5&hash={}", h.as_str());
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_details_get", &q)),
+            Reason::BadHash
+        );
+        // The admin key also works for a reseller's users.
+        let h = signature::compute(&["user_id"], |_| Some("5"), b"456789");
+        let q = format!("u=ruser&user_id=5&hash={}", h.as_str());
+        assert!(matches!(
+            post(&s, "/billing/api/user_details_get", &q),
+            Verdict::Forward(..)
+        ));
+    }
+
+    #[test]
+    fn policies() {
+        let s = settings("[api]\nallow_api = false\n");
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_details_get", "")),
+            Reason::ApiDisabled
+        );
+        let s = settings("");
+        let v = decide(
+            &s,
+            &Open,
+            &head("GET", "/billing/api/user_details_get", None),
+            b"",
+        );
+        assert_eq!(reason(&v), Reason::GetDisabled);
+        let v = decide(
+            &s,
+            &Open,
+            &head("HEAD", "/billing/api/user_details_get", None),
+            b"",
+        );
+        assert_eq!(reason(&v), Reason::GetDisabled);
+        let v = decide(
+            &s,
+            &Open,
+            &head("PUT", "/billing/api/user_details_get", None),
+            b"",
+        );
+        assert_eq!(reason(&v), Reason::MethodNotAllowed);
+        let s = settings("[api]\nallow_get = true\n");
+        let v = decide(
+            &s,
+            &Open,
+            &head(
+                "GET",
+                "/billing/api/user_details_get",
+                Some("user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
+            ),
+            b"",
+        );
+        assert!(matches!(v, Verdict::Forward(..)));
+    }
+
+    #[test]
+    fn conflicting_values_refused_never_forwarded() {
+        let s = settings("");
+        let good = "user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+        let v = post(
+            &s,
+            "/billing/api/user_details_get",
+            &format!("{good}&user_id=999"),
+        );
+        assert_eq!(reason(&v), Reason::BadRequest);
+        let mut h = head("POST", "/billing/api/user_details_get", Some(good));
+        h.content_type = Some("application/json");
+        let v = decide(&s, &Open, &h, br#"{"user_id":"999"}"#);
+        assert_eq!(reason(&v), Reason::BadRequest);
+        let v = decide(&s, &Open, &h, br#"{"user_id":123}"#);
+        assert!(
+            matches!(v, Verdict::Forward(..)),
+            "same value as number is fine"
+        );
+    }
+
+    #[test]
+    fn json_body_signed_call() {
+        let s = settings("");
+        let mut h = head("POST", "/billing/api/user_details_update", None);
+        h.content_type = Some("application/json");
+        let v = decide(
+            &s,
+            &Open,
+            &h,
+            br#"{"u":"admin","user_id":123,"u15":1,"hash":"0ab3ede4e93a55c38855a2cc9b9e169d35442c48"}"#,
+        );
+        assert_eq!(fwd_path(&v), "/billing/api/user_details_update");
+    }
+
+    #[test]
+    fn path_forms_verified_or_refused() {
+        let s = settings("");
+        let q = "user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+        for p in [
+            "/billing//api/user_details_get/",
+            "/billing/api/user%5Fdetails_get",
+        ] {
+            assert!(
+                fwd_path(&post(&s, p, q)).starts_with("/billing/api/user_details_get?"),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            reason(&post(&s, "/billing/api/../api/user_details_get", q)),
+            Reason::BadRequest
+        );
+        assert_eq!(
+            reason(&post(&s, "/billing/api%2Fuser_details_get", q)),
+            Reason::BadRequest
+        );
+        // `.xml` becomes params[:format]; not hash-covered, still verified.
+        assert!(fwd_path(&post(&s, "/billing/api/user_details_get.xml", q))
+            .starts_with("/billing/api/user_details_get.xml?"));
+        // `/<id>` is params[:id]; a conflicting id elsewhere is refused.
+        let id_q = "id=7&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_details_get/5", id_q)),
+            Reason::BadRequest
+        );
+        // card_group_get hashes id: the path id is verified.
+        let h = signature::compute(&["id"], |_| Some("5"), b"456789");
+        let ok = post(
+            &s,
+            "/billing/api/card_group_get/5",
+            &format!("hash={}", h.as_str()),
+        );
+        assert!(fwd_path(&ok).starts_with("/billing/api/card_group_get/5?"));
+        let bad = post(
+            &s,
+            "/billing/api/card_group_get/6",
+            &format!("hash={}", h.as_str()),
+        );
+        assert_eq!(reason(&bad), Reason::BadHash);
+    }
+
+    #[test]
+    fn unknown_methods_by_policy() {
+        let s = settings("");
+        let h = signature::compute(
+            s.catalog.global_order(),
+            |n| (n == "user_id").then_some("9"),
+            b"456789",
+        );
+        let v = post(
+            &s,
+            "/billing/api/dids_get",
+            &format!("user_id=9&hash={}", h.as_str()),
+        );
+        assert!(fwd_path(&v).starts_with("/billing/api/dids_get?"));
+        let s = settings("[api]\nunknown_methods = \"refuse\"\n");
+        assert_eq!(
+            reason(&post(&s, "/billing/api/dids_get", "")),
+            Reason::UnknownMethod
+        );
+    }
+
+    #[test]
+    fn other_paths_and_v2_by_policy() {
+        let s = settings("");
+        assert_eq!(
+            reason(&post(&s, "/billing/callc/login", "")),
+            Reason::NotFound
+        );
+        assert_eq!(
+            reason(&post(&s, "/billing/api/v2/calls", "")),
+            Reason::NotFound
+        );
+        let s = settings("[api]\nother_paths = \"forward\"\nrest_v2 = \"forward\"\n");
+        assert_eq!(
+            fwd_path(&post(&s, "/billing/callc/login", "a=1")),
+            "/billing/callc/login?a=1"
+        );
+        assert_eq!(
+            fwd_path(&post(&s, "/billing/api/v2/calls", "")),
+            "/billing/api/v2/calls"
+        );
+    }
+
+    #[test]
+    fn no_hash_methods_and_disabled_checking() {
+        let s = settings("");
+        assert!(matches!(
+            post(&s, "/billing/api/user_login", "u=a&p=b"),
+            Verdict::Forward(..)
+        ));
+        let s = settings("[api]\nverify_hash = false\n");
+        assert!(matches!(
+            post(&s, "/billing/api/user_details_get", "user_id=1"),
+            Verdict::Forward(..)
+        ));
+    }
+}

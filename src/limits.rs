@@ -1,0 +1,594 @@
+//! Rate limits (GCRA via governor) and the failed-hash lockout.
+//!
+//! Layers: per client IP (before the hash is checked), per verified user,
+//! per method and per method+user (after). Exempt CIDRs skip every rate
+//! layer. Keyed state is bounded: each keyed limiter tracks at most
+//! `max_tracked_keys` keys; a key first seen while the store is full shares
+//! one overflow bucket (same quota) with every other such key until the
+//! periodic [`Limits::sweep`] frees room. Keys already tracked keep their own
+//! buckets, so a flood of new keys cannot reset or evict real users.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, RateLimiter, StateStore};
+use governor::Quota;
+use ipnet::IpNet;
+
+use crate::config::{LimitSettings, Lockout, QuotaSpec};
+use crate::reply::{Reason, Refusal};
+
+/// What an allowed call may still do at its tightest layer (for RateLimit-* headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowance {
+    /// Burst size of the layer.
+    pub limit: u32,
+    /// Calls left right now.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+impl Allowance {
+    fn tighter(a: Option<Allowance>, b: Option<Allowance>) -> Option<Allowance> {
+        match (a, b) {
+            (Some(x), Some(y)) => Some(if y.remaining < x.remaining { y } else { x }),
+            (x, None) => x,
+            (None, y) => y,
+        }
+    }
+}
+
+/// The limiting decisions the decision core asks for. `Open` allows all.
+pub trait Gate {
+    /// Per-IP layer, before the hash is checked.
+    fn check_ip(&self, ip: IpAddr) -> Result<Option<Allowance>, Refusal>;
+    /// Is (ip, user) locked out after failed hashes?
+    fn check_lockout(&self, ip: IpAddr, user: &str) -> Result<(), Refusal>;
+    /// Records a hash verdict for (ip, user).
+    fn record_hash(&self, ip: IpAddr, user: &str, ok: bool);
+    /// User, method and method+user layers, after the hash verified.
+    fn check_call(
+        &self,
+        ip: IpAddr,
+        user: Option<&str>,
+        method: &str,
+    ) -> Result<Option<Allowance>, Refusal>;
+}
+
+/// A gate that never limits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Open;
+
+impl Gate for Open {
+    fn check_ip(&self, _: IpAddr) -> Result<Option<Allowance>, Refusal> {
+        Ok(None)
+    }
+    fn check_lockout(&self, _: IpAddr, _: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+    fn record_hash(&self, _: IpAddr, _: &str, _: bool) {}
+    fn check_call(
+        &self,
+        _: IpAddr,
+        _: Option<&str>,
+        _: &str,
+    ) -> Result<Option<Allowance>, Refusal> {
+        Ok(None)
+    }
+}
+
+/// A governor state store with a hard cap on tracked keys (see module docs).
+pub struct CappedStore<K: Hash + Eq + Clone> {
+    map: DashMapStateStore<K>,
+    overflow: InMemoryState,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone> CappedStore<K> {
+    fn new(cap: usize) -> Self {
+        CappedStore {
+            map: DashMapStateStore::default(),
+            overflow: InMemoryState::default(),
+            cap,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> StateStore for CappedStore<K> {
+    type Key = K;
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if self.map.len() >= self.cap && !self.map.contains_key(key) {
+            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        self.map.measure_and_replace(key, f)
+    }
+}
+
+impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for CappedStore<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.map.retain_recent(drop_below);
+    }
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+type Keyed<K> = RateLimiter<K, CappedStore<K>, DefaultClock, StateInformationMiddleware>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// A governor quota from the config's rate and burst.
+pub fn quota(q: &QuotaSpec) -> Quota {
+    let period = Duration::from_secs_f64(1.0 / q.per_second).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(q.burst).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+        .allow_burst(burst)
+}
+
+fn keyed<K: Hash + Eq + Clone>(q: &QuotaSpec, cap: usize) -> Keyed<K> {
+    RateLimiter::<K, CappedStore<K>, DefaultClock, StateInformationMiddleware>::new(
+        quota(q),
+        CappedStore::new(cap),
+        DefaultClock::default(),
+    )
+}
+
+fn direct(q: &QuotaSpec) -> Direct {
+    RateLimiter::direct(quota(q)).with_middleware::<StateInformationMiddleware>()
+}
+
+/// Per-layer decision counters (the observability layer exports them).
+pub trait LimitObserver: Send + Sync {
+    /// One decision by `layer` for `method` (catalogue name or `other`).
+    fn decision(&self, layer: &'static str, method: &str, allowed: bool);
+    /// Lockouts currently active changed.
+    fn lockouts_active(&self, n: usize);
+}
+
+#[derive(Debug)]
+struct FailState {
+    window_start: Instant,
+    failures: u32,
+    locked_until: Option<Instant>,
+}
+
+/// Live limiter state built from [`LimitSettings`].
+pub struct Limits {
+    settings: LimitSettings,
+    clock: DefaultClock,
+    ip: Option<Keyed<IpAddr>>,
+    user: Option<Keyed<String>>,
+    method: HashMap<String, Direct>,
+    method_user: HashMap<String, Keyed<String>>,
+    fails: Mutex<HashMap<(IpAddr, String), FailState>>,
+    observer: Option<Box<dyn LimitObserver>>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+fn snapshot_allowance(s: &governor::middleware::StateSnapshot) -> Allowance {
+    let q = s.quota();
+    let limit = q.burst_size().get();
+    let remaining = s.remaining_burst_capacity();
+    Allowance {
+        limit,
+        remaining,
+        reset: q.replenish_interval() * (limit - remaining.min(limit)),
+    }
+}
+
+impl Limits {
+    /// Builds limiters for `settings`.
+    pub fn new(settings: &LimitSettings) -> Limits {
+        let cap = settings.max_tracked_keys;
+        Limits {
+            settings: settings.clone(),
+            clock: DefaultClock::default(),
+            ip: settings.per_ip.as_ref().map(|q| keyed(q, cap)),
+            user: settings.per_user.as_ref().map(|q| keyed(q, cap)),
+            method: settings
+                .per_method
+                .iter()
+                .map(|(m, q)| (m.clone(), direct(q)))
+                .collect(),
+            method_user: settings
+                .per_method_user
+                .iter()
+                .map(|(m, q)| (m.clone(), keyed(q, cap)))
+                .collect(),
+            fails: Mutex::new(HashMap::new()),
+            observer: None,
+        }
+    }
+
+    /// Attaches the metrics observer.
+    pub fn with_observer(mut self, o: Box<dyn LimitObserver>) -> Limits {
+        self.observer = Some(o);
+        self
+    }
+
+    /// Builds limiters for new settings, keeping the buckets of every layer
+    /// whose quota did not change (config reload).
+    pub fn reconfigure(self, settings: &LimitSettings) -> Limits {
+        let mut next = Limits::new(settings);
+        let old = self.settings.clone();
+        if old.per_ip == settings.per_ip && old.max_tracked_keys == settings.max_tracked_keys {
+            next.ip = self.ip;
+        }
+        if old.per_user == settings.per_user && old.max_tracked_keys == settings.max_tracked_keys {
+            next.user = self.user;
+        }
+        let mut method = self.method;
+        for (m, lim) in next.method.iter_mut() {
+            if old.per_method.get(m) == settings.per_method.get(m) {
+                if let Some(kept) = method.remove(m) {
+                    *lim = kept;
+                }
+            }
+        }
+        let mut method_user = self.method_user;
+        for (m, lim) in next.method_user.iter_mut() {
+            if old.per_method_user.get(m) == settings.per_method_user.get(m)
+                && old.max_tracked_keys == settings.max_tracked_keys
+            {
+                if let Some(kept) = method_user.remove(m) {
+                    *lim = kept;
+                }
+            }
+        }
+        if old.lockout == settings.lockout {
+            next.fails = self.fails;
+        }
+        next.observer = self.observer;
+        next
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &LimitSettings {
+        &self.settings
+    }
+
+    fn exempt(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.settings.exempt.iter().any(|n: &IpNet| n.contains(&ip))
+    }
+
+    fn observe(&self, layer: &'static str, method: &str, allowed: bool) {
+        if let Some(o) = &self.observer {
+            o.decision(layer, method, allowed);
+        }
+    }
+
+    fn refusal(
+        &self,
+        layer: &'static str,
+        nu: &governor::NotUntil<governor::clock::QuantaInstant>,
+    ) -> Refusal {
+        let mut r = Refusal::new(Reason::Limited);
+        r.retry_after = Some(nu.wait_time_from(self.clock.now()));
+        r.layer = Some(layer);
+        r
+    }
+
+    fn check_keyed<K: Hash + Eq + Clone>(
+        &self,
+        lim: &Keyed<K>,
+        key: &K,
+        layer: &'static str,
+        method: &str,
+    ) -> Result<Option<Allowance>, Refusal> {
+        match lim.check_key(key) {
+            Ok(s) => {
+                self.observe(layer, method, true);
+                Ok(Some(snapshot_allowance(&s)))
+            }
+            Err(nu) => {
+                self.observe(layer, method, false);
+                Err(self.refusal(layer, &nu))
+            }
+        }
+    }
+
+    /// Drops idle keys and expired lockouts and returns memory; call periodically.
+    pub fn sweep(&self) {
+        if let Some(l) = &self.ip {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        if let Some(l) = &self.user {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        for l in self.method_user.values() {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        let now = Instant::now();
+        if let (Some(lo), Ok(mut fails)) = (self.settings.lockout, self.fails.lock()) {
+            fails.retain(|_, f| {
+                f.locked_until.is_some_and(|t| t > now)
+                    || now.duration_since(f.window_start) < lo.window
+            });
+            fails.shrink_to_fit();
+            let active = fails
+                .values()
+                .filter(|f| f.locked_until.is_some_and(|t| t > now))
+                .count();
+            if let Some(o) = &self.observer {
+                o.lockouts_active(active);
+            }
+        }
+    }
+
+    /// Keys tracked across keyed limiters and the lockout table.
+    pub fn tracked_keys(&self) -> usize {
+        self.ip.as_ref().map_or(0, |l| l.len())
+            + self.user.as_ref().map_or(0, |l| l.len())
+            + self.method_user.values().map(|l| l.len()).sum::<usize>()
+            + self.fails.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    fn lockout(&self) -> Option<Lockout> {
+        self.settings.lockout
+    }
+}
+
+impl Gate for Limits {
+    fn check_ip(&self, ip: IpAddr) -> Result<Option<Allowance>, Refusal> {
+        match &self.ip {
+            Some(l) if !self.exempt(ip) => self.check_keyed(l, &ip, "ip", "all"),
+            _ => Ok(None),
+        }
+    }
+
+    fn check_lockout(&self, ip: IpAddr, user: &str) -> Result<(), Refusal> {
+        if self.lockout().is_none() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let Ok(fails) = self.fails.lock() else {
+            return Ok(());
+        };
+        if let Some(until) = fails
+            .get(&(ip, user.to_string()))
+            .and_then(|f| f.locked_until)
+            .filter(|t| *t > now)
+        {
+            let mut r = Refusal::new(Reason::LockedOut);
+            r.retry_after = Some(until - now);
+            r.layer = Some("lockout");
+            return Err(r);
+        }
+        Ok(())
+    }
+
+    fn record_hash(&self, ip: IpAddr, user: &str, ok: bool) {
+        let Some(lo) = self.lockout() else { return };
+        let now = Instant::now();
+        let Ok(mut fails) = self.fails.lock() else {
+            return;
+        };
+        let key = (ip, user.to_string());
+        if ok {
+            fails.remove(&key);
+            return;
+        }
+        if !fails.contains_key(&key) && fails.len() >= self.settings.max_tracked_keys {
+            // Full: the pair is not tracked until a sweep frees room; the
+            // per-IP layer still bounds what it can try.
+            return;
+        }
+        let f = fails.entry(key).or_insert(FailState {
+            window_start: now,
+            failures: 0,
+            locked_until: None,
+        });
+        if f.locked_until.is_some_and(|t| t <= now)
+            || now.duration_since(f.window_start) >= lo.window
+        {
+            f.window_start = now;
+            f.failures = 0;
+            f.locked_until = None;
+        }
+        f.failures += 1;
+        if f.failures >= lo.failures && f.locked_until.is_none() {
+            f.locked_until = Some(now + lo.cooloff);
+            if let Some(o) = &self.observer {
+                let active = fails
+                    .values()
+                    .filter(|f| f.locked_until.is_some_and(|t| t > now))
+                    .count();
+                o.lockouts_active(active);
+            }
+        }
+    }
+
+    fn check_call(
+        &self,
+        ip: IpAddr,
+        user: Option<&str>,
+        method: &str,
+    ) -> Result<Option<Allowance>, Refusal> {
+        if self.exempt(ip) {
+            return Ok(None);
+        }
+        let mut best = None;
+        if let (Some(l), Some(u)) = (&self.user, user) {
+            best = Allowance::tighter(best, self.check_keyed(l, &u.to_string(), "user", method)?);
+        }
+        if let Some(l) = self.method.get(method) {
+            match l.check() {
+                Ok(s) => {
+                    self.observe("method", method, true);
+                    best = Allowance::tighter(best, Some(snapshot_allowance(&s)));
+                }
+                Err(nu) => {
+                    self.observe("method", method, false);
+                    return Err(self.refusal("method", &nu));
+                }
+            }
+        }
+        if let (Some(l), Some(u)) = (self.method_user.get(method), user) {
+            best = Allowance::tighter(
+                best,
+                self.check_keyed(l, &u.to_string(), "method_user", method)?,
+            );
+        }
+        Ok(best)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LimitSettings {
+        LimitSettings {
+            exempt: vec!["10.9.0.0/16".parse().unwrap()],
+            per_ip: Some(QuotaSpec {
+                per_second: 1.0,
+                burst: 3,
+            }),
+            per_user: Some(QuotaSpec {
+                per_second: 1.0,
+                burst: 2,
+            }),
+            per_method: HashMap::new(),
+            per_method_user: HashMap::new(),
+            max_tracked_keys: 4,
+            headers: true,
+            lockout: Some(Lockout {
+                failures: 2,
+                window: Duration::from_secs(60),
+                cooloff: Duration::from_secs(60),
+            }),
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ip_burst_then_limited_with_retry_after() {
+        let l = Limits::new(&settings());
+        for i in 0..3 {
+            let a = l.check_ip(ip("1.1.1.1")).unwrap().unwrap();
+            assert_eq!(a.remaining, 2 - i);
+        }
+        let r = l.check_ip(ip("1.1.1.1")).unwrap_err();
+        assert_eq!(r.reason, Reason::Limited);
+        assert!(r.retry_after.unwrap() <= Duration::from_secs(1));
+        assert!(l.check_ip(ip("1.1.1.2")).is_ok());
+    }
+
+    #[test]
+    fn exempt_never_limited() {
+        let l = Limits::new(&settings());
+        for _ in 0..50 {
+            assert!(l.check_ip(ip("10.9.3.4")).is_ok());
+            assert!(l.check_call(ip("10.9.3.4"), Some("u"), "x").is_ok());
+        }
+    }
+
+    #[test]
+    fn users_are_independent() {
+        let l = Limits::new(&settings());
+        assert!(l.check_call(ip("1.1.1.1"), Some("a"), "m").is_ok());
+        assert!(l.check_call(ip("1.1.1.1"), Some("a"), "m").is_ok());
+        assert!(l.check_call(ip("1.1.1.1"), Some("a"), "m").is_err());
+        assert!(l.check_call(ip("1.1.1.1"), Some("b"), "m").is_ok());
+    }
+
+    #[test]
+    fn cap_sends_new_keys_to_overflow_and_keeps_tracked_ones() {
+        let l = Limits::new(&settings());
+        for i in 0..4 {
+            l.check_ip(ip(&format!("2.0.0.{i}"))).unwrap();
+        }
+        assert_eq!(l.ip.as_ref().unwrap().len(), 4);
+        // New keys now share one overflow bucket of burst 3.
+        let mut ok = 0;
+        for i in 10..20 {
+            if l.check_ip(ip(&format!("2.0.0.{i}"))).is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 3);
+        assert_eq!(l.ip.as_ref().unwrap().len(), 4);
+        // A tracked key still has its own bucket (2 left).
+        assert!(l.check_ip(ip("2.0.0.0")).is_ok());
+    }
+
+    #[test]
+    fn lockout_trips_and_success_resets() {
+        let l = Limits::new(&settings());
+        let a = ip("3.3.3.3");
+        l.record_hash(a, "bob", false);
+        assert!(l.check_lockout(a, "bob").is_ok());
+        l.record_hash(a, "bob", true);
+        l.record_hash(a, "bob", false);
+        assert!(l.check_lockout(a, "bob").is_ok(), "success reset the count");
+        l.record_hash(a, "bob", false);
+        let r = l.check_lockout(a, "bob").unwrap_err();
+        assert_eq!(r.reason, Reason::LockedOut);
+        assert!(r.retry_after.unwrap() > Duration::from_secs(50));
+        assert!(
+            l.check_lockout(ip("3.3.3.4"), "bob").is_ok(),
+            "other IP unaffected"
+        );
+        assert!(l.check_lockout(a, "alice").is_ok(), "other user unaffected");
+    }
+
+    #[test]
+    fn reconfigure_keeps_unchanged_buckets() {
+        let l = Limits::new(&settings());
+        for _ in 0..3 {
+            l.check_ip(ip("4.4.4.4")).unwrap();
+        }
+        let mut s = settings();
+        s.per_user = Some(QuotaSpec {
+            per_second: 5.0,
+            burst: 9,
+        });
+        let l = l.reconfigure(&s);
+        assert!(l.check_ip(ip("4.4.4.4")).is_err(), "ip bucket kept");
+        let mut s2 = s.clone();
+        s2.per_ip = Some(QuotaSpec {
+            per_second: 1.0,
+            burst: 10,
+        });
+        let l = l.reconfigure(&s2);
+        assert!(
+            l.check_ip(ip("4.4.4.4")).is_ok(),
+            "changed layer starts fresh"
+        );
+    }
+}

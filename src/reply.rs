@@ -1,0 +1,247 @@
+//! Refusals and how they are answered: MOR's XML error shape, with HTTP 200
+//! like MOR (`reply_mode = "mor"`) or a matching status (`"http"`).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use crate::config::ReplyMode;
+
+/// Why a request was refused at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// `allow_api = false`.
+    ApiDisabled,
+    /// GET/HEAD while `allow_get = false`.
+    GetDisabled,
+    /// HTTP method other than GET, HEAD, POST.
+    MethodNotAllowed,
+    /// Missing or wrong hash.
+    BadHash,
+    /// (IP, user) locked out after repeated hash failures.
+    LockedOut,
+    /// A rate limit.
+    Limited,
+    /// Malformed or ambiguous parameters.
+    BadRequest,
+    /// API method not in the catalogue (`unknown_methods = "refuse"`).
+    UnknownMethod,
+    /// Path refused (outside the API, traversal, REST v2 when refused).
+    NotFound,
+    /// Body over `max_body_bytes`.
+    BodyTooLarge,
+    /// MOR could not be reached or failed mid-answer.
+    UpstreamError,
+    /// MOR did not answer within the timeout.
+    UpstreamTimeout,
+}
+
+impl Reason {
+    /// Every reason, for metric pre-registration.
+    pub const ALL: [Reason; 12] = [
+        Reason::ApiDisabled,
+        Reason::GetDisabled,
+        Reason::MethodNotAllowed,
+        Reason::BadHash,
+        Reason::LockedOut,
+        Reason::Limited,
+        Reason::BadRequest,
+        Reason::UnknownMethod,
+        Reason::NotFound,
+        Reason::BodyTooLarge,
+        Reason::UpstreamError,
+        Reason::UpstreamTimeout,
+    ];
+
+    /// MOR's own error text where MOR has one, else the gateway's.
+    pub fn text(self) -> &'static str {
+        match self {
+            Reason::ApiDisabled => "API Requests are disabled",
+            Reason::GetDisabled => "GET Requests are disabled",
+            Reason::MethodNotAllowed => "Method not allowed",
+            Reason::BadHash => "Incorrect hash",
+            Reason::LockedOut => "Too many failed attempts, try later",
+            Reason::Limited => "Too many requests",
+            Reason::BadRequest => "Bad request",
+            Reason::UnknownMethod => "Unknown API method",
+            Reason::NotFound => "Not found",
+            Reason::BodyTooLarge => "Request body too large",
+            Reason::UpstreamError => "MOR server unavailable",
+            Reason::UpstreamTimeout => "MOR server timed out",
+        }
+    }
+
+    /// Status in `reply_mode = "http"`.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Reason::ApiDisabled | Reason::BadHash => 403,
+            Reason::GetDisabled | Reason::MethodNotAllowed => 405,
+            Reason::LockedOut | Reason::Limited => 429,
+            Reason::BadRequest => 400,
+            Reason::UnknownMethod | Reason::NotFound => 404,
+            Reason::BodyTooLarge => 413,
+            Reason::UpstreamError => 502,
+            Reason::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Status actually sent in `mode`: MOR answers its own refusals with 200;
+    /// transport failures (413, 502, 504) keep their status in both modes.
+    pub fn status(self, mode: ReplyMode) -> u16 {
+        match (mode, self) {
+            (_, Reason::BodyTooLarge | Reason::UpstreamError | Reason::UpstreamTimeout) => {
+                self.http_status()
+            }
+            (ReplyMode::Mor, _) => 200,
+            (ReplyMode::Http, _) => self.http_status(),
+        }
+    }
+
+    /// Stable label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::ApiDisabled => "api_disabled",
+            Reason::GetDisabled => "get_disabled",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::BadHash => "bad_hash",
+            Reason::LockedOut => "locked_out",
+            Reason::Limited => "limited",
+            Reason::BadRequest => "bad_request",
+            Reason::UnknownMethod => "unknown_method",
+            Reason::NotFound => "not_found",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::UpstreamError => "upstream_error",
+            Reason::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+/// A refusal: the reason, an optional detail appended to the text, and for
+/// limits the time until a retry can succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub reason: Reason,
+    /// Extra words after the reason's text (never secrets).
+    pub detail: Option<Cow<'static, str>>,
+    /// For limits and lockouts: when to retry.
+    pub retry_after: Option<Duration>,
+    /// For limits: which layer refused (`ip`, `user`, `method`, `method_user`).
+    pub layer: Option<&'static str>,
+}
+
+impl Refusal {
+    /// A refusal with no detail.
+    pub fn new(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            detail: None,
+            retry_after: None,
+            layer: None,
+        }
+    }
+
+    /// A refusal with a detail.
+    pub fn with(reason: Reason, detail: impl Into<Cow<'static, str>>) -> Self {
+        Refusal {
+            detail: Some(detail.into()),
+            ..Refusal::new(reason)
+        }
+    }
+
+    /// The error element's text.
+    pub fn message(&self) -> Cow<'static, str> {
+        match &self.detail {
+            None => Cow::Borrowed(self.reason.text()),
+            Some(d) => Cow::Owned(format!("{}: {d}", self.reason.text())),
+        }
+    }
+
+    /// Whole seconds for `Retry-After` (at least 1).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .map(|s| s.max(1))
+    }
+}
+
+/// The XML prolog MOR sends.
+pub const XML_PROLOG: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
+/// Content type of every XML answer.
+pub const XML_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
+
+/// MOR's error document: prolog + `<status><error>MSG</error></status>`.
+pub fn error_xml(message: &str) -> String {
+    let esc = quick_xml::escape::escape(message);
+    let mut s = String::with_capacity(XML_PROLOG.len() + esc.len() + 40);
+    s.push_str(XML_PROLOG);
+    s.push_str("<status><error>");
+    s.push_str(&esc);
+    s.push_str("</error></status>");
+    s
+}
+
+/// A rendered refusal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// HTTP status.
+    pub status: u16,
+    /// XML body.
+    pub body: String,
+    /// `Retry-After` seconds, if any.
+    pub retry_after: Option<u64>,
+}
+
+/// Renders a refusal for `mode`.
+pub fn render(refusal: &Refusal, mode: ReplyMode) -> Rendered {
+    Rendered {
+        status: refusal.reason.status(mode),
+        body: error_xml(&refusal.message()),
+        retry_after: refusal.retry_after_secs(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mor_shape_byte_for_byte() {
+        assert_eq!(
+            error_xml("Incorrect hash"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><status><error>Incorrect hash</error></status>"#
+        );
+        assert_eq!(
+            error_xml("a<b & \"c\""),
+            r#"<?xml version="1.0" encoding="UTF-8"?><status><error>a&lt;b &amp; &quot;c&quot;</error></status>"#
+        );
+    }
+
+    #[test]
+    fn statuses_by_mode() {
+        assert_eq!(Reason::BadHash.status(ReplyMode::Mor), 200);
+        assert_eq!(Reason::BadHash.status(ReplyMode::Http), 403);
+        assert_eq!(Reason::GetDisabled.status(ReplyMode::Http), 405);
+        assert_eq!(Reason::Limited.status(ReplyMode::Mor), 200);
+        assert_eq!(Reason::Limited.status(ReplyMode::Http), 429);
+        assert_eq!(Reason::BodyTooLarge.status(ReplyMode::Mor), 413);
+        assert_eq!(Reason::UpstreamError.status(ReplyMode::Mor), 502);
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        let mut r = Refusal::new(Reason::Limited);
+        r.retry_after = Some(Duration::from_millis(1500));
+        assert_eq!(r.retry_after_secs(), Some(2));
+        r.retry_after = Some(Duration::from_millis(1));
+        assert_eq!(r.retry_after_secs(), Some(1));
+        r.retry_after = Some(Duration::from_secs(3));
+        assert_eq!(r.retry_after_secs(), Some(3));
+    }
+
+    #[test]
+    fn labels_unique() {
+        let set: std::collections::HashSet<_> = Reason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(set.len(), Reason::ALL.len());
+    }
+}
