@@ -111,36 +111,59 @@ pub fn is_get(method: &str) -> bool {
     method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
 }
 
+/// Names the method a path addresses (canonical, alias or unknown).
+fn call_info(s: &Settings, api: &ApiPath) -> CallInfo {
+    match s.catalog.lookup(&api.method) {
+        Some(f) => CallInfo {
+            method: Some(f.method.name.clone()),
+            alias: f.alias.map(str::to_string),
+            ..CallInfo::default()
+        },
+        None => CallInfo {
+            unknown: Some(api.method.clone()),
+            ..CallInfo::default()
+        },
+    }
+}
+
 /// Stage one, before the body is read: route, HTTP method, per-IP limit,
-/// API policies.
+/// API policies. A refusal carries what is known of the call.
 pub fn admit<G: Gate + ?Sized>(
     s: &Settings,
     gate: &G,
     head: &Head<'_>,
-) -> Result<Admitted, Refusal> {
-    let kind = route(head.path, &s.prefix).map_err(route_refusal)?;
+) -> Result<Admitted, (Refusal, CallInfo)> {
+    let kind = route(head.path, &s.prefix).map_err(|e| (route_refusal(e), CallInfo::default()))?;
+    let info = match &kind {
+        PathKind::Api(a) => call_info(s, a),
+        _ => CallInfo::default(),
+    };
+    let refuse = |r: Refusal| Err((r, info.clone()));
     let policy = match &kind {
         PathKind::Api(_) => None,
         PathKind::RestV2 => Some(s.rest_v2),
         PathKind::Other => Some(s.other_paths),
     };
     if policy == Some(PathPolicy::Refuse) {
-        return Err(Refusal::new(Reason::NotFound));
+        return refuse(Refusal::new(Reason::NotFound));
     }
-    let allowance = gate.check_ip(head.client_ip)?;
+    let allowance = match gate.check_ip(head.client_ip) {
+        Ok(a) => a,
+        Err(r) => return refuse(r),
+    };
     let api = match kind {
         PathKind::Api(a) => a,
         _ => return Ok(Admitted::PassThrough(allowance)),
     };
     let get = is_get(head.method);
     if !get && !head.method.eq_ignore_ascii_case("POST") {
-        return Err(Refusal::new(Reason::MethodNotAllowed));
+        return refuse(Refusal::new(Reason::MethodNotAllowed));
     }
     if !s.allow_api {
-        return Err(Refusal::new(Reason::ApiDisabled));
+        return refuse(Refusal::new(Reason::ApiDisabled));
     }
     if get && !s.allow_get {
-        return Err(Refusal::new(Reason::GetDisabled));
+        return refuse(Refusal::new(Reason::GetDisabled));
     }
     Ok(Admitted::Api(api, allowance))
 }
@@ -171,16 +194,10 @@ pub fn finish<G: Gate + ?Sized>(
         }
         Admitted::Api(api, a) => (api, a),
     };
-    let mut info = CallInfo::default();
-    let found = s.catalog.lookup(&api.method);
-    let (canonical, order, auth): (&str, &[String], Auth) = match found {
-        Some(f) => {
-            info.method = Some(f.method.name.clone());
-            info.alias = f.alias.map(str::to_string);
-            (&f.method.name, &f.method.hash, f.method.auth)
-        }
+    let mut info = call_info(s, &api);
+    let (canonical, order, auth): (&str, &[String], Auth) = match s.catalog.lookup(&api.method) {
+        Some(f) => (&f.method.name, &f.method.hash, f.method.auth),
         None => {
-            info.unknown = Some(api.method.clone());
             if s.unknown_methods == PathPolicy::Refuse {
                 return Verdict::Refuse(Refusal::new(Reason::UnknownMethod), info);
             }
@@ -291,7 +308,7 @@ pub fn finish<G: Gate + ?Sized>(
 pub fn decide<G: Gate + ?Sized>(s: &Settings, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
     match admit(s, gate, head) {
         Ok(a) => finish(s, gate, head, a, body),
-        Err(r) => Verdict::Refuse(r, CallInfo::default()),
+        Err((r, info)) => Verdict::Refuse(r, info),
     }
 }
 

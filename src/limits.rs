@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -174,12 +174,12 @@ struct FailState {
 pub struct Limits {
     settings: LimitSettings,
     clock: DefaultClock,
-    ip: Option<Keyed<IpAddr>>,
-    user: Option<Keyed<String>>,
-    method: HashMap<String, Direct>,
-    method_user: HashMap<String, Keyed<String>>,
-    fails: Mutex<HashMap<(IpAddr, String), FailState>>,
-    observer: Option<Box<dyn LimitObserver>>,
+    ip: Option<Arc<Keyed<IpAddr>>>,
+    user: Option<Arc<Keyed<String>>>,
+    method: HashMap<String, Arc<Direct>>,
+    method_user: HashMap<String, Arc<Keyed<String>>>,
+    fails: Arc<Mutex<HashMap<(IpAddr, String), FailState>>>,
+    observer: Option<Arc<dyn LimitObserver>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -208,62 +208,61 @@ impl Limits {
         Limits {
             settings: settings.clone(),
             clock: DefaultClock::default(),
-            ip: settings.per_ip.as_ref().map(|q| keyed(q, cap)),
-            user: settings.per_user.as_ref().map(|q| keyed(q, cap)),
+            ip: settings.per_ip.as_ref().map(|q| Arc::new(keyed(q, cap))),
+            user: settings.per_user.as_ref().map(|q| Arc::new(keyed(q, cap))),
             method: settings
                 .per_method
                 .iter()
-                .map(|(m, q)| (m.clone(), direct(q)))
+                .map(|(m, q)| (m.clone(), Arc::new(direct(q))))
                 .collect(),
             method_user: settings
                 .per_method_user
                 .iter()
-                .map(|(m, q)| (m.clone(), keyed(q, cap)))
+                .map(|(m, q)| (m.clone(), Arc::new(keyed(q, cap))))
                 .collect(),
-            fails: Mutex::new(HashMap::new()),
+            fails: Arc::new(Mutex::new(HashMap::new())),
             observer: None,
         }
     }
 
     /// Attaches the metrics observer.
-    pub fn with_observer(mut self, o: Box<dyn LimitObserver>) -> Limits {
+    pub fn with_observer(mut self, o: Arc<dyn LimitObserver>) -> Limits {
         self.observer = Some(o);
         self
     }
 
     /// Builds limiters for new settings, keeping the buckets of every layer
     /// whose quota did not change (config reload).
-    pub fn reconfigure(self, settings: &LimitSettings) -> Limits {
+    pub fn reconfigure(&self, settings: &LimitSettings) -> Limits {
         let mut next = Limits::new(settings);
-        let old = self.settings.clone();
-        if old.per_ip == settings.per_ip && old.max_tracked_keys == settings.max_tracked_keys {
-            next.ip = self.ip;
+        let old = &self.settings;
+        let same_cap = old.max_tracked_keys == settings.max_tracked_keys;
+        if old.per_ip == settings.per_ip && same_cap {
+            next.ip.clone_from(&self.ip);
         }
-        if old.per_user == settings.per_user && old.max_tracked_keys == settings.max_tracked_keys {
-            next.user = self.user;
+        if old.per_user == settings.per_user && same_cap {
+            next.user.clone_from(&self.user);
         }
-        let mut method = self.method;
         for (m, lim) in next.method.iter_mut() {
-            if old.per_method.get(m) == settings.per_method.get(m) {
-                if let Some(kept) = method.remove(m) {
-                    *lim = kept;
-                }
+            if let (true, Some(kept)) = (
+                old.per_method.get(m) == settings.per_method.get(m),
+                self.method.get(m),
+            ) {
+                *lim = Arc::clone(kept);
             }
         }
-        let mut method_user = self.method_user;
         for (m, lim) in next.method_user.iter_mut() {
-            if old.per_method_user.get(m) == settings.per_method_user.get(m)
-                && old.max_tracked_keys == settings.max_tracked_keys
-            {
-                if let Some(kept) = method_user.remove(m) {
-                    *lim = kept;
-                }
+            if let (true, Some(kept)) = (
+                old.per_method_user.get(m) == settings.per_method_user.get(m) && same_cap,
+                self.method_user.get(m),
+            ) {
+                *lim = Arc::clone(kept);
             }
         }
         if old.lockout == settings.lockout {
-            next.fails = self.fails;
+            next.fails = Arc::clone(&self.fails);
         }
-        next.observer = self.observer;
+        next.observer.clone_from(&self.observer);
         next
     }
 

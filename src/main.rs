@@ -1,1 +1,290 @@
-fn main() {}
+//! `mor-gateway`: run, check, sign, demo and sim subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use mor_gateway::catalog::{Catalog, Product, EMBEDDED};
+use mor_gateway::config::Settings;
+use mor_gateway::params::Params;
+use mor_gateway::server::{self, Plan};
+use mor_gateway::signature;
+use mor_gateway::sim::SimSettings;
+
+#[derive(Parser)]
+#[command(
+    name = "mor-gateway",
+    version,
+    about = "Verifying API gateway for Kolmisoft MOR"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve with a config file (SIGHUP reloads it).
+    Run {
+        /// Config file (see config/gateway.toml).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print what would be served (like nginx -t).
+    Check {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print the hash MOR expects for a call, and the signed URL.
+    Sign {
+        /// Environment variable holding the secret key.
+        #[arg(long)]
+        key_env: String,
+        /// Config file whose catalogue and prefix to use (default: built in, MOR).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Base URL of the API.
+        #[arg(long, default_value = "http://127.0.0.1:8080/billing/api")]
+        base: String,
+        /// The call, e.g. 'user_details_get?u=admin&user_id=123'.
+        call: String,
+    },
+    /// Start the gateway and the embedded MOR simulator on loopback and
+    /// print curl lines to try; serves until Ctrl-C.
+    Demo {
+        /// Gateway port; the simulator uses port+1, metrics port+2.
+        #[arg(long, default_value_t = 8480)]
+        port: u16,
+    },
+    /// Run only the embedded MOR simulator.
+    Sim {
+        /// Listen address.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Environment variable holding the admin secret key.
+        #[arg(long)]
+        key_env: String,
+        /// Reseller as NAME=ENV_VAR (its key from that variable); repeatable.
+        #[arg(long = "reseller")]
+        resellers: Vec<String>,
+        /// Refuse GET like MOR with "Allow GET API" off.
+        #[arg(long)]
+        no_get: bool,
+        /// Answer every API call with one fixed document (benchmarks).
+        #[arg(long)]
+        fixed_reply: bool,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+const DEMO_KEY: &str = "456789";
+const DEMO_RESELLER_KEY: &str = "resellerkey";
+
+fn env_key(var: &str) -> Result<Vec<u8>, String> {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => Ok(v.into_encoded_bytes()),
+        Some(_) => Err(format!("environment variable {var} is empty")),
+        None => Err(format!("environment variable {var} is not set")),
+    }
+}
+
+fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Result<(), String> {
+    let key = env_key(key_env)?;
+    let catalog = match &config {
+        Some(p) => Settings::load(p)
+            .map_err(|e| e.to_string())?
+            .catalog
+            .as_ref()
+            .clone(),
+        None => Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
+    };
+    let (method, query) = call.split_once('?').unwrap_or((call, ""));
+    let method = method.trim_start_matches('/');
+    let mut params = Params::new();
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some("hash"))
+        .collect();
+    let query = kept.join("&");
+    params
+        .add_form(query.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let (canonical, order): (&str, &[String]) = match catalog.lookup(method) {
+        Some(f) => (&f.method.name, &f.method.hash),
+        None => {
+            eprintln!("note: {method} is not in the catalogue; using MOR's global order");
+            (method, catalog.global_order())
+        }
+    };
+    let mut used = Vec::new();
+    for name in order {
+        match params.scalar(name) {
+            Ok(Some(_)) => used.push(name.as_str()),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let h = signature::compute(order, |n| params.scalar(n).ok().flatten(), &key);
+    let sep = if query.is_empty() { "" } else { "&" };
+    println!("method  {canonical}");
+    println!(
+        "hashed  {} + key",
+        if used.is_empty() {
+            "(no params)".to_string()
+        } else {
+            used.join(" + ")
+        }
+    );
+    println!("hash    {}", h.as_str());
+    println!(
+        "url     {}/{method}?{query}{sep}hash={}",
+        base.trim_end_matches('/'),
+        h.as_str()
+    );
+    Ok(())
+}
+
+fn demo(port: u16) -> Result<(), String> {
+    let (gw, sim, met) = (
+        port,
+        port.checked_add(1).ok_or("port too high")?,
+        port.checked_add(2).ok_or("port too high")?,
+    );
+    // Single-threaded here: nothing else reads the environment yet.
+    std::env::set_var("MOR_GATEWAY_DEMO_KEY", DEMO_KEY);
+    std::env::set_var("MOR_GATEWAY_DEMO_RESELLER_KEY", DEMO_RESELLER_KEY);
+    let text = include_str!("../config/demo.toml")
+        .replace("127.0.0.1:8480", &format!("127.0.0.1:{gw}"))
+        .replace("127.0.0.1:8481", &format!("127.0.0.1:{sim}"))
+        .replace("127.0.0.1:8482", &format!("127.0.0.1:{met}"));
+    let settings = Settings::from_toml(&text, None).map_err(|e| e.to_string())?;
+    let mut sim_settings = SimSettings::new(DEMO_KEY.as_bytes());
+    sim_settings.resellers = vec![("res1".into(), DEMO_RESELLER_KEY.as_bytes().to_vec())];
+    let base = format!("http://127.0.0.1:{gw}/billing/api");
+    let h_get = signature::compute(&["user_id"], |_| Some("123"), DEMO_KEY.as_bytes());
+    let h_upd = signature::compute(
+        &["user_id", "u15"],
+        |n| Some(if n == "user_id" { "123" } else { "0" }),
+        DEMO_KEY.as_bytes(),
+    );
+    let h_res = signature::compute(&["user_id"], |_| Some("5"), DEMO_KEY_RES);
+    println!(
+        r#"mor-gateway demo
+  gateway   http://127.0.0.1:{gw}  (verifies, then forwards)
+  MOR sim   http://127.0.0.1:{sim}  (embedded MOR simulator, admin key {DEMO_KEY})
+  metrics   http://127.0.0.1:{met}/metrics
+
+Paste these in another terminal:
+
+# 1. a good call (MOR's own documented example: user_id=123, key 456789)
+curl -s -X POST {base}/user_details_get -d 'u=admin&user_id=123&hash={h_get}'; echo
+
+# 2. the same with a bad hash: refused at the edge, MOR never sees it
+curl -s -X POST {base}/user_details_get -d 'u=admin&user_id=123&hash=0000000000000000000000000000000000000000'; echo
+
+# 3. a legacy alias: user_details is rewritten to user_details_get
+curl -s -X POST {base}/user_details -d 'u=admin&user_id=123&hash={h_get}'; echo
+
+# 4. a JSON body, as real clients send (user_details_update, u15=0: unblock)
+curl -s -H 'Content-Type: application/json' {base}/user_details_update -d '{{"u":"admin","user_id":123,"u15":0,"hash":"{h_upd}"}}'; echo
+
+# 5. GET refused ("Allow GET API" is off at the edge)
+curl -s '{base}/user_details_get?u=admin&user_id=123&hash={h_get}'; echo
+
+# 6. a rate-limited burst: user_calls_get allows 3 at once, then 1 per 2 s
+for i in 1 2 3 4 5; do curl -s -X POST {base}/user_calls_get -d 'u=admin&s_user=123&hash={h_get}' | head -c 150; echo; done
+
+# 7. a reseller's user, signed with the reseller's own key ({DEMO_RESELLER_KEY})
+curl -s -X POST {base}/user_details_get -d 'u=ruser&user_id=5&hash={h_res}'; echo
+
+# 8. what the gateway measured
+curl -s http://127.0.0.1:{met}/metrics | grep '^mor_gateway_requests_total'
+
+Ctrl-C stops the demo."#,
+        h_get = h_get.as_str(),
+        h_upd = h_upd.as_str(),
+        h_res = h_res.as_str(),
+    );
+    server::run(Plan {
+        settings: Arc::new(settings),
+        config_path: None,
+        sim: Some((SocketAddr::from(([127, 0, 0, 1], sim)), sim_settings)),
+    })
+    .map_err(|e| e.to_string())
+}
+
+const DEMO_KEY_RES: &[u8] = DEMO_RESELLER_KEY.as_bytes();
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOR_GATEWAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mor_gateway=info")),
+        )
+        .try_init();
+    let result = match cli.cmd {
+        Cmd::Run { config } => Settings::load(&config)
+            .map_err(|e| format!("{}: {e}", config.display()))
+            .and_then(|s| {
+                server::run(Plan {
+                    settings: Arc::new(s),
+                    config_path: Some(config),
+                    sim: None,
+                })
+                .map_err(|e| e.to_string())
+            }),
+        Cmd::Check { config } => match Settings::load(&config) {
+            Ok(s) => {
+                print!("{}", s.summary());
+                println!("mor-gateway: configuration {} is valid", config.display());
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "configuration {} is invalid: {e}",
+                config.display()
+            )),
+        },
+        Cmd::Sign {
+            key_env,
+            config,
+            base,
+            call,
+        } => sign(&key_env, config, &base, &call),
+        Cmd::Demo { port } => demo(port),
+        Cmd::Sim {
+            listen,
+            key_env,
+            resellers,
+            no_get,
+            fixed_reply,
+            threads,
+        } => (|| {
+            let mut st = SimSettings::new(&env_key(&key_env)?);
+            st.allow_get = !no_get;
+            st.fixed_reply = fixed_reply;
+            for r in resellers {
+                let (name, var) = r
+                    .split_once('=')
+                    .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
+                st.resellers.push((name.to_string(), env_key(var)?));
+            }
+            server::run_simulator(listen, st, threads);
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mor-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Prometheus metrics (`mor_gateway_*`). Labels are bounded: API methods are
+//! catalogue names or `other`, never usernames or raw paths.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::limits::LimitObserver;
+use crate::reply::Reason;
+
+/// Latency buckets for MOR: 1 ms to 30 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+];
+
+/// Every metric the gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by api_method, http_method, outcome, reason.
+    pub requests: IntCounterVec,
+    /// End-to-end latency by api_method.
+    pub duration: HistogramVec,
+    /// Upstream latency (request sent to response header) by api_method.
+    pub upstream_duration: HistogramVec,
+    /// Hash verification failures by api_method.
+    pub hash_failures: IntCounterVec,
+    /// Alias rewrites by alias.
+    pub alias_rewrites: IntCounterVec,
+    /// Rate-limit decisions by layer, api_method, decision.
+    pub limit_decisions: IntCounterVec,
+    /// Active lockouts.
+    pub lockouts_active: IntGauge,
+    /// Upstream errors by upstream and kind (connect, timeout, other).
+    pub upstream_errors: IntCounterVec,
+    /// Upstream health (1 up, 0 down) by upstream.
+    pub upstream_up: IntGaugeVec,
+    /// Requests in flight.
+    pub in_flight: IntGauge,
+    /// Request body bytes by api_method.
+    pub request_bytes: IntCounterVec,
+    /// Response body bytes by api_method.
+    pub response_bytes: IntCounterVec,
+    /// Config reloads by result (ok, failed).
+    pub reloads: IntCounterVec,
+    /// Unix time the config in force was loaded.
+    pub config_loaded: Gauge,
+    /// Build information (always 1).
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    r.register(Box::new(h.clone())).expect("unique metric name");
+    h
+}
+
+/// Git revision baked in at build time, if the build saw one.
+pub const GIT_SHA: &str = match option_env!("MOR_GATEWAY_GIT_SHA") {
+    Some(s) => s,
+    None => "unknown",
+};
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let r = Registry::new_custom(Some("mor_gateway".into()), None).expect("valid prefix");
+        let m = Metrics {
+            requests: counter(
+                &r,
+                "requests_total",
+                "Requests by API method, HTTP method, outcome and refusal reason.",
+                &["api_method", "http_method", "outcome", "reason"],
+            ),
+            duration: histogram(
+                &r,
+                "request_duration_seconds",
+                "End-to-end request latency at the gateway.",
+                &["api_method"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "upstream_duration_seconds",
+                "Time from sending upstream to MOR's response header.",
+                &["api_method"],
+            ),
+            hash_failures: counter(
+                &r,
+                "hash_failures_total",
+                "Calls refused for a missing or incorrect hash.",
+                &["api_method"],
+            ),
+            alias_rewrites: counter(
+                &r,
+                "alias_rewrites_total",
+                "Legacy alias names rewritten to canonical names.",
+                &["alias"],
+            ),
+            limit_decisions: counter(
+                &r,
+                "ratelimit_decisions_total",
+                "Rate-limit decisions by layer, API method and decision.",
+                &["layer", "api_method", "decision"],
+            ),
+            lockouts_active: {
+                let g = IntGauge::new("lockouts_active", "(IP, user) pairs locked out now.")
+                    .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            upstream_errors: counter(
+                &r,
+                "upstream_errors_total",
+                "Upstream failures by upstream and kind (connect, timeout, other).",
+                &["upstream", "kind"],
+            ),
+            upstream_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "upstream_up",
+                        "1 when the upstream answered its last attempt.",
+                    ),
+                    &["upstream"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            in_flight: {
+                let g = IntGauge::new("in_flight_requests", "Requests being handled now.")
+                    .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            request_bytes: counter(
+                &r,
+                "request_bytes_total",
+                "Request body bytes received.",
+                &["api_method"],
+            ),
+            response_bytes: counter(
+                &r,
+                "response_bytes_total",
+                "Response body bytes sent to clients.",
+                &["api_method"],
+            ),
+            reloads: counter(
+                &r,
+                "config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            ),
+            config_loaded: {
+                let g = Gauge::new(
+                    "config_loaded_timestamp_seconds",
+                    "Unix time the configuration in force was loaded.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("build_info", "Build information; always 1."),
+                    &["version", "git_sha"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone())).expect("unique metric name");
+                g
+            },
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_SHA])
+            .set(1);
+        for result in ["ok", "failed"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Pre-creates series for configured upstreams so they show from the start.
+    pub fn register_upstreams(&self, upstreams: &[SocketAddr]) {
+        for u in upstreams {
+            let name = u.to_string();
+            self.upstream_up.with_label_values(&[&name]).set(1);
+            for kind in ["connect", "timeout", "other"] {
+                self.upstream_errors.with_label_values(&[&name, kind]);
+            }
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn observe_request(
+        &self,
+        api_method: &str,
+        http_method: &str,
+        reason: Option<Reason>,
+        seconds: f64,
+    ) {
+        let (outcome, reason_label) = match reason {
+            None => ("forwarded", ""),
+            Some(Reason::Limited | Reason::LockedOut) => {
+                ("limited", reason.map_or("", |r| r.label()))
+            }
+            Some(r @ (Reason::UpstreamError | Reason::UpstreamTimeout)) => {
+                ("upstream_error", r.label())
+            }
+            Some(r) => ("refused", r.label()),
+        };
+        let http_method = match http_method {
+            "GET" | "HEAD" | "POST" => http_method,
+            _ => "other",
+        };
+        self.requests
+            .with_label_values(&[api_method, http_method, outcome, reason_label])
+            .inc();
+        self.duration
+            .with_label_values(&[api_method])
+            .observe(seconds);
+        if reason == Some(Reason::BadHash) {
+            self.hash_failures.with_label_values(&[api_method]).inc();
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Feeds limiter decisions into [`Metrics`].
+pub struct LimitMetrics(pub Arc<Metrics>);
+
+impl LimitObserver for LimitMetrics {
+    fn decision(&self, layer: &'static str, method: &str, allowed: bool) {
+        self.0
+            .limit_decisions
+            .with_label_values(&[layer, method, if allowed { "allowed" } else { "limited" }])
+            .inc();
+    }
+    fn lockouts_active(&self, n: usize) {
+        self.0.lockouts_active.set(n as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_prefix_and_outcomes() {
+        let m = Metrics::new();
+        m.observe_request("user_details_get", "POST", None, 0.01);
+        m.observe_request("other", "PUT", Some(Reason::MethodNotAllowed), 0.001);
+        m.observe_request("user_details_get", "POST", Some(Reason::BadHash), 0.001);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            r#"mor_gateway_requests_total{api_method="user_details_get",http_method="POST",outcome="forwarded",reason=""} 1"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"http_method="other",outcome="refused",reason="method_not_allowed""#)
+        );
+        assert!(
+            text.contains(r#"mor_gateway_hash_failures_total{api_method="user_details_get"} 1"#)
+        );
+        assert!(text.contains("mor_gateway_build_info{"));
+    }
+}

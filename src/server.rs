@@ -1,0 +1,236 @@
+//! Assembles the pingora server: the gateway proxy service, the metrics and
+//! health listener, the optional embedded simulator, and housekeeping
+//! (SIGHUP reload, limiter sweeps, upstream health probes).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{header, Response};
+use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::accesslog::AccessLog;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::proxy::{Gateway, Shared};
+use crate::sim::{SimSettings, Simulator};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The access log file could not be opened.
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// What to serve.
+pub struct Plan {
+    /// Gateway settings.
+    pub settings: Arc<Settings>,
+    /// Config file to re-read on SIGHUP (None: reload disabled).
+    pub config_path: Option<PathBuf>,
+    /// Embedded simulator: where it listens and how it behaves.
+    pub sim: Option<(SocketAddr, SimSettings)>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz`.
+pub struct MetricsApp {
+    shared: Arc<Shared>,
+}
+
+fn text_response(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, ctype)
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        match session.req_header().uri.path() {
+            "/metrics" => text_response(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.shared.metrics.render(),
+            ),
+            "/healthz" => text_response(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.shared.any_upstream_up() {
+                    text_response(200, "text/plain", b"ready\n".to_vec())
+                } else {
+                    text_response(503, "text/plain", b"no upstream is up\n".to_vec())
+                }
+            }
+            _ => text_response(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}
+
+/// SIGHUP reloads, limiter sweeps and upstream probes.
+pub struct Housekeeping {
+    shared: Arc<Shared>,
+    config_path: Option<PathBuf>,
+}
+
+/// How often idle limiter keys are swept and upstreams probed.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+impl Housekeeping {
+    fn reload(&self) {
+        let Some(path) = &self.config_path else {
+            tracing::warn!("SIGHUP ignored: no config file to reload");
+            return;
+        };
+        let m = &self.shared.metrics;
+        match Settings::load(path) {
+            Ok(new) => {
+                let old = self.shared.state.load();
+                if new.listen != old.settings.listen
+                    || new.metrics_listen != old.settings.metrics_listen
+                {
+                    tracing::warn!(
+                        "listen addresses changed in {}: they take effect on restart",
+                        path.display()
+                    );
+                }
+                self.shared.reload(Arc::new(new));
+                m.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("configuration reloaded from {}", path.display());
+            }
+            Err(e) => {
+                m.reloads.with_label_values(&["failed"]).inc();
+                tracing::error!("reload refused, keeping the running configuration: {e}");
+            }
+        }
+    }
+
+    async fn probe(&self) {
+        let st = self.shared.state.load_full();
+        let timeout = st.settings.upstream.connect_timeout;
+        for addr in &st.settings.upstream.servers {
+            let up = matches!(
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            );
+            self.shared.health.set(*addr, up);
+            self.shared
+                .metrics
+                .upstream_up
+                .with_label_values(&[&addr.to_string()])
+                .set(i64::from(up));
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Housekeeping {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!("cannot watch SIGHUP, reload disabled: {e}");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => self.reload(),
+                _ = tick.tick() => {
+                    self.shared.state.load().limits.sweep();
+                    self.probe().await;
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+}
+
+/// Builds and runs the server until SIGTERM/SIGINT. Blocks.
+pub fn run(plan: Plan) -> Result<(), ServerError> {
+    let s = plan.settings.clone();
+    let metrics = Arc::new(Metrics::new());
+    let log = AccessLog::open(s.access_log, s.access_log_path.as_deref())
+        .map_err(ServerError::AccessLog)?;
+    let shared = Arc::new(Shared::new(s.clone(), metrics, log));
+
+    let mut conf = ServerConf::default();
+    conf.threads = s
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    conf.upstream_keepalive_pool_size = s.upstream.keepalive_pool_size;
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Gateway {
+            shared: shared.clone(),
+        },
+    );
+    for a in &s.listen {
+        proxy.add_tcp(&a.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = s.metrics_listen {
+        let mut svc = Service::new(
+            "metrics".to_string(),
+            HttpServer::new_app(MetricsApp {
+                shared: shared.clone(),
+            }),
+        );
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+
+    if let Some((addr, sim)) = plan.sim {
+        let mut svc = Service::new(
+            "mor-simulator".to_string(),
+            HttpServer::new_app(Simulator::new(sim)),
+        );
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+
+    server.add_service(background_service(
+        "housekeeping",
+        Housekeeping {
+            shared,
+            config_path: plan.config_path,
+        },
+    ));
+    tracing::info!("mor-gateway listening on {:?}", s.listen);
+    server.run(RunArgs::default());
+    Ok(())
+}
+
+/// Runs only the simulator (for tests, benchmarks and manual work). Blocks.
+pub fn run_simulator(addr: SocketAddr, sim: SimSettings, threads: usize) {
+    let mut conf = ServerConf::default();
+    conf.threads = threads.max(1);
+    conf.grace_period_seconds = Some(0);
+    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = Service::new(
+        "mor-simulator".to_string(),
+        HttpServer::new_app(Simulator::new(sim)),
+    );
+    svc.add_tcp(&addr.to_string());
+    server.add_service(svc);
+    server.run(RunArgs::default());
+}
