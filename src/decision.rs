@@ -132,13 +132,14 @@ pub fn admit<G: Gate + ?Sized>(
     s: &Settings,
     gate: &G,
     head: &Head<'_>,
-) -> Result<Admitted, (Refusal, CallInfo)> {
-    let kind = route(head.path, &s.prefix).map_err(|e| (route_refusal(e), CallInfo::default()))?;
+) -> Result<Admitted, Box<(Refusal, CallInfo)>> {
+    let kind = route(head.path, &s.prefix)
+        .map_err(|e| Box::new((route_refusal(e), CallInfo::default())))?;
     let info = match &kind {
         PathKind::Api(a) => call_info(s, a),
         _ => CallInfo::default(),
     };
-    let refuse = |r: Refusal| Err((r, info.clone()));
+    let refuse = |r: Refusal| Err(Box::new((r, info.clone())));
     let policy = match &kind {
         PathKind::Api(_) => None,
         PathKind::RestV2 => Some(s.rest_v2),
@@ -308,7 +309,10 @@ pub fn finish<G: Gate + ?Sized>(
 pub fn decide<G: Gate + ?Sized>(s: &Settings, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
     match admit(s, gate, head) {
         Ok(a) => finish(s, gate, head, a, body),
-        Err((r, info)) => Verdict::Refuse(r, info),
+        Err(rejected) => {
+            let (r, info) = *rejected;
+            Verdict::Refuse(r, info)
+        }
     }
 }
 

@@ -419,7 +419,8 @@ impl ProxyHttp for Gateway {
         let admitted = decision::admit(s, &*st.limits, &head_of(session, ip));
         let admitted = match admitted {
             Ok(a) => a,
-            Err((r, info)) => {
+            Err(rejected) => {
+                let (r, info) = *rejected;
                 ctx.info = info;
                 self.refuse(session, ctx, r).await?;
                 return Ok(true);

@@ -165,13 +165,15 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
         .map_err(ServerError::AccessLog)?;
     let shared = Arc::new(Shared::new(s.clone(), metrics, log));
 
-    let mut conf = ServerConf::default();
-    conf.threads = s
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    conf.upstream_keepalive_pool_size = s.upstream.keepalive_pool_size;
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf {
+        threads: s
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
@@ -220,10 +222,12 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
 
 /// Runs only the simulator (for tests, benchmarks and manual work). Blocks.
 pub fn run_simulator(addr: SocketAddr, sim: SimSettings, threads: usize) {
-    let mut conf = ServerConf::default();
-    conf.threads = threads.max(1);
-    conf.grace_period_seconds = Some(0);
-    conf.graceful_shutdown_timeout_seconds = Some(1);
+    let conf = ServerConf {
+        threads: threads.max(1),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut svc = Service::new(

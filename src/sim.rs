@@ -349,7 +349,16 @@ impl Simulator {
         let parsed = query
             .map(|q| p.add_form(q.as_bytes()))
             .unwrap_or(Ok(()))
-            .and_then(|_| p.add_body(content_type, body, method.eq_ignore_ascii_case("POST")));
+            .and_then(|_| p.add_body(content_type, body, method.eq_ignore_ascii_case("POST")))
+            // Rails' path parameters: `/<id>` and `.xml`.
+            .and_then(|_| match &api.id {
+                Some(id) => p.insert("id", crate::params::Value::Scalar(id.clone())),
+                None => Ok(()),
+            })
+            .and_then(|_| match &api.format {
+                Some(f) => p.insert("format", crate::params::Value::Scalar(f.clone())),
+                None => Ok(()),
+            });
         if parsed.is_err() {
             return err("Bad request");
         }

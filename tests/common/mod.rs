@@ -1,0 +1,319 @@
+//! Test harness: runs the real `mor-gateway` binary (gateway and simulator)
+//! on ephemeral loopback ports, and talks raw HTTP/1.1 to it so tests control
+//! every byte on the wire.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mor-gateway");
+pub const KEY: &str = "456789";
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago (bound to port 0, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Waits until something accepts connections on `a`.
+pub fn wait_listening(a: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    panic!("{what} did not start listening on {a}");
+}
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "morgw-test-{}-{}",
+        std::process::id(),
+        DIRS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Starts the simulator with the admin key `key` (and extra CLI args).
+pub fn start_sim(key: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let a = addr(port);
+    let child = Command::new(BIN)
+        .args(["sim", "--listen", &a.to_string(), "--key-env", "SIM_KEY"])
+        .args(extra)
+        .env("SIM_KEY", key)
+        .env("SIM_RESELLER_KEY", "resellerkey")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn simulator");
+    let p = Proc {
+        child,
+        name: "sim".into(),
+    };
+    wait_listening(a, "simulator");
+    (p, a)
+}
+
+/// A running gateway.
+pub struct Gw {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Gw {
+    pub fn send(&self, raw: &str) -> Resp {
+        send(self.addr, raw.as_bytes())
+    }
+    pub fn post(&self, path: &str, body: &str) -> Resp {
+        self.send(&post_form(path, body))
+    }
+    pub fn metrics_text(&self) -> String {
+        send(
+            self.metrics,
+            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
+        .text()
+    }
+    /// Rewrites the config file (same ports) and sends SIGHUP.
+    pub fn reload(&self, body: &str) {
+        std::fs::write(&self.config, self.config_text(body)).expect("write config");
+        self.proc.signal("HUP");
+    }
+    fn config_text(&self, body: &str) -> String {
+        config_text(self.addr, self.metrics, body)
+    }
+}
+
+fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
+    // `body` holds [upstream], [api], ... ; the listen keys go first.
+    format!("listen = [\"{gw}\"]\nthreads = 1\n{body}\n[metrics]\nlisten = \"{metrics}\"\n")
+}
+
+/// A gateway config body in front of `upstreams`: `top` holds top-level
+/// keys (reply_mode, ...), `tables` extra tables ([api], [limits], ...).
+pub fn body_for(upstreams: &[SocketAddr], top: &str, tables: &str) -> String {
+    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout_ms = 500\nread_timeout_ms = 3000\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\nmode = \"off\"\n\n{tables}\n",
+        ups.join(", ")
+    )
+}
+
+/// Starts a gateway with a config built by [`body_for`]-style text.
+/// `body` must not contain `listen` or `[metrics]`.
+pub fn start_gateway(body: &str) -> Gw {
+    start_gateway_env(body, &[])
+}
+
+pub fn start_gateway_env(body: &str, env: &[(&str, &str)]) -> Gw {
+    let dir = temp_dir();
+    let (gp, mp) = (free_port(), free_port());
+    let (a, m) = (addr(gp), addr(mp));
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, config_text(a, m, body)).expect("write config");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "-c"])
+        .arg(&config)
+        .env("GW_KEY", KEY)
+        .env("GW_RESELLER_KEY", "resellerkey")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("stderr.log")).expect("log file"),
+        ));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn gateway");
+    let proc = Proc {
+        child,
+        name: "gateway".into(),
+    };
+    wait_listening(a, "gateway");
+    wait_listening(m, "metrics listener");
+    Gw {
+        proc,
+        addr: a,
+        metrics: m,
+        dir,
+        config,
+    }
+}
+
+/// Gateway in front of one fresh simulator; returns both.
+pub fn gw_and_sim(top: &str, tables: &str) -> (Gw, Proc, SocketAddr) {
+    let (sim, sa) = start_sim(KEY, &["--reseller", "res1=SIM_RESELLER_KEY"]);
+    let gw = start_gateway(&body_for(&[sa], top, tables));
+    (gw, sim, sa)
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn post_form(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+pub fn post_json(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: mor\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+pub fn get(path_and_query: &str) -> String {
+    format!("GET {path_and_query} HTTP/1.1\r\nHost: mor\r\nConnection: close\r\n\r\n")
+}
+
+/// Sends raw bytes, reads until the server closes, parses one response.
+pub fn send(a: SocketAddr, raw: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(a).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    s.write_all(raw).expect("write request");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    parse(&buf)
+        .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
+}
+
+/// Parses one response from `buf` (Content-Length, chunked, or to EOF).
+pub fn parse(buf: &[u8]) -> Option<Resp> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let rest = &buf[end + 4..];
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let body = if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut out = Vec::new();
+        let mut r = rest;
+        loop {
+            let nl = r.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&r[..nl]).ok()?.trim(), 16).ok()?;
+            r = &r[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&r[..size]);
+            r = &r[size + 2..];
+        }
+        out
+    } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        rest[..n.min(rest.len())].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Some(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// What the simulator received.
+pub fn sim_seen(sim: SocketAddr) -> Vec<serde_json::Value> {
+    let r = send(sim, get("/_sim/requests").as_bytes());
+    serde_json::from_slice(&r.body).expect("sim request log is JSON")
+}
+
+pub fn sim_reset(sim: SocketAddr) {
+    send(
+        sim,
+        b"POST /_sim/reset HTTP/1.1\r\nHost: s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+}
+
+/// MOR's error document.
+pub fn mor_error(msg: &str) -> String {
+    format!(r#"<?xml version="1.0" encoding="UTF-8"?><status><error>{msg}</error></status>"#)
+}
+
+/// SHA1 hex of a string (test-side, independent of the gateway's signer).
+pub fn sha1_hex(s: &str) -> String {
+    use sha1::{Digest, Sha1};
+    hex::encode(Sha1::digest(s.as_bytes()))
+}
