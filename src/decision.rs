@@ -317,7 +317,7 @@ pub fn decide<G: Gate + ?Sized>(s: &Settings, gate: &G, head: &Head<'_>, body: &
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::limits::Open;
 
@@ -651,5 +651,95 @@ admin_key_env = "MORGW_DECISION_SECRET"
             post(&s, "/billing/api/user_details_get", "user_id=1"),
             Verdict::Forward(..)
         ));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::tests::settings;
+    use super::*;
+    use crate::limits::Open;
+    use crate::params::encode;
+    use proptest::prelude::*;
+
+    fn covered() -> Vec<String> {
+        let s = settings("");
+        s.catalog
+            .lookup("user_details_update")
+            .map(|f| f.method.hash.clone())
+            .unwrap_or_default()
+    }
+
+    /// Random subsets of user_details_update's covered params with values of
+    /// any characters (including &, =, +, %, multi-byte).
+    fn call() -> impl Strategy<Value = Vec<(String, String)>> {
+        let names = covered();
+        proptest::sample::subsequence(names.clone(), 1..8).prop_flat_map(|picked| {
+            let n = picked.len();
+            (Just(picked), proptest::collection::vec("[a-zA-Z0-9 &=+%;é€_.-]{0,12}", n))
+        })
+        .prop_map(|(names, values)| {
+            names
+                .into_iter()
+                .zip(values)
+                .map(|(k, v)| (k, v.replace(';', ",")))
+                .collect()
+        })
+    }
+
+    fn body(params: &[(String, String)], hash: &str) -> String {
+        let mut parts: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+        parts.push(format!("hash={hash}"));
+        parts.join("&")
+    }
+
+    fn decide_form(s: &Settings, b: &str) -> Verdict {
+        let h = Head {
+            method: "POST",
+            path: "/billing/api/user_details_update",
+            query: None,
+            content_type: Some("application/x-www-form-urlencoded"),
+            client_ip: "192.0.2.7".parse().unwrap(),
+        };
+        decide(s, &Open, &h, b.as_bytes())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn sign_then_verify_round_trips(params in call()) {
+            let s = settings("");
+            let order = covered();
+            let h = signature::compute(&order, |n| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()), b"456789");
+            let v = decide_form(&s, &body(&params, h.as_str()));
+            prop_assert!(matches!(v, Verdict::Forward(..)), "{:?}", v);
+        }
+
+        #[test]
+        fn any_changed_hashed_value_fails(params in call(), which in any::<prop::sample::Index>(), new in "[a-z0-9]{0,6}") {
+            let s = settings("");
+            let order = covered();
+            let h = signature::compute(&order, |n| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()), b"456789");
+            let mut changed = params.clone();
+            let i = which.index(changed.len());
+            prop_assume!(changed[i].1 != new);
+            changed[i].1 = new;
+            let v = decide_form(&s, &body(&changed, h.as_str()));
+            prop_assert!(matches!(&v, Verdict::Refuse(r, _) if r.reason == Reason::BadHash), "{:?}", v);
+        }
+
+        #[test]
+        fn never_panics_on_arbitrary_requests(
+            method in "(GET|POST|HEAD|PUT|[A-Z]{1,6})",
+            path in "(/billing/api/)?[a-z_/.%0-9A-F]{0,40}",
+            query in proptest::option::of("[ -~]{0,80}"),
+            ctype in proptest::option::of("(application/json|application/x-www-form-urlencoded|text/[a-z]{1,5}|[ -~]{0,20})"),
+            body in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let s = settings("[api]\nallow_get = true\n");
+            let h = Head { method: &method, path: &path, query: query.as_deref(), content_type: ctype.as_deref(), client_ip: "192.0.2.9".parse().unwrap() };
+            let _ = decide(&s, &Open, &h, &body);
+        }
     }
 }
