@@ -317,3 +317,24 @@ pub fn sha1_hex(s: &str) -> String {
     use sha1::{Digest, Sha1};
     hex::encode(Sha1::digest(s.as_bytes()))
 }
+
+/// Like [`send`], but from a chosen loopback source address (e.g. 127.0.0.2).
+pub fn send_from(src: &str, a: SocketAddr, raw: &[u8]) -> Resp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let buf = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(format!("{src}:0").parse().expect("source address"))
+            .expect("bind source");
+        let mut s = sock.connect(a).await.expect("connect");
+        s.write_all(raw).await.expect("write");
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut buf)).await;
+        buf
+    });
+    parse(&buf)
+        .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
+}
