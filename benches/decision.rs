@@ -1,0 +1,89 @@
+//! Criterion microbenchmarks of the decision core: parse + normalise +
+//! verify + decide, for a GET, a form POST and a JSON POST, plus a bad hash.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use std::hint::black_box;
+
+use mor_gateway::config::Settings;
+use mor_gateway::decision::{decide, Head, Verdict};
+use mor_gateway::limits::Open;
+
+fn settings() -> Settings {
+    std::env::set_var("BENCH_KEY", "456789");
+    Settings::from_toml(
+        "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[api]\nallow_get = true\n[secrets]\nadmin_key_env = \"BENCH_KEY\"\n",
+        None,
+    )
+    .expect("bench config")
+}
+
+const H: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+
+fn bench(c: &mut Criterion) {
+    let s = settings();
+    let ip = "192.0.2.1".parse().expect("ip");
+    let get_q = format!("u=admin&user_id=123&hash={H}");
+    let form = format!("u=admin&user_id=123&hash={H}");
+    let json = format!(r#"{{"u":"admin","user_id":123,"hash":"{H}"}}"#);
+    let bad = "u=admin&user_id=123&hash=0000000000000000000000000000000000000000".to_string();
+    let cases: [(&str, Head<'_>, &[u8]); 4] = [
+        (
+            "get",
+            Head {
+                method: "GET",
+                path: "/billing/api/user_details_get",
+                query: Some(&get_q),
+                content_type: None,
+                client_ip: ip,
+            },
+            b"",
+        ),
+        (
+            "form_post",
+            Head {
+                method: "POST",
+                path: "/billing/api/user_details_get",
+                query: None,
+                content_type: Some("application/x-www-form-urlencoded"),
+                client_ip: ip,
+            },
+            form.as_bytes(),
+        ),
+        (
+            "json_post",
+            Head {
+                method: "POST",
+                path: "/billing/api/user_details_get",
+                query: None,
+                content_type: Some("application/json"),
+                client_ip: ip,
+            },
+            json.as_bytes(),
+        ),
+        (
+            "bad_hash",
+            Head {
+                method: "POST",
+                path: "/billing/api/user_details",
+                query: None,
+                content_type: Some("application/x-www-form-urlencoded"),
+                client_ip: ip,
+            },
+            bad.as_bytes(),
+        ),
+    ];
+    for (name, head, body) in &cases {
+        let v = decide(&s, &Open, head, body);
+        assert_eq!(
+            matches!(v, Verdict::Forward(..)),
+            *name != "bad_hash",
+            "{name}: {v:?}"
+        );
+        c.bench_function(&format!("decide/{name}"), |b| {
+            b.iter(|| decide(black_box(&s), &Open, black_box(head), black_box(body)))
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
