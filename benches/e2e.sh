@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
+#
+#   benches/e2e.sh [--duration S] [--connections N] [--binary PATH]
+#
+# One run measures, against the same upstream (nginx `return 200` with a
+# MOR-like XML page) and the same wrk load, on loopback:
+#   direct        wrk -> upstream (no proxy)
+#   nginx         nginx 1 worker, proxy_pass with upstream keep-alive, no checks
+#   gw-good       mor-gateway, fully verified POSTs cycling 1000 users
+#   gw-badhash    mor-gateway, bad hashes (refused at the edge)
+#   gw-alias      mor-gateway, legacy alias user_details (verified, rewritten)
+# The proxy under test runs alone on CPU 0 (taskset); wrk and the upstream
+# share CPU 1. CPU-µs/request = (utime+stime of the proxy process from
+# /proc/PID/stat) / requests completed. Also reported: idle RSS and RSS with
+# 10,000 open keep-alive client connections.
+# Loopback only; every load is bounded by --duration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=10
+CONNS=32
+BIN=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION="$2"; shift 2 ;;
+    --connections) CONNS="$2"; shift 2 ;;
+    --binary) BIN="$2"; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+need=()
+command -v nginx >/dev/null 2>&1 || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+if [ "${#need[@]}" -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -z "$BIN" ]; then
+  cargo build --release --quiet
+  BIN=target/release/mor-gateway
+fi
+ulimit -n 65536 2>/dev/null || true
+
+W=$(mktemp -d /tmp/morgw-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+UP=$(free_port); NGX=$(free_port); GW=$(free_port); MET=$(free_port)
+KEY=456789
+CLK=$(getconf CLK_TCK)
+
+# --- upstream: nginx answering a MOR-like page -------------------------------
+mkdir -p "$W/up" "$W/px"
+cat > "$W/up/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/up/nginx.pid;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP backlog=4096;
+    location / {
+      default_type application/xml;
+      return 200 '<?xml version="1.0" encoding="UTF-8"?><page><details><id>123</id><username>client123</username><balance>55.0000</balance></details></page>';
+    }
+  }
+}
+EOF
+taskset -c 1 nginx -p "$W/up" -c "$W/up/nginx.conf" & PIDS+=($!)
+
+# --- plain nginx reverse proxy (the baseline) --------------------------------
+cat > "$W/px/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/px/nginx.pid;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream mor { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$NGX backlog=4096;
+    location / {
+      proxy_pass http://mor;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+taskset -c 0 nginx -p "$W/px" -c "$W/px/nginx.conf" & NGX_PID=$!; PIDS+=($NGX_PID)
+
+# --- mor-gateway ---------------------------------------------------------------
+cat > "$W/gw.toml" <<EOF
+listen = ["127.0.0.1:$GW"]
+threads = 1
+[upstream]
+servers = ["127.0.0.1:$UP"]
+keepalive_pool_size = 256
+[api]
+allow_get = false
+[secrets]
+admin_key_env = "BENCH_KEY"
+[metrics]
+listen = "127.0.0.1:$MET"
+[access_log]
+mode = "off"
+EOF
+BENCH_KEY=$KEY taskset -c 0 "$BIN" run -c "$W/gw.toml" 2>"$W/gw.err" & GW_PID=$!; PIDS+=($GW_PID)
+
+wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port "$UP"; wait_port "$NGX"; wait_port "$GW"
+sleep 0.5
+START_RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
+
+# --- request scripts -----------------------------------------------------------
+python3 - "$W" "$KEY" <<'PY'
+import hashlib, sys
+w, key = sys.argv[1], sys.argv[2]
+def lua(name, path, bodies):
+    with open(f"{w}/{name}.lua", "w") as f:
+        f.write("local bodies = {\n")
+        for b in bodies:
+            f.write(f'  "{b}",\n')
+        f.write("}\nlocal i = 0\n")
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
+        f.write("request = function()\n  i = i % #bodies + 1\n")
+        f.write(f'  return wrk.format("POST", "{path}", nil, bodies[i])\nend\n')
+good = [f"u=user{n}&user_id={n}&hash={hashlib.sha1((str(n)+key).encode()).hexdigest()}" for n in range(1, 1001)]
+bad = [f"u=user{n}&user_id={n}&hash={'0'*40}" for n in range(1, 1001)]
+lua("good", "/billing/api/user_details_get", good)
+lua("bad", "/billing/api/user_details_get", bad)
+lua("alias", "/billing/api/user_details", good)
+PY
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+ROWS=()
+# run NAME PORT SCRIPT PID(or -)
+run() {
+  local name=$1 port=$2 script=$3 pid=$4
+  # warm-up (keep-alive pools, page faults)
+  taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$W/$script.lua" "http://127.0.0.1:$port" >/dev/null
+  local t0=0; [ "$pid" != "-" ] && t0=$(cpu_ticks "$pid")
+  local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$W/$script.lua" "http://127.0.0.1:$port")
+  local t1=0; [ "$pid" != "-" ] && t1=$(cpu_ticks "$pid")
+  local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  local rps; rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  local p50; p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  local p99; p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
+  local us="-"
+  if [ "$pid" != "-" ]; then
+    us=$(python3 -c "print(f'{($t1-$t0)/$CLK*1e6/$reqs:.1f}')")
+  fi
+  ROWS+=("$name|$reqs|$rps|$p50|$p99|$non2xx|$us")
+}
+
+run direct "$UP" good -
+run nginx "$NGX" good "$NGX_PID"
+run gw-good "$GW" good "$GW_PID"
+run gw-badhash "$GW" bad "$GW_PID"
+run gw-alias "$GW" alias "$GW_PID"
+
+# sanity: the gateway really verified (bad hashes refused, good ones forwarded)
+curl -s "http://127.0.0.1:$MET/metrics" | grep -E '^mor_gateway_requests_total' > "$W/metrics.txt" || true
+
+NGINX_US=""
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r n _ _ _ _ _ us <<<"$r"
+  if [ "$n" = nginx ]; then NGINX_US=$us; fi
+done
+echo
+echo "mor-gateway benchmark: wrk -t1 -c$CONNS -d${DURATION}s, proxy on CPU 0, wrk+upstream on CPU 1, $(nproc) CPUs, $(date -u +%FT%TZ)"
+echo
+echo "| load | requests | req/s | p50 | p99 | non-2xx | proxy CPU-µs/req | × nginx |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+for r in "${ROWS[@]}"; do
+  IFS='|' read -r n reqs rps p50 p99 non2xx us <<<"$r"
+  ratio="-"
+  if [ "$us" != "-" ] && [ -n "$NGINX_US" ]; then ratio=$(python3 -c "print(f'{$us/$NGINX_US:.2f}')"); fi
+  echo "| $n | $reqs | $rps | $p50 | $p99 | $non2xx | $us | $ratio |"
+done
+echo
+echo "gateway outcomes during the run:"
+sed 's/^/  /' "$W/metrics.txt"
+
+# --- memory: idle, then 10,000 open keep-alive client connections ------------
+IDLE=$(rss_kib "$GW_PID")
+python3 - "$GW" "$GW_PID" <<'PY' > "$W/conns.txt"
+import socket, sys, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+socks = []
+body = b"u=user1&user_id=1&hash=" + b"0" * 40
+req = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+for i in range(10000):
+    s = socket.create_connection(("127.0.0.1", port))
+    socks.append(s)
+# one request per connection so each is a live keep-alive HTTP session
+for s in socks:
+    s.sendall(req)
+for s in socks:
+    s.recv(4096)
+time.sleep(1)
+rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+print(rss)
+PY
+CONNRSS=$(cat "$W/conns.txt")
+echo
+echo "| mor-gateway memory | RSS MiB |"
+echo "| --- | --- |"
+echo "| idle, just started | $(python3 -c "print(f'{$START_RSS/1024:.1f}')") |"
+echo "| idle, after the load runs | $(python3 -c "print(f'{$IDLE/1024:.1f}')") |"
+echo "| 10,000 open keep-alive connections | $(python3 -c "print(f'{$CONNRSS/1024:.1f}')") |"
