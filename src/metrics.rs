@@ -204,6 +204,36 @@ impl Metrics {
         }
     }
 
+    /// Pre-creates the main counter series at 0 for every catalogued method
+    /// (and `other`), so that `rate()`/`increase()` see their first event.
+    pub fn register_methods<'a>(&self, methods: impl Iterator<Item = &'a str>) {
+        let mut names: Vec<&str> = methods.collect();
+        names.push("other");
+        for m in names {
+            for http in ["GET", "POST"] {
+                self.requests.with_label_values(&[m, http, "forwarded", ""]);
+            }
+            self.requests
+                .with_label_values(&[m, "POST", "refused", Reason::BadHash.label()]);
+            self.requests.with_label_values(&[
+                m,
+                "POST",
+                "upstream_error",
+                Reason::UpstreamError.label(),
+            ]);
+            self.hash_failures.with_label_values(&[m]);
+        }
+        for r in Reason::ALL {
+            let outcome = match r {
+                Reason::Limited | Reason::LockedOut => "limited",
+                Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
+                _ => "refused",
+            };
+            self.requests
+                .with_label_values(&["other", "POST", outcome, r.label()]);
+        }
+    }
+
     /// Counts one finished request.
     pub fn observe_request(
         &self,

@@ -86,6 +86,7 @@ impl Shared {
         let limits = Limits::new(&settings.limits)
             .with_observer(Arc::new(crate::metrics::LimitMetrics(metrics.clone())));
         metrics.register_upstreams(&settings.upstream.servers);
+        metrics.register_methods(settings.catalog.methods().iter().map(|m| m.name.as_str()));
         metrics.config_loaded.set(unix_now());
         Shared {
             state: ArcSwap::from_pointee(State {
@@ -105,6 +106,8 @@ impl Shared {
         let old = self.state.load();
         let limits = old.limits.reconfigure(&settings.limits);
         self.metrics.register_upstreams(&settings.upstream.servers);
+        self.metrics
+            .register_methods(settings.catalog.methods().iter().map(|m| m.name.as_str()));
         self.state.store(Arc::new(State {
             settings,
             limits: Arc::new(limits),
