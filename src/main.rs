@@ -83,6 +83,10 @@ enum Cmd {
     },
 }
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEMO_KEY: &str = "456789";
 const DEMO_RESELLER_KEY: &str = "resellerkey";
 
