@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
 #
-#   benches/e2e.sh [--duration S] [--connections N] [--binary PATH]
+#   benches/e2e.sh [--duration S] [--connections N]
+#                  [--variant LABEL=BINARY[,toml-line;toml-line...]]...
+#
+# Without --variant the release build is measured as "gw". Each variant is
+# its own gateway process (BINARY, plus extra top-level config lines), e.g.
+#   --variant sys=target/release/mor-gateway
+#   --variant mimalloc=target/mimalloc/release/mor-gateway
+#   --variant rb64k=target/release/mor-gateway,read_buffer_bytes=65536
 #
 # One run measures, against the same upstream (nginx `return 200` with a
 # MOR-like XML page) and the same wrk load, on loopback:
@@ -20,12 +27,12 @@ cd "$(dirname "$0")/.."
 
 DURATION=10
 CONNS=32
-BIN=""
+VARIANTS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
-    --binary) BIN="$2"; shift 2 ;;
+    --variant) VARIANTS+=("$2"); shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -37,9 +44,9 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [ -z "$BIN" ]; then
+if [ "${#VARIANTS[@]}" -eq 0 ]; then
   cargo build --release --quiet
-  BIN=target/release/mor-gateway
+  VARIANTS=("gw=target/release/mor-gateway")
 fi
 ulimit -n 65536 2>/dev/null || true
 
@@ -54,7 +61,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
-UP=$(free_port); NGX=$(free_port); GW=$(free_port); MET=$(free_port)
+UP=$(free_port); NGX=$(free_port)
 KEY=456789
 CLK=$(getconf CLK_TCK)
 
@@ -98,10 +105,15 @@ http {
 EOF
 taskset -c 0 nginx -p "$W/px" -c "$W/px/nginx.conf" & NGX_PID=$!; PIDS+=($NGX_PID)
 
-# --- mor-gateway ---------------------------------------------------------------
-cat > "$W/gw.toml" <<EOF
-listen = ["127.0.0.1:$GW"]
-threads = 1
+# --- mor-gateway (one process per variant, started when measured) -----------
+start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
+  local label=$1 bin=$2 extra=$3
+  GW=$(free_port); MET=$(free_port)
+  {
+    echo "listen = [\"127.0.0.1:$GW\"]"
+    echo "threads = 1"
+    tr ';' '\n' <<<"$extra"
+    cat <<EOF
 [upstream]
 servers = ["127.0.0.1:$UP"]
 keepalive_pool_size = 256
@@ -114,12 +126,14 @@ listen = "127.0.0.1:$MET"
 [access_log]
 mode = "off"
 EOF
-BENCH_KEY=$KEY taskset -c 0 "$BIN" run -c "$W/gw.toml" 2>"$W/gw.err" & GW_PID=$!; PIDS+=($GW_PID)
+  } > "$W/gw-$label.toml"
+  BENCH_KEY=$KEY taskset -c 0 "$bin" run -c "$W/gw-$label.toml" 2>"$W/gw-$label.err" & GW_PID=$!; PIDS+=($GW_PID)
+  wait_port "$GW"
+  sleep 0.5
+}
 
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-wait_port "$UP"; wait_port "$NGX"; wait_port "$GW"
-sleep 0.5
-START_RSS=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
+wait_port "$UP"; wait_port "$NGX"
 
 # --- request scripts -----------------------------------------------------------
 python3 - "$W" "$KEY" <<'PY'
@@ -167,12 +181,37 @@ run() {
 
 run direct "$UP" good -
 run nginx "$NGX" good "$NGX_PID"
-run gw-good "$GW" good "$GW_PID"
-run gw-badhash "$GW" bad "$GW_PID"
-run gw-alias "$GW" alias "$GW_PID"
-
-# sanity: the gateway really verified (bad hashes refused, good ones forwarded)
-curl -s "http://127.0.0.1:$MET/metrics" | grep -E '^mor_gateway_requests_total' > "$W/metrics.txt" || true
+MEM=()
+: > "$W/metrics.txt"
+for v in "${VARIANTS[@]}"; do
+  label=${v%%=*}; rest=${v#*=}; bin=${rest%%,*}; extra=""
+  [ "$rest" != "$bin" ] && extra=${rest#*,}
+  start_gw "$label" "$bin" "$extra"
+  start_rss=$(rss_kib "$GW_PID")
+  run "$label-good" "$GW" good "$GW_PID"
+  run "$label-badhash" "$GW" bad "$GW_PID"
+  run "$label-alias" "$GW" alias "$GW_PID"
+  curl -s "http://127.0.0.1:$MET/metrics" | grep -E '^mor_gateway_requests_total' | grep -v ' 0$' | sed "s/^/  $label: /" >> "$W/metrics.txt" || true
+  idle_rss=$(rss_kib "$GW_PID")
+  conn_rss=$(python3 - "$GW" "$GW_PID" <<'PY'
+import socket, sys, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+body = b"u=user1&user_id=1&hash=" + b"0" * 40
+req = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(10000)]
+for s in socks:
+    s.sendall(req)   # one request each: every connection is a live keep-alive session
+for s in socks:
+    s.recv(4096)
+time.sleep(1)
+print([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1])
+for s in socks:
+    s.close()
+PY
+)
+  MEM+=("$label|$start_rss|$idle_rss|$conn_rss")
+  kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+done
 
 NGINX_US=""
 for r in "${ROWS[@]}"; do
@@ -181,6 +220,7 @@ for r in "${ROWS[@]}"; do
 done
 echo
 echo "mor-gateway benchmark: wrk -t1 -c$CONNS -d${DURATION}s, proxy on CPU 0, wrk+upstream on CPU 1, $(nproc) CPUs, $(date -u +%FT%TZ)"
+echo "direct: wrk straight to the upstream; CPU columns are the proxy process's user+sys time per request."
 echo
 echo "| load | requests | req/s | p50 | p99 | non-2xx | proxy CPU-µs/req | × nginx |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
@@ -191,33 +231,13 @@ for r in "${ROWS[@]}"; do
   echo "| $n | $reqs | $rps | $p50 | $p99 | $non2xx | $us | $ratio |"
 done
 echo
-echo "gateway outcomes during the run:"
+echo "gateway outcomes during the run (non-zero series):"
 sed 's/^/  /' "$W/metrics.txt"
 
-# --- memory: idle, then 10,000 open keep-alive client connections ------------
-IDLE=$(rss_kib "$GW_PID")
-python3 - "$GW" "$GW_PID" <<'PY' > "$W/conns.txt"
-import socket, sys, time
-port, pid = int(sys.argv[1]), sys.argv[2]
-socks = []
-body = b"u=user1&user_id=1&hash=" + b"0" * 40
-req = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-for i in range(10000):
-    s = socket.create_connection(("127.0.0.1", port))
-    socks.append(s)
-# one request per connection so each is a live keep-alive HTTP session
-for s in socks:
-    s.sendall(req)
-for s in socks:
-    s.recv(4096)
-time.sleep(1)
-rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
-print(rss)
-PY
-CONNRSS=$(cat "$W/conns.txt")
 echo
-echo "| mor-gateway memory | RSS MiB |"
-echo "| --- | --- |"
-echo "| idle, just started | $(python3 -c "print(f'{$START_RSS/1024:.1f}')") |"
-echo "| idle, after the load runs | $(python3 -c "print(f'{$IDLE/1024:.1f}')") |"
-echo "| 10,000 open keep-alive connections | $(python3 -c "print(f'{$CONNRSS/1024:.1f}')") |"
+echo "| gateway memory | RSS MiB just started | idle after load | 10,000 open keep-alive connections |"
+echo "| --- | --- | --- | --- |"
+for m in "${MEM[@]}"; do
+  IFS='|' read -r label a b c <<<"$m"
+  echo "| $label | $(python3 -c "print(f'{$a/1024:.1f}')") | $(python3 -c "print(f'{$b/1024:.1f}')") | $(python3 -c "print(f'{$c/1024:.1f}')") |"
+done

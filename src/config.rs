@@ -96,6 +96,10 @@ struct RawConfig {
     reply_mode: ReplyMode,
     #[serde(default)]
     threads: Option<usize>,
+    #[serde(default = "d_read_buffer")]
+    read_buffer_bytes: usize,
+    #[serde(default)]
+    work_stealing: bool,
     upstream: RawUpstream,
     #[serde(default)]
     api: RawApi,
@@ -110,6 +114,9 @@ struct RawConfig {
     access_log: RawAccessLog,
 }
 
+fn d_read_buffer() -> usize {
+    4 * 1024
+}
 fn default_product() -> Product {
     Product::Mor
 }
@@ -432,8 +439,12 @@ pub struct Settings {
     pub product: Product,
     /// Gateway listen addresses.
     pub listen: Vec<SocketAddr>,
-    /// Worker threads (None: pingora's default).
+    /// Worker threads (None: one per CPU).
     pub threads: Option<usize>,
+    /// Per-connection read buffer of the gateway listeners.
+    pub read_buffer_bytes: usize,
+    /// Work-stealing tokio runtime (false: pingora's per-thread runtimes).
+    pub work_stealing: bool,
     /// Reply mode.
     pub reply_mode: ReplyMode,
     /// Upstream MOR servers and timeouts.
@@ -581,6 +592,12 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         if raw.threads == Some(0) {
             return Err(invalid("threads", "must be at least 1"));
+        }
+        if !(1024..=1024 * 1024).contains(&raw.read_buffer_bytes) {
+            return Err(invalid(
+                "read_buffer_bytes",
+                "must be between 1024 and 1048576",
+            ));
         }
 
         let u = raw.upstream;
@@ -806,6 +823,8 @@ impl Settings {
             product: raw.product,
             listen,
             threads: raw.threads,
+            read_buffer_bytes: raw.read_buffer_bytes,
+            work_stealing: raw.work_stealing,
             reply_mode: raw.reply_mode,
             upstream,
             prefix,

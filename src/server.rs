@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http::{header, Response};
 use pingora::apps::http_app::{HttpServer, ServeHttp};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
@@ -170,6 +171,7 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
+        work_stealing: s.work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
@@ -184,7 +186,12 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
         },
     );
     for a in &s.listen {
-        proxy.add_tcp(&a.to_string());
+        proxy.add_listener(
+            ListenerConfig::tcp(a.to_string()).l4_buffer(L4BufferSettings {
+                read: Some(s.read_buffer_bytes),
+                write: None,
+            }),
+        );
     }
     server.add_service(proxy);
 
