@@ -84,6 +84,11 @@ fn check_names_bad_values_and_missing_secrets() {
             GOOD.replace("CLI_KEY", "CLI_UNSET_VARIABLE"),
             "CLI_UNSET_VARIABLE",
         ),
+        (
+            format!("read_buffer_bytes = 10\n{GOOD}"),
+            "read_buffer_bytes",
+        ),
+        (format!("threads = 0\n{GOOD}"), "threads"),
     ];
     for (body, key) in cases {
         let p = config(&body);
