@@ -53,20 +53,28 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
 }
 
+/// Registers a metric built from static definitions and returns it.
+fn reg<M: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    m: prometheus::Result<M>,
+) -> M {
+    let m = m.expect("static metric definition");
+    r.register(Box::new(m.clone())).expect("unique metric name");
+    m
+}
+
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("unique metric name");
-    c
+    reg(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-        labels,
+    reg(
+        r,
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            labels,
+        ),
     )
-    .expect("static metric definition");
-    r.register(Box::new(h.clone())).expect("unique metric name");
-    h
 }
 
 /// Git revision baked in at build time, if the build saw one.
@@ -116,36 +124,30 @@ impl Metrics {
                 "Rate-limit decisions by layer, API method and decision.",
                 &["layer", "api_method", "decision"],
             ),
-            lockouts_active: {
-                let g = IntGauge::new("lockouts_active", "(IP, user) pairs locked out now.")
-                    .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("unique metric name");
-                g
-            },
+            lockouts_active: reg(
+                &r,
+                IntGauge::new("lockouts_active", "(IP, user) pairs locked out now."),
+            ),
             upstream_errors: counter(
                 &r,
                 "upstream_errors_total",
                 "Upstream failures by upstream and kind (connect, timeout, other).",
                 &["upstream", "kind"],
             ),
-            upstream_up: {
-                let g = IntGaugeVec::new(
+            upstream_up: reg(
+                &r,
+                IntGaugeVec::new(
                     Opts::new(
                         "upstream_up",
                         "1 when the upstream answered its last attempt.",
                     ),
                     &["upstream"],
-                )
-                .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("unique metric name");
-                g
-            },
-            in_flight: {
-                let g = IntGauge::new("in_flight_requests", "Requests being handled now.")
-                    .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("unique metric name");
-                g
-            },
+                ),
+            ),
+            in_flight: reg(
+                &r,
+                IntGauge::new("in_flight_requests", "Requests being handled now."),
+            ),
             request_bytes: counter(
                 &r,
                 "request_bytes_total",
@@ -164,24 +166,20 @@ impl Metrics {
                 "Configuration reloads by result.",
                 &["result"],
             ),
-            config_loaded: {
-                let g = Gauge::new(
+            config_loaded: reg(
+                &r,
+                Gauge::new(
                     "config_loaded_timestamp_seconds",
                     "Unix time the configuration in force was loaded.",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("unique metric name");
-                g
-            },
-            build_info: {
-                let g = IntGaugeVec::new(
+                ),
+            ),
+            build_info: reg(
+                &r,
+                IntGaugeVec::new(
                     Opts::new("build_info", "Build information; always 1."),
                     &["version", "git_sha"],
-                )
-                .expect("static metric definition");
-                r.register(Box::new(g.clone())).expect("unique metric name");
-                g
-            },
+                ),
+            ),
             registry: r,
         };
         m.build_info
@@ -224,13 +222,8 @@ impl Metrics {
             self.hash_failures.with_label_values(&[m]);
         }
         for r in Reason::ALL {
-            let outcome = match r {
-                Reason::Limited | Reason::LockedOut => "limited",
-                Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
-                _ => "refused",
-            };
             self.requests
-                .with_label_values(&["other", "POST", outcome, r.label()]);
+                .with_label_values(&["other", "POST", r.outcome(), r.label()]);
         }
     }
 
@@ -242,16 +235,7 @@ impl Metrics {
         reason: Option<Reason>,
         seconds: f64,
     ) {
-        let (outcome, reason_label) = match reason {
-            None => ("forwarded", ""),
-            Some(Reason::Limited | Reason::LockedOut) => {
-                ("limited", reason.map_or("", |r| r.label()))
-            }
-            Some(r @ (Reason::UpstreamError | Reason::UpstreamTimeout)) => {
-                ("upstream_error", r.label())
-            }
-            Some(r) => ("refused", r.label()),
-        };
+        let (outcome, reason_label) = Reason::labels(reason);
         let http_method = match http_method {
             "GET" | "HEAD" | "POST" => http_method,
             _ => "other",

@@ -599,12 +599,7 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
-        let verdict = match ctx.refused {
-            None => "forwarded",
-            Some(Reason::Limited | Reason::LockedOut) => "limited",
-            Some(Reason::UpstreamError | Reason::UpstreamTimeout) => "upstream_error",
-            Some(_) => "refused",
-        };
+        let (verdict, reason) = Reason::labels(ctx.refused);
         let signer = ctx.forward.as_ref().map(|f| match &f.signer {
             Signer::Admin => "admin".to_string(),
             Signer::Reseller(n) => format!("reseller:{n}"),
@@ -621,7 +616,7 @@ impl ProxyHttp for Gateway {
             alias: ctx.info.alias.as_deref(),
             user: ctx.info.user.as_deref(),
             verdict,
-            reason: ctx.refused.map(Reason::label),
+            reason: (!reason.is_empty()).then_some(reason),
             status,
             latency_ms: elapsed.as_secs_f64() * 1000.0,
             upstream: ctx.upstream.map(|u| u.to_string()),

@@ -96,6 +96,22 @@ impl Reason {
         }
     }
 
+    /// The outcome class of a refusal: `refused`, `limited` or `upstream_error`
+    /// (a forwarded call's outcome is `forwarded`).
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Reason::Limited | Reason::LockedOut => "limited",
+            Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
+            _ => "refused",
+        }
+    }
+
+    /// Outcome and reason labels of a request that was refused (`Some`) or
+    /// forwarded (`None`).
+    pub fn labels(reason: Option<Reason>) -> (&'static str, &'static str) {
+        reason.map_or(("forwarded", ""), |r| (r.outcome(), r.label()))
+    }
+
     /// Stable label for metrics and logs.
     pub fn label(self) -> &'static str {
         match self {
