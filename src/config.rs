@@ -138,6 +138,24 @@ struct RawUpstream {
     idle_timeout_s: u64,
     #[serde(default = "d_pool")]
     keepalive_pool_size: usize,
+    #[serde(default = "d_xff")]
+    x_forwarded_for: ForwardedFor,
+}
+
+/// How `X-Forwarded-For` is sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardedFor {
+    /// The client's address only: the gateway is the edge, anything the
+    /// client sent is dropped (it could be spoofed).
+    Replace,
+    /// Append the client's address to the incoming header (behind a trusted
+    /// load balancer that sets it).
+    Append,
+}
+
+fn d_xff() -> ForwardedFor {
+    ForwardedFor::Replace
 }
 fn d_connect_ms() -> u64 {
     2000
@@ -396,6 +414,8 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Idle upstream connections kept per process.
     pub keepalive_pool_size: usize,
+    /// `X-Forwarded-For` handling.
+    pub x_forwarded_for: ForwardedFor,
 }
 
 /// Rate-limit configuration.
@@ -633,6 +653,7 @@ impl Settings {
             write_timeout: Duration::from_millis(u.write_timeout_ms),
             idle_timeout: Duration::from_secs(u.idle_timeout_s),
             keepalive_pool_size: u.keepalive_pool_size,
+            x_forwarded_for: u.x_forwarded_for,
         };
 
         let api = raw.api;

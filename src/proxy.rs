@@ -276,13 +276,17 @@ impl Gateway {
             req.set_uri(uri);
         }
         let ip = ctx.ip.map(|i| i.to_string()).unwrap_or_default();
-        let xff = match req
+        let append = ctx.state.as_ref().is_some_and(|s| {
+            s.settings.upstream.x_forwarded_for == crate::config::ForwardedFor::Append
+        });
+        let prev = req
             .headers
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.clone(),
+            .filter(|p| append && !p.trim().is_empty());
+        let xff = match prev {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.clone(),
         };
         req.insert_header("X-Forwarded-For", xff)?;
         req.insert_header("X-Real-IP", ip)?;

@@ -335,8 +335,15 @@ fn forwarding_headers_body_limit_and_large_bodies() {
     );
     gw.send(&raw);
     let seen = sim_seen(sa);
-    assert_eq!(seen[0]["x_forwarded_for"], "203.0.113.9, 127.0.0.1");
+    // The edge replaces a client-supplied (spoofable) X-Forwarded-For.
+    assert_eq!(seen[0]["x_forwarded_for"], "127.0.0.1");
     assert_eq!(seen[0]["x_real_ip"], "127.0.0.1");
+    let behind_lb = start_gateway(
+        &body_for(&[sa], "", "")
+            .replace("[upstream]\n", "[upstream]\nx_forwarded_for = \"append\"\n"),
+    );
+    behind_lb.send(&raw);
+    assert_eq!(sim_seen(sa)[1]["x_forwarded_for"], "203.0.113.9, 127.0.0.1");
 
     // A verified body larger than pingora's 64 KiB replay buffer still
     // reaches MOR whole and unchanged.
