@@ -115,7 +115,7 @@ struct RawConfig {
 }
 
 fn d_read_buffer() -> usize {
-    4 * 1024
+    0
 }
 fn default_product() -> Product {
     Product::Mor
@@ -461,7 +461,7 @@ pub struct Settings {
     pub listen: Vec<SocketAddr>,
     /// Worker threads (None: one per CPU).
     pub threads: Option<usize>,
-    /// Per-connection read buffer of the gateway listeners.
+    /// Per-connection L4 read buffer of the gateway listeners (0: unbuffered).
     pub read_buffer_bytes: usize,
     /// Work-stealing tokio runtime (false: pingora's per-thread runtimes).
     pub work_stealing: bool,
@@ -613,10 +613,10 @@ impl Settings {
         if raw.threads == Some(0) {
             return Err(invalid("threads", "must be at least 1"));
         }
-        if !(1024..=1024 * 1024).contains(&raw.read_buffer_bytes) {
+        if raw.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&raw.read_buffer_bytes) {
             return Err(invalid(
                 "read_buffer_bytes",
-                "must be between 1024 and 1048576",
+                "must be 0 (unbuffered) or between 1024 and 1048576",
             ));
         }
 
