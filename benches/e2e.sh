@@ -17,6 +17,8 @@
 #   gw-good       mor-gateway, fully verified POSTs cycling 1000 users
 #   gw-badhash    mor-gateway, bad hashes (refused at the edge)
 #   gw-alias      mor-gateway, legacy alias user_details (verified, rewritten)
+#   *-light       nginx and mor-gateway (verified calls) with 2 connections
+#                 only, so that neither is saturated: latency at the same load
 # The proxy under test runs alone on CPU 0 (taskset); wrk and the upstream
 # share CPU 1. CPU-µs/request = (utime+stime of the proxy process from
 # /proc/PID/stat) / requests completed. Also reported: idle RSS and RSS with
@@ -161,7 +163,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 ROWS=()
 # run NAME PORT SCRIPT PID(or -)
 run() {
-  local name=$1 port=$2 script=$3 pid=$4
+  local name=$1 port=$2 script=$3 pid=$4 CONNS=${5:-$CONNS}
   # warm-up (keep-alive pools, page faults)
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$W/$script.lua" "http://127.0.0.1:$port" >/dev/null
   local t0=0; [ "$pid" != "-" ] && t0=$(cpu_ticks "$pid")
@@ -181,6 +183,8 @@ run() {
 
 run direct "$UP" good -
 run nginx "$NGX" good "$NGX_PID"
+# light load: 2 connections, neither proxy saturated (p99 at the same load)
+run nginx-light "$NGX" good "$NGX_PID" 2
 MEM=()
 : > "$W/metrics.txt"
 for v in "${VARIANTS[@]}"; do
@@ -191,6 +195,7 @@ for v in "${VARIANTS[@]}"; do
   run "$label-good" "$GW" good "$GW_PID"
   run "$label-badhash" "$GW" bad "$GW_PID"
   run "$label-alias" "$GW" alias "$GW_PID"
+  run "$label-light" "$GW" good "$GW_PID" 2
   curl -s "http://127.0.0.1:$MET/metrics" | grep -E '^mor_gateway_requests_total' | grep -v ' 0$' | sed "s/^/  $label: /" >> "$W/metrics.txt" || true
   idle_rss=$(rss_kib "$GW_PID")
   conn_rss=$(python3 - "$GW" "$GW_PID" <<'PY'
@@ -213,21 +218,24 @@ PY
   kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
 done
 
-NGINX_US=""
+NGINX_US=""; NGINX_LIGHT_US=""
 for r in "${ROWS[@]}"; do
   IFS='|' read -r n _ _ _ _ _ us <<<"$r"
   if [ "$n" = nginx ]; then NGINX_US=$us; fi
+  if [ "$n" = nginx-light ]; then NGINX_LIGHT_US=$us; fi
 done
 echo
 echo "mor-gateway benchmark: wrk -t1 -c$CONNS -d${DURATION}s, proxy on CPU 0, wrk+upstream on CPU 1, $(nproc) CPUs, $(date -u +%FT%TZ)"
-echo "direct: wrk straight to the upstream; CPU columns are the proxy process's user+sys time per request."
+echo "direct: wrk straight to the upstream; CPU columns are the proxy process's user+sys time per request;"
+echo "*-light rows use 2 connections and are compared with nginx-light."
 echo
 echo "| load | requests | req/s | p50 | p99 | non-2xx | proxy CPU-µs/req | × nginx |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for r in "${ROWS[@]}"; do
   IFS='|' read -r n reqs rps p50 p99 non2xx us <<<"$r"
   ratio="-"
-  if [ "$us" != "-" ] && [ -n "$NGINX_US" ]; then ratio=$(python3 -c "print(f'{$us/$NGINX_US:.2f}')"); fi
+  base=$NGINX_US; [ "${n%-light}" != "$n" ] && base=$NGINX_LIGHT_US
+  if [ "$us" != "-" ] && [ -n "$base" ]; then ratio=$(python3 -c "print(f'{$us/$base:.2f}')"); fi
   echo "| $n | $reqs | $rps | $p50 | $p99 | $non2xx | $us | $ratio |"
 done
 echo
