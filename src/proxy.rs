@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -398,6 +399,10 @@ pub async fn write_refusal(
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
+
+    /// No downstream modules: MOR's answers pass byte for byte (pingora's
+    /// default adds a disabled compression module that still runs per request).
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
