@@ -270,10 +270,9 @@ pub fn finish<G: Gate + ?Sized>(
         if !ok {
             return Verdict::Refuse(Refusal::new(Reason::BadHash), info);
         }
-        match (admin_ok, reseller) {
-            (true, _) => Signer::Admin,
-            (false, Some(r)) => Signer::Reseller(r.name.clone()),
-            (false, None) => Signer::Admin,
+        match reseller {
+            Some(r) if !admin_ok => Signer::Reseller(r.name.clone()),
+            _ => Signer::Admin,
         }
     };
 
@@ -291,15 +290,11 @@ pub fn finish<G: Gate + ?Sized>(
         pq.push('?');
         pq.push_str(q);
     }
-    let allowance = match (ip_allowance, call_allowance) {
-        (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
-        (a, b) => a.or(b),
-    };
     Verdict::Forward(
         Forward {
             path_and_query: pq,
             signer,
-            allowance,
+            allowance: Allowance::tighter(ip_allowance, call_allowance),
         },
         info,
     )

@@ -38,7 +38,8 @@ pub struct Allowance {
 }
 
 impl Allowance {
-    fn tighter(a: Option<Allowance>, b: Option<Allowance>) -> Option<Allowance> {
+    /// The one with fewer calls left (either, if only one is known).
+    pub fn tighter(a: Option<Allowance>, b: Option<Allowance>) -> Option<Allowance> {
         match (a, b) {
             (Some(x), Some(y)) => Some(if y.remaining < x.remaining { y } else { x }),
             (x, None) => x,
