@@ -337,13 +337,18 @@ impl Limits {
                     || now.duration_since(f.window_start) < lo.window
             });
             fails.shrink_to_fit();
+            self.report_lockouts(&fails, now);
+        }
+    }
+
+    /// Tells the observer how many pairs are locked out at `now`.
+    fn report_lockouts(&self, fails: &HashMap<(IpAddr, String), FailState>, now: Instant) {
+        if let Some(o) = &self.observer {
             let active = fails
                 .values()
                 .filter(|f| f.locked_until.is_some_and(|t| t > now))
                 .count();
-            if let Some(o) = &self.observer {
-                o.lockouts_active(active);
-            }
+            o.lockouts_active(active);
         }
     }
 
@@ -420,13 +425,7 @@ impl Gate for Limits {
         f.failures += 1;
         if f.failures >= lo.failures && f.locked_until.is_none() {
             f.locked_until = Some(now + lo.cooloff);
-            if let Some(o) = &self.observer {
-                let active = fails
-                    .values()
-                    .filter(|f| f.locked_until.is_some_and(|t| t > now))
-                    .count();
-                o.lockouts_active(active);
-            }
+            self.report_lockouts(&fails, now);
         }
     }
 

@@ -86,9 +86,7 @@ impl Shared {
     pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, access_log: AccessLog) -> Shared {
         let limits = Limits::new(&settings.limits)
             .with_observer(Arc::new(crate::metrics::LimitMetrics(metrics.clone())));
-        metrics.register_upstreams(&settings.upstream.servers);
-        metrics.register_methods(settings.catalog.methods().iter().map(|m| m.name.as_str()));
-        metrics.config_loaded.set(unix_now());
+        register_settings(&metrics, &settings);
         Shared {
             state: ArcSwap::from_pointee(State {
                 settings,
@@ -106,14 +104,20 @@ impl Shared {
     pub fn reload(&self, settings: Arc<Settings>) {
         let old = self.state.load();
         let limits = old.limits.reconfigure(&settings.limits);
-        self.metrics.register_upstreams(&settings.upstream.servers);
-        self.metrics
-            .register_methods(settings.catalog.methods().iter().map(|m| m.name.as_str()));
+        register_settings(&self.metrics, &settings);
         self.state.store(Arc::new(State {
             settings,
             limits: Arc::new(limits),
         }));
-        self.metrics.config_loaded.set(unix_now());
+    }
+
+    /// Records an upstream's health, in the skip list and the `upstream_up` gauge.
+    pub fn set_upstream_health(&self, addr: SocketAddr, up: bool) {
+        self.health.set(addr, up);
+        self.metrics
+            .upstream_up
+            .with_label_values(&[&addr.to_string()])
+            .set(i64::from(up));
     }
 
     /// True when at least one configured upstream is considered up.
@@ -125,6 +129,14 @@ impl Shared {
             .iter()
             .any(|a| self.health.is_up(a))
     }
+}
+
+/// Pre-creates the series of a configuration's upstreams and methods and
+/// stamps its load time.
+fn register_settings(metrics: &Metrics, settings: &Settings) {
+    metrics.register_upstreams(&settings.upstream.servers);
+    metrics.register_methods(settings.catalog.methods().iter().map(|m| m.name.as_str()));
+    metrics.config_loaded.set(unix_now());
 }
 
 fn unix_now() -> f64 {
@@ -196,14 +208,16 @@ fn timeout_kind(e: &Error) -> bool {
 }
 
 impl Gateway {
-    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<()> {
+    /// Answers with a refusal; returns the status sent.
+    async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<u16> {
         ctx.refused = Some(r.reason);
         let mode = ctx
             .state
             .as_ref()
             .map(|s| s.settings.reply_mode)
             .unwrap_or(crate::config::ReplyMode::Mor);
-        write_refusal(session, mode, &r).await
+        write_refusal(session, mode, &r).await?;
+        Ok(r.reason.status(mode))
     }
 
     async fn read_body(
@@ -334,12 +348,7 @@ impl Gateway {
 
     fn mark_upstream_ok(&self, ctx: &Ctx) {
         if let Some(u) = ctx.upstream {
-            self.shared.health.set(u, true);
-            self.shared
-                .metrics
-                .upstream_up
-                .with_label_values(&[&u.to_string()])
-                .set(1);
+            self.shared.set_upstream_health(u, true);
         }
         if let Some(t) = ctx.upstream_sent {
             self.shared
@@ -359,19 +368,13 @@ impl Gateway {
             } else {
                 "other"
             };
-            let name = u.to_string();
             self.shared
                 .metrics
                 .upstream_errors
-                .with_label_values(&[&name, kind])
+                .with_label_values(&[&u.to_string(), kind])
                 .inc();
             if connect {
-                self.shared.health.set(u, false);
-                self.shared
-                    .metrics
-                    .upstream_up
-                    .with_label_values(&[&name])
-                    .set(0);
+                self.shared.set_upstream_health(u, false);
             }
         }
     }
@@ -525,8 +528,7 @@ impl ProxyHttp for Gateway {
         if let (true, Some(a)) = (headers_on, ctx.forward.as_ref().and_then(|f| f.allowance)) {
             resp.insert_header("RateLimit-Limit", a.limit.to_string())?;
             resp.insert_header("RateLimit-Remaining", a.remaining.to_string())?;
-            let reset = a.reset.as_secs() + u64::from(a.reset.subsec_nanos() > 0);
-            resp.insert_header("RateLimit-Reset", reset.to_string())?;
+            resp.insert_header("RateLimit-Reset", reply::ceil_secs(a.reset).to_string())?;
         }
         Ok(())
     }
@@ -564,17 +566,9 @@ impl ProxyHttp for Gateway {
                 if *src == ErrorSource::Upstream && ctx.upstream_sent.is_some() {
                     self.count_upstream_error(ctx, e, false);
                 }
-                let r = Refusal::new(reason);
-                let mode = ctx
-                    .state
-                    .as_ref()
-                    .map(|s| s.settings.reply_mode)
-                    .unwrap_or(crate::config::ReplyMode::Mor);
-                ctx.refused = Some(reason);
-                match write_refusal(session, mode, &r).await {
-                    Ok(()) => reason.status(mode),
-                    Err(_) => 0,
-                }
+                self.refuse(session, ctx, Refusal::new(reason))
+                    .await
+                    .unwrap_or(0)
             }
         };
         FailToProxy {
@@ -590,15 +584,15 @@ impl ProxyHttp for Gateway {
         let m = &self.shared.metrics;
         m.in_flight.dec();
         let elapsed = ctx.start.elapsed();
-        let label = ctx.info.label().to_string();
+        let label = ctx.info.label();
         let req = session.req_header();
         let http_method = req.method.as_str();
-        m.observe_request(&label, http_method, ctx.refused, elapsed.as_secs_f64());
+        m.observe_request(label, http_method, ctx.refused, elapsed.as_secs_f64());
         m.request_bytes
-            .with_label_values(&[&label])
+            .with_label_values(&[label])
             .inc_by(ctx.req_bytes as u64);
         m.response_bytes
-            .with_label_values(&[&label])
+            .with_label_values(&[label])
             .inc_by(session.as_downstream().body_bytes_sent() as u64);
         let log = &self.shared.access_log;
         if !log.enabled() {

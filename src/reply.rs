@@ -174,10 +174,13 @@ impl Refusal {
 
     /// Whole seconds for `Retry-After` (at least 1).
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after
-            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
-            .map(|s| s.max(1))
+        self.retry_after.map(|d| ceil_secs(d).max(1))
     }
+}
+
+/// A duration in whole seconds, rounded up (for `Retry-After`, `RateLimit-Reset`).
+pub fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The XML prolog MOR sends.

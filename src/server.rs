@@ -124,12 +124,7 @@ impl Housekeeping {
                 tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
                 Ok(Ok(_))
             );
-            self.shared.health.set(*addr, up);
-            self.shared
-                .metrics
-                .upstream_up
-                .with_label_values(&[&addr.to_string()])
-                .set(i64::from(up));
+            self.shared.set_upstream_health(*addr, up);
         }
     }
 }
@@ -158,6 +153,17 @@ impl BackgroundService for Housekeeping {
     }
 }
 
+/// pingora settings shared by every server here: `threads` workers and a
+/// prompt shutdown (no grace period, 1 s to finish requests in flight).
+fn base_conf(threads: usize) -> ServerConf {
+    ServerConf {
+        threads: threads.max(1),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
 /// Builds and runs the server until SIGTERM/SIGINT. Blocks.
 pub fn run(plan: Plan) -> Result<(), ServerError> {
     let s = plan.settings.clone();
@@ -167,14 +173,12 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     let shared = Arc::new(Shared::new(s.clone(), metrics, log));
 
     let conf = ServerConf {
-        threads: s
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
+        ..base_conf(
+            s.threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        )
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
@@ -229,13 +233,7 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
 
 /// Runs only the simulator (for tests, benchmarks and manual work). Blocks.
 pub fn run_simulator(addr: SocketAddr, sim: SimSettings, threads: usize) {
-    let conf = ServerConf {
-        threads: threads.max(1),
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(1),
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut server = Server::new_with_opt_and_conf(None, base_conf(threads));
     server.bootstrap();
     let mut svc = Service::new(
         "mor-simulator".to_string(),
