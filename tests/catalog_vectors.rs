@@ -1,5 +1,5 @@
-//! Every worked example printed in MOR's public docs (tests/data/
-//! mor-endpoints.toml, a copy of shared/mor-api/endpoints.toml) checked
+//! Every worked example printed in MOR's public docs (src/sim/facts/
+//! endpoints.toml, a copy of shared/mor-api/endpoints.toml) checked
 //! against the gateway's catalogue and signer:
 //! - `reproduces = true`: the gateway computes exactly the printed hash;
 //! - `reproduces = false`: the printed literal is wrong (copied from another
@@ -10,7 +10,7 @@
 use mor_gateway::catalog::{Catalog, Product, EMBEDDED};
 use mor_gateway::signature;
 
-const DATA: &str = include_str!("data/mor-endpoints.toml");
+const DATA: &str = include_str!("../src/sim/facts/endpoints.toml");
 
 fn products(p: &str) -> Vec<Product> {
     match p {
