@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::catalog::{Catalog, CatalogError, Product};
+use crate::catalog::{Auth, Catalog, CatalogError, MethodPatch, Product};
 
 /// Why a configuration could not be loaded. Every message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +196,8 @@ struct RawApi {
     catalog_file: Option<PathBuf>,
     #[serde(default)]
     aliases: BTreeMap<String, String>,
+    #[serde(default)]
+    methods: BTreeMap<String, MethodPatch>,
 }
 impl Default for RawApi {
     fn default() -> Self {
@@ -210,6 +212,7 @@ impl Default for RawApi {
             max_body_bytes: d_body(),
             catalog_file: None,
             aliases: BTreeMap::new(),
+            methods: BTreeMap::new(),
         }
     }
 }
@@ -248,6 +251,8 @@ struct RawReseller {
     key_file: Option<PathBuf>,
     #[serde(default)]
     users: Vec<String>,
+    #[serde(default)]
+    uniquehash: Option<String>,
 }
 
 /// A GCRA quota: a sustained rate and a burst.
@@ -397,6 +402,8 @@ pub struct Reseller {
     pub key_source: SecretSource,
     /// Usernames of its users.
     pub users: Vec<String>,
+    /// Its uniquehash (the `id` of user_register), if configured.
+    pub uniquehash: Option<String>,
 }
 
 /// Upstream connection settings.
@@ -493,9 +500,11 @@ pub struct Settings {
     pub resellers: Vec<Reseller>,
     /// Username -> index in `resellers` (the reseller itself and its users).
     pub reseller_of: HashMap<String, usize>,
+    /// Uniquehash -> index in `resellers`.
+    pub reseller_by_uniquehash: HashMap<String, usize>,
     /// Method catalogue (with configured aliases merged).
     pub catalog: Arc<Catalog>,
-    /// Where the catalogue came from (None: built in).
+    /// The catalogue extension file merged into the built-in one, if any.
     pub catalog_file: Option<PathBuf>,
     /// Rate limits.
     pub limits: LimitSettings,
@@ -675,7 +684,8 @@ impl Settings {
             return Err(invalid("api.max_body_bytes", "must be at least 1"));
         }
 
-        let (catalog_text, catalog_file) = match &api.catalog_file {
+        let mut catalog = Catalog::parse(crate::catalog::EMBEDDED, raw.product)?;
+        let catalog_file = match &api.catalog_file {
             Some(p) => {
                 let full = if p.is_absolute() {
                     p.clone()
@@ -688,11 +698,18 @@ impl Settings {
                         format!("cannot read {}: {e}", full.display()),
                     )
                 })?;
-                (text, Some(full))
+                catalog.extend(&text).map_err(|e| {
+                    invalid("api.catalog_file", format!("{}: {e}", full.display()))
+                })?;
+                Some(full)
             }
-            None => (crate::catalog::EMBEDDED.to_string(), None),
+            None => None,
         };
-        let mut catalog = Catalog::parse(&catalog_text, raw.product)?;
+        for (name, patch) in &api.methods {
+            catalog
+                .patch(name, patch)
+                .map_err(|e| invalid(format!("api.methods.{name}"), e.to_string()))?;
+        }
         for (alias, target) in &api.aliases {
             catalog
                 .add_alias(alias, target)
@@ -709,6 +726,7 @@ impl Settings {
 
         let mut resellers = Vec::new();
         let mut reseller_of = HashMap::new();
+        let mut reseller_by_uniquehash = HashMap::new();
         for (i, r) in raw.resellers.into_iter().enumerate() {
             let key = format!("resellers[{i}]");
             if r.name.is_empty() {
@@ -734,11 +752,20 @@ impl Settings {
                     }
                 }
             }
+            if let Some(uh) = &r.uniquehash {
+                if uh.is_empty() || reseller_by_uniquehash.insert(uh.clone(), i).is_some() {
+                    return Err(invalid(
+                        format!("{key}.uniquehash"),
+                        "must be non-empty and differ from every other reseller's",
+                    ));
+                }
+            }
             resellers.push(Reseller {
                 name: r.name,
                 key: secret,
                 key_source: source,
                 users: r.users,
+                uniquehash: r.uniquehash,
             });
         }
 
@@ -860,6 +887,7 @@ impl Settings {
             admin_key_source,
             resellers,
             reseller_of,
+            reseller_by_uniquehash,
             catalog: Arc::new(catalog),
             catalog_file,
             limits,
@@ -918,13 +946,41 @@ impl Settings {
         }
         let _ = writeln!(
             s,
-            "catalogue      {} methods, {} aliases ({})",
+            "catalogue      {} methods, {} aliases (built in{})",
             self.catalog.len(),
             self.catalog.alias_count(),
             self.catalog_file
                 .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "built in".into())
+                .map(|p| format!(", extended by {}", p.display()))
+                .unwrap_or_default()
+        );
+        let by_rule = |a: Auth| {
+            let names: Vec<&str> = self
+                .catalog
+                .methods()
+                .iter()
+                .filter(|m| m.auth == a)
+                .map(|m| m.name.as_str())
+                .collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        };
+        let _ = writeln!(
+            s,
+            "username-only  refused (MOR serves them with u alone): {}",
+            by_rule(Auth::UsernameOnly)
+        );
+        let _ = writeln!(s, "refused        {}", by_rule(Auth::Refuse));
+        let _ = writeln!(
+            s,
+            "no hash        login: {}; balance: {}; no_auth: {}; unsigned: {}",
+            by_rule(Auth::Login),
+            by_rule(Auth::Balance),
+            by_rule(Auth::NoAuth),
+            by_rule(Auth::Unsigned)
         );
         let l = &self.limits;
         let _ = writeln!(

@@ -1,16 +1,18 @@
 //! The pure decision core: a request view in, a [`Verdict`] out. No I/O; the
 //! only state it touches is the [`Gate`] (rate limits, lockout).
 //!
-//! Order: route and HTTP method → per-IP limit → API policies → (body read
-//! by the caller) → method lookup → parameter view → lockout → hash → user
-//! and method limits → forward with the canonical path.
+//! Order: route and HTTP method → per-IP limit → API policies and the
+//! method's own rule (refused actions die before their body is read) →
+//! (body read by the caller) → parameter view → lockout → hash with the key
+//! of the caller's owner → user and method limits → forward with the
+//! canonical path.
 
 use std::net::IpAddr;
 
-use crate::catalog::Auth;
+use crate::catalog::{Auth, Caller, Envelope, Method};
 use crate::config::{PathPolicy, Settings};
 use crate::limits::{Allowance, Gate};
-use crate::params::Params;
+use crate::params::{ParamError, Params, Value};
 use crate::reply::{Reason, Refusal};
 use crate::route::{forward_path, route, ApiPath, PathKind, RouteError};
 use crate::signature;
@@ -54,6 +56,8 @@ pub struct CallInfo {
     pub unknown: Option<String>,
     /// `u`, when given as a single value.
     pub user: Option<String>,
+    /// Where MOR puts this action's error element.
+    pub envelope: Envelope,
 }
 
 impl CallInfo {
@@ -83,14 +87,26 @@ pub enum Verdict {
     Refuse(Refusal, CallInfo),
 }
 
+/// An API call that passed the first stage, its method resolved once.
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    path: ApiPath,
+    /// Catalogue index of the method (None: not catalogued).
+    method: Option<usize>,
+    info: CallInfo,
+}
+
 /// What passed the first stage.
 #[derive(Debug, Clone)]
 pub enum Admitted {
     /// An API call; the body is needed next.
-    Api(ApiPath, Option<Allowance>),
+    Api(ApiCall, Option<Allowance>),
     /// A path forwarded unchanged (REST v2 or other paths, when configured).
     PassThrough(Option<Allowance>),
 }
+
+/// A first-stage refusal with what is known of the call.
+pub type Rejected = Box<(Refusal, CallInfo)>;
 
 fn route_refusal(e: RouteError) -> Refusal {
     let reason = match e {
@@ -111,32 +127,31 @@ pub fn is_get(method: &str) -> bool {
     method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
 }
 
-/// Names the method a path addresses (canonical, alias or unknown).
-fn call_info(s: &Settings, api: &ApiPath) -> CallInfo {
-    match s.catalog.lookup(&api.method) {
-        Some(f) => CallInfo {
-            method: Some(f.method.name.clone()),
-            alias: f.alias.map(str::to_string),
-            ..CallInfo::default()
-        },
-        None => CallInfo {
-            unknown: Some(api.method.clone()),
-            ..CallInfo::default()
-        },
-    }
-}
-
 /// Stage one, before the body is read: route, HTTP method, per-IP limit,
-/// API policies. A refusal carries what is known of the call.
+/// API policies, the method's own rule. A refusal carries what is known of
+/// the call.
 pub fn admit<G: Gate + ?Sized>(
     s: &Settings,
     gate: &G,
     head: &Head<'_>,
-) -> Result<Admitted, Box<(Refusal, CallInfo)>> {
-    let kind = route(head.path, &s.prefix)
-        .map_err(|e| Box::new((route_refusal(e), CallInfo::default())))?;
-    let info = match &kind {
-        PathKind::Api(a) => call_info(s, a),
+) -> Result<Admitted, Rejected> {
+    let kind =
+        route(head.path, &s.prefix).map_err(|e| Box::new((route_refusal(e), CallInfo::default())))?;
+    let found = match &kind {
+        PathKind::Api(a) => s.catalog.lookup(&a.method),
+        _ => None,
+    };
+    let info = match (&kind, found) {
+        (PathKind::Api(_), Some(f)) => CallInfo {
+            method: Some(f.method.name.clone()),
+            alias: f.alias.map(str::to_string),
+            envelope: f.method.envelope,
+            ..CallInfo::default()
+        },
+        (PathKind::Api(a), None) => CallInfo {
+            unknown: Some(a.method.clone()),
+            ..CallInfo::default()
+        },
         _ => CallInfo::default(),
     };
     let refuse = |r: Refusal| Err(Box::new((r, info.clone())));
@@ -160,13 +175,92 @@ pub fn admit<G: Gate + ?Sized>(
     if !get && !head.method.eq_ignore_ascii_case("POST") {
         return refuse(Refusal::new(Reason::MethodNotAllowed));
     }
-    if !s.allow_api {
+    let method = found.map(|f| f.method);
+    if api.id.is_some() && !method.is_some_and(|m| m.id_routes.contains(&api.method)) {
+        return refuse(Refusal::with(Reason::NotFound, "no such API path"));
+    }
+    let auth = method.map_or(Auth::Global, |m| m.auth);
+    if !s.allow_api && auth != Auth::NoAuth {
         return refuse(Refusal::new(Reason::ApiDisabled));
     }
-    if get && !s.allow_get {
+    if get && !s.allow_get && !method.is_some_and(|m| m.get_always) {
         return refuse(Refusal::new(Reason::GetDisabled));
     }
-    Ok(Admitted::Api(api, allowance))
+    match auth {
+        Auth::UsernameOnly => {
+            return refuse(Refusal::with(
+                Reason::UsernameOnly,
+                "MOR serves this action without a secret; closed at the gateway",
+            ))
+        }
+        Auth::Refuse => return refuse(Refusal::new(Reason::MethodDisabled)),
+        _ => {}
+    }
+    if method.is_none() && s.unknown_methods == PathPolicy::Refuse {
+        return refuse(Refusal::new(Reason::UnknownMethod));
+    }
+    Ok(Admitted::Api(
+        ApiCall {
+            path: api,
+            method: found.map(|f| f.index),
+            info,
+        },
+        allowance,
+    ))
+}
+
+/// Builds MOR's parameter view. Sources go in Rails' precedence, lowest
+/// first: body, query, then the path's `/<id>` and `.<format>`.
+fn view(head: &Head<'_>, api: &ApiPath, body: &[u8]) -> Result<Params, ParamError> {
+    let mut params = Params::new();
+    params.add_body(
+        head.content_type,
+        body,
+        head.method.eq_ignore_ascii_case("POST"),
+    )?;
+    if let Some(q) = head.query {
+        params.add_form(q.as_bytes())?;
+    }
+    if let Some(id) = &api.id {
+        params.insert("id", Value::Str(id.clone()))?;
+    }
+    if let Some(f) = &api.format {
+        params.insert("format", Value::Str(f.clone()))?;
+    }
+    Ok(params)
+}
+
+/// Which keys may sign a call, by the caller's owner.
+enum Keys {
+    /// Admin, accountant, or a user of the admin.
+    Admin,
+    /// A reseller itself: its own key or the admin key.
+    ResellerOrAdmin(usize),
+    /// A user of a reseller: that reseller's key only.
+    Reseller(usize),
+}
+
+fn keys_for(s: &Settings, m: Option<&Method>, params: &Params) -> Result<Keys, ParamError> {
+    let caller = m.map_or(Caller::U, |m| m.caller);
+    if caller == Caller::UniquehashId {
+        // No id, or an id that is no configured reseller's: the admin key.
+        return Ok(params
+            .scalar("id")?
+            .and_then(|id| s.reseller_by_uniquehash.get(id))
+            .map_or(Keys::Admin, |&i| Keys::ResellerOrAdmin(i)));
+    }
+    let name = params.scalar(if caller == Caller::Username {
+        "username"
+    } else {
+        "u"
+    })?;
+    Ok(match name.and_then(|n| s.reseller_of.get(n).map(|&i| (n, i))) {
+        None => Keys::Admin,
+        Some((n, i)) if s.resellers.get(i).is_some_and(|r| r.name == n) => {
+            Keys::ResellerOrAdmin(i)
+        }
+        Some((_, i)) => Keys::Reseller(i),
+    })
 }
 
 /// Stage two, with the whole body: everything else.
@@ -177,7 +271,7 @@ pub fn finish<G: Gate + ?Sized>(
     admitted: Admitted,
     body: &[u8],
 ) -> Verdict {
-    let (api, ip_allowance) = match admitted {
+    let (call, ip_allowance) = match admitted {
         Admitted::PassThrough(a) => {
             let mut pq = head.path.to_string();
             if let Some(q) = head.query {
@@ -193,45 +287,21 @@ pub fn finish<G: Gate + ?Sized>(
                 CallInfo::default(),
             );
         }
-        Admitted::Api(api, a) => (api, a),
+        Admitted::Api(call, a) => (call, a),
     };
-    let mut info = call_info(s, &api);
-    let (canonical, order, auth): (&str, &[String], Auth) = match s.catalog.lookup(&api.method) {
-        Some(f) => (&f.method.name, &f.method.hash, f.method.auth),
-        None => {
-            if s.unknown_methods == PathPolicy::Refuse {
-                return Verdict::Refuse(Refusal::new(Reason::UnknownMethod), info);
-            }
-            (&api.method, s.catalog.global_order(), Auth::Hash)
-        }
-    };
-
+    let ApiCall {
+        path: api,
+        method,
+        mut info,
+    } = call;
+    let method = method.and_then(|i| s.catalog.get(i));
     let bad = |e: &dyn std::fmt::Display, info: CallInfo| {
         Verdict::Refuse(Refusal::with(Reason::BadRequest, e.to_string()), info)
     };
-    let mut params = Params::new();
-    let built = (|| {
-        if let Some(q) = head.query {
-            params.add_form(q.as_bytes())?;
-        }
-        params.add_body(
-            head.content_type,
-            body,
-            head.method.eq_ignore_ascii_case("POST"),
-        )?;
-        // Rails' path parameters take precedence; a different value elsewhere
-        // is the same ambiguity as a duplicate.
-        if let Some(id) = &api.id {
-            params.insert("id", crate::params::Value::Scalar(id.clone()))?;
-        }
-        if let Some(f) = &api.format {
-            params.insert("format", crate::params::Value::Scalar(f.clone()))?;
-        }
-        Ok::<_, crate::params::ParamError>(())
-    })();
-    if let Err(e) = built {
-        return bad(&e, info);
-    }
+    let params = match view(head, &api, body) {
+        Ok(p) => p,
+        Err(e) => return bad(&e, info),
+    };
     let user = match params.scalar("u") {
         Ok(u) => u.map(str::to_string),
         Err(e) => return bad(&e, info),
@@ -239,32 +309,35 @@ pub fn finish<G: Gate + ?Sized>(
     info.user = user.clone();
     let ip = head.client_ip;
 
-    let signer = if auth == Auth::None || !s.verify_hash {
+    let auth = method.map_or(Auth::Global, |m| m.auth);
+    let signer = if !auth.hashed() || !s.verify_hash {
         Signer::Unchecked
     } else {
-        for name in order {
-            if let Err(e) = params.scalar(name) {
-                return bad(&e, info);
-            }
-        }
-        let given = match params.scalar("hash") {
-            Ok(Some(h)) => h,
-            Ok(None) => return Verdict::Refuse(Refusal::new(Reason::BadHash), info),
+        let checked = (|| {
+            let keys = keys_for(s, method, &params)?;
+            let parts = signature::hashed_parts(&s.catalog, method, &params)?;
+            Ok::<_, ParamError>((keys, parts, params.scalar("hash")?))
+        })();
+        let (keys, parts, given) = match checked {
+            Ok((k, p, Some(h))) => (k, p, h),
+            Ok((_, _, None)) => return Verdict::Refuse(Refusal::new(Reason::BadHash), info),
             Err(e) => return bad(&e, info),
         };
         let who = user.as_deref().unwrap_or("");
         if let Err(r) = gate.check_lockout(ip, who) {
             return Verdict::Refuse(r, info);
         }
-        let value_of = |n: &str| params.scalar(n).ok().flatten();
-        let admin_ok = signature::compute(order, value_of, s.admin_key.expose()).matches(given);
-        let reseller = user
-            .as_deref()
-            .and_then(|u| s.reseller_of.get(u))
-            .and_then(|&i| s.resellers.get(i));
-        // Both candidates are always computed, so timing does not tell which key matched.
-        let reseller_ok = reseller
-            .is_some_and(|r| signature::compute(order, value_of, r.key.expose()).matches(given));
+        let admin_allowed = !matches!(keys, Keys::Reseller(_));
+        let reseller = match keys {
+            Keys::Admin => None,
+            Keys::ResellerOrAdmin(i) | Keys::Reseller(i) => s.resellers.get(i),
+        };
+        // Every candidate key is always computed, so timing does not tell
+        // which one matched.
+        let admin_ok =
+            signature::digest(&parts, s.admin_key.expose()).matches(given) & admin_allowed;
+        let reseller_ok =
+            reseller.is_some_and(|r| signature::digest(&parts, r.key.expose()).matches(given));
         let ok = admin_ok | reseller_ok;
         gate.record_hash(ip, who, ok);
         if !ok {
@@ -280,12 +353,13 @@ pub fn finish<G: Gate + ?Sized>(
         Ok(a) => a,
         Err(r) => return Verdict::Refuse(r, info),
     };
-    let mut pq = forward_path(
-        &s.prefix,
-        canonical,
-        api.id.as_deref(),
-        api.format.as_deref(),
-    );
+    // MOR routes `/<id>` only under the requested legacy name; everything
+    // else goes to the canonical name.
+    let name = match (&api.id, method) {
+        (None, Some(m)) => m.name.as_str(),
+        _ => api.method.as_str(),
+    };
+    let mut pq = forward_path(&s.prefix, name, api.id.as_deref(), api.format.as_deref());
     if let Some(q) = head.query {
         pq.push('?');
         pq.push_str(q);
@@ -330,6 +404,7 @@ admin_key_env = "MORGW_DECISION_KEY"
 name = "res1"
 key_env = "MORGW_DECISION_RKEY"
 users = ["ruser"]
+uniquehash = "res1uniq"
 {extra}
 "#
         );
@@ -403,9 +478,16 @@ users = ["ruser"]
         let v = post(
             &s,
             "/billing/api/user_calls",
-            "u=admin&s_user=123&hash=F7C3BC1D808E04732ADF679965CCC34CA7AE3441",
+            "u=admin&s_user=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441",
         );
         assert!(fwd_path(&v).starts_with("/billing/api/user_calls_get?"));
+        // MOR compares lower-case hex exactly.
+        let v = post(
+            &s,
+            "/billing/api/user_calls",
+            "u=admin&s_user=123&hash=F7C3BC1D808E04732ADF679965CCC34CA7AE3441",
+        );
+        assert_eq!(reason(&v), Reason::BadHash);
     }
 
     #[test]
@@ -458,13 +540,45 @@ admin_key_env = "MORGW_DECISION_SECRET"
             reason(&post(&s, "/billing/api/user_details_get", &q)),
             Reason::BadHash
         );
-        // The admin key also works for a reseller's users.
+        // A reseller's users may not sign with the admin key...
         let h = signature::compute(&["user_id"], |_| Some("5"), b"456789");
         let q = format!("u=ruser&user_id=5&hash={}", h.as_str());
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_details_get", &q)),
+            Reason::BadHash
+        );
+        // ...but the reseller itself may, and with its own key too.
+        let q = format!("u=res1&user_id=5&hash={}", h.as_str());
+        match post(&s, "/billing/api/user_details_get", &q) {
+            Verdict::Forward(f, _) => assert_eq!(f.signer, Signer::Admin),
+            other => panic!("{other:?}"),
+        }
+        let h = signature::compute(&["user_id"], |_| Some("5"), b"resellerkey");
+        let q = format!("u=res1&user_id=5&hash={}", h.as_str());
         assert!(matches!(
             post(&s, "/billing/api/user_details_get", &q),
             Verdict::Forward(..)
         ));
+    }
+
+    #[test]
+    fn caller_by_username_and_by_uniquehash() {
+        let s = settings("");
+        // user_balance_get: the caller is `username`, whatever `u` says.
+        let h = signature::compute(&["username"], |_| Some("ruser"), b"resellerkey");
+        let q = format!("u=admin&username=ruser&hash={}", h.as_str());
+        assert!(matches!(post(&s, "/billing/api/user_balance_get", &q), Verdict::Forward(..)));
+        // user_register: `id` is the owner's uniquehash.
+        let parts = "id=res1uniq&username=new&email=a%40b";
+        let h = signature::compute(&["email", "id", "username"], |n| match n {
+            "email" => Some("a@b"),
+            "id" => Some("res1uniq"),
+            _ => Some("new"),
+        }, b"resellerkey");
+        let q = format!("{parts}&hash={}", h.as_str());
+        assert!(matches!(post(&s, "/billing/api/user_register", &q), Verdict::Forward(..)));
+        let q = format!("{}&hash={}", parts.replace("res1uniq", "otheruniq"), h.as_str());
+        assert_eq!(reason(&post(&s, "/billing/api/user_register", &q)), Reason::BadHash);
     }
 
     #[test]
@@ -566,28 +680,34 @@ admin_key_env = "MORGW_DECISION_SECRET"
             reason(&post(&s, "/billing/api%2Fuser_details_get", q)),
             Reason::BadRequest
         );
-        // `.xml` becomes params[:format]; not hash-covered, still verified.
-        assert!(fwd_path(&post(&s, "/billing/api/user_details_get.xml", q))
-            .starts_with("/billing/api/user_details_get.xml?"));
-        // `/<id>` is params[:id]; a conflicting id elsewhere is refused.
-        let id_q = "id=7&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+        // Any `.format` becomes params[:format]; not hash-covered, still verified.
+        for f in ["xml", "json"] {
+            assert!(fwd_path(&post(&s, &format!("/billing/api/user_details.{f}"), q))
+                .starts_with(&format!("/billing/api/user_details_get.{f}?")));
+        }
+        // `/<id>` only where MOR routes one: simple_balance.
         assert_eq!(
-            reason(&post(&s, "/billing/api/user_details_get/5", id_q)),
+            reason(&post(&s, "/billing/api/user_details_get/5", q)),
+            Reason::NotFound
+        );
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_simple_balance_get/5", "")),
+            Reason::NotFound
+        );
+        assert_eq!(
+            fwd_path(&post(&s, "/billing/api/simple_balance/abc.xml", "")),
+            "/billing/api/simple_balance/abc.xml"
+        );
+        // The path id is params[:id]: a different id elsewhere is refused.
+        assert_eq!(
+            reason(&post(&s, "/billing/api/simple_balance/abc", "id=xyz")),
             Reason::BadRequest
         );
-        // card_group_get hashes id: the path id is verified.
+        // card_group_get hashes id, from any source.
         let h = signature::compute(&["id"], |_| Some("5"), b"456789");
-        let ok = post(
-            &s,
-            "/billing/api/card_group_get/5",
-            &format!("hash={}", h.as_str()),
-        );
-        assert!(fwd_path(&ok).starts_with("/billing/api/card_group_get/5?"));
-        let bad = post(
-            &s,
-            "/billing/api/card_group_get/6",
-            &format!("hash={}", h.as_str()),
-        );
+        let ok = post(&s, "/billing/api/card_group_get", &format!("id=5&hash={}", h.as_str()));
+        assert!(fwd_path(&ok).starts_with("/billing/api/card_group_get?"));
+        let bad = post(&s, "/billing/api/card_group_get", &format!("id=6&hash={}", h.as_str()));
         assert_eq!(reason(&bad), Reason::BadHash);
     }
 
@@ -601,13 +721,13 @@ admin_key_env = "MORGW_DECISION_SECRET"
         );
         let v = post(
             &s,
-            "/billing/api/dids_get",
+            "/billing/api/brand_new_get",
             &format!("user_id=9&hash={}", h.as_str()),
         );
-        assert!(fwd_path(&v).starts_with("/billing/api/dids_get?"));
+        assert!(fwd_path(&v).starts_with("/billing/api/brand_new_get?"));
         let s = settings("[api]\nunknown_methods = \"refuse\"\n");
         assert_eq!(
-            reason(&post(&s, "/billing/api/dids_get", "")),
+            reason(&post(&s, "/billing/api/brand_new_get", "")),
             Reason::UnknownMethod
         );
     }
@@ -635,12 +755,52 @@ admin_key_env = "MORGW_DECISION_SECRET"
     }
 
     #[test]
-    fn no_hash_methods_and_disabled_checking() {
+    fn no_hash_groups() {
         let s = settings("");
-        assert!(matches!(
-            post(&s, "/billing/api/user_login", "u=a&p=b"),
-            Verdict::Forward(..)
-        ));
+        for (path, q) in [
+            ("/billing/api/user_login", "u=a&p=b"),
+            ("/billing/api/login", "u=a&p=b"),
+            ("/billing/api/morphone_details_get", "u=a&p=b"),
+            ("/billing/api/user_simple_balance_get", "id=x"),
+            ("/billing/api/user_balance_get_by_psw", "id=x"),
+            ("/billing/api/invoice_xlsx_generate", ""),
+        ] {
+            assert!(matches!(post(&s, path, q), Verdict::Forward(..)), "{path}");
+        }
+        // Balance over HTTP is served over GET even with GET disabled.
+        let v = decide(&s, &Open, &head("GET", "/billing/api/simple_balance/x", None), b"");
+        assert!(matches!(v, Verdict::Forward(..)));
+        // user_balance_get also, but still with its hash.
+        let v = decide(&s, &Open, &head("GET", "/billing/api/balance", Some("username=john")), b"");
+        assert_eq!(reason(&v), Reason::BadHash);
+        // no_auth skips even Allow API.
+        let off = settings("[api]\nallow_api = false\n");
+        assert!(matches!(post(&off, "/billing/api/invoice_xlsx_generate", ""), Verdict::Forward(..)));
+        assert_eq!(reason(&post(&off, "/billing/api/user_login", "u=a&p=b")), Reason::ApiDisabled);
+        // Username-only actions are closed unless the config opens one.
+        let v = post(&s, "/billing/api/user_devices", "u=john");
+        assert_eq!(reason(&v), Reason::UsernameOnly);
+        let open = settings("[api.methods.user_devices]\nauth = \"unsigned\"\n");
+        assert!(matches!(post(&open, "/billing/api/user_devices", "u=john"), Verdict::Forward(..)));
+        let closed = settings("[api.methods.user_details_get]\nauth = \"refuse\"\n");
+        assert_eq!(reason(&post(&closed, "/billing/api/user_details", "")), Reason::MethodDisabled);
+    }
+
+    #[test]
+    fn envelopes_per_method() {
+        let s = settings("");
+        let env = |p: &str| match post(&s, p, "hash=00") {
+            Verdict::Refuse(_, i) => i.envelope,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(env("/billing/api/did_create"), Envelope::PageStatus);
+        assert_eq!(env("/billing/api/did_close"), Envelope::PageStatus);
+        assert_eq!(env("/billing/api/rate"), Envelope::Page);
+        assert_eq!(env("/billing/api/devices_get"), Envelope::Status);
+    }
+
+    #[test]
+    fn disabled_checking() {
         let s = settings("[api]\nverify_hash = false\n");
         assert!(matches!(
             post(&s, "/billing/api/user_details_get", "user_id=1"),
@@ -657,12 +817,16 @@ mod properties {
     use crate::params::encode;
     use proptest::prelude::*;
 
+    /// Names of the global order without a filter: every value is hashed as sent.
     fn covered() -> Vec<String> {
         let s = settings("");
         s.catalog
-            .lookup("user_details_update")
-            .map(|f| f.method.hash.clone())
-            .unwrap_or_default()
+            .global_order()
+            .iter()
+            .filter(|n| s.catalog.position(n).is_some() && s.catalog.filter(n).is_none())
+            .take(60)
+            .cloned()
+            .collect()
     }
 
     /// Random subsets of user_details_update's covered params with values of

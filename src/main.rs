@@ -38,13 +38,17 @@ enum Cmd {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Print the effective rule of this method (canonical name or alias).
+        #[arg(long)]
+        method: Option<String>,
     },
-    /// Print the hash MOR expects for a call, and the signed URL.
+    /// Print the hash MOR expects for a call (filters applied) and a curl
+    /// line that works with the config's allow_get.
     Sign {
         /// Environment variable holding the secret key.
         #[arg(long)]
         key_env: String,
-        /// Config file whose catalogue and prefix to use (default: built in, MOR).
+        /// Config file whose catalogue and allow_get to use (default: built in, MOR, POST).
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Base URL of the API.
@@ -100,57 +104,60 @@ fn env_key(var: &str) -> Result<Vec<u8>, String> {
 
 fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Result<(), String> {
     let key = env_key(key_env)?;
-    let catalog = match &config {
-        Some(p) => Settings::load(p)
-            .map_err(|e| e.to_string())?
-            .catalog
-            .as_ref()
-            .clone(),
-        None => Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
+    let (catalog, allow_get) = match &config {
+        Some(p) => {
+            let s = Settings::load(p).map_err(|e| e.to_string())?;
+            (s.catalog.as_ref().clone(), s.allow_get)
+        }
+        None => (
+            Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
+            false,
+        ),
     };
     let (method, query) = call.split_once('?').unwrap_or((call, ""));
     let method = method.trim_start_matches('/');
-    let mut params = Params::new();
     let kept: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty() && p.split('=').next() != Some("hash"))
         .collect();
     let query = kept.join("&");
+    let mut params = Params::new();
     params
         .add_form(query.as_bytes())
         .map_err(|e| e.to_string())?;
-    let (canonical, order): (&str, &[String]) = match catalog.lookup(method) {
-        Some(f) => (&f.method.name, &f.method.hash),
-        None => {
-            eprintln!("note: {method} is not in the catalogue; using MOR's global order");
-            (method, catalog.global_order())
-        }
-    };
-    let mut used = Vec::new();
-    for name in order {
-        match params.scalar(name) {
-            Ok(Some(_)) => used.push(name.as_str()),
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
+    let found = catalog.lookup(method);
+    let m = found.map(|f| f.method);
+    match m {
+        Some(m) => println!("method  {} (rule: {})", m.name, m.auth.label()),
+        None => println!("method  {method} (not catalogued: MOR's global order)"),
     }
-    let h = signature::compute(order, |n| params.scalar(n).ok().flatten(), &key);
     let sep = if query.is_empty() { "" } else { "&" };
-    println!("method  {canonical}");
-    println!(
-        "hashed  {} + key",
-        if used.is_empty() {
-            "(no params)".to_string()
-        } else {
-            used.join(" + ")
-        }
-    );
-    println!("hash    {}", h.as_str());
-    println!(
-        "url     {}/{method}?{query}{sep}hash={}",
-        base.trim_end_matches('/'),
-        h.as_str()
-    );
+    let url = format!("{}/{method}", base.trim_end_matches('/'));
+    let signed = if m.is_none_or(|m| m.auth.hashed()) {
+        let parts =
+            signature::hashed_parts(&catalog, m, &params).map_err(|e| e.to_string())?;
+        let h = signature::digest(&parts, &key);
+        let shown: Vec<String> = parts.iter().map(|(n, t)| format!("{n}={t}")).collect();
+        println!(
+            "hashed  {} + key",
+            if shown.is_empty() {
+                "(nothing)".to_string()
+            } else {
+                shown.join(" + ")
+            }
+        );
+        println!("hash    {}", h.as_str());
+        format!("{query}{sep}hash={}", h.as_str())
+    } else {
+        println!("hashed  nothing: this action takes no hash");
+        query.clone()
+    };
+    let get_ok = allow_get || m.is_some_and(|m| m.get_always);
+    if get_ok {
+        println!("curl -s '{url}?{signed}'");
+    } else {
+        println!("curl -s -X POST '{url}' -d '{signed}'");
+    }
     Ok(())
 }
 
@@ -245,9 +252,12 @@ fn main() -> ExitCode {
                 })
                 .map_err(|e| e.to_string())
             }),
-        Cmd::Check { config } => match Settings::load(&config) {
+        Cmd::Check { config, method } => match Settings::load(&config) {
             Ok(s) => {
-                print!("{}", s.summary());
+                match method {
+                    Some(m) => print!("{}", s.catalog.describe(&m)),
+                    None => print!("{}", s.summary()),
+                }
                 println!("mor-gateway: configuration {} is valid", config.display());
                 Ok(())
             }

@@ -20,9 +20,6 @@ pub enum ParamError {
     /// Decoded bytes are not UTF-8.
     #[error("parameter {0} is not valid UTF-8")]
     BadUtf8(String),
-    /// A raw `;` (older Rack splits on it, newer does not).
-    #[error("raw ';' in parameters is ambiguous; send it as %3B")]
-    Semicolon,
     /// The same name carries different values.
     #[error("parameter {0} is given more than once with different values")]
     Conflict(String),
@@ -46,16 +43,52 @@ pub enum ParamError {
     EmptyName,
 }
 
-/// One parameter's value as Rails would hold it.
+/// One parameter's value as Rails would hold it. JSON bodies keep their
+/// types, which MOR's hash filters look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    /// A string (numbers and booleans from JSON are stringified as Ruby does).
-    Scalar(String),
+    /// A string (query, form, path, or a JSON string).
+    Str(String),
+    /// A JSON number, as Ruby's `to_s` prints it.
+    Num(String),
+    /// A JSON boolean.
+    Bool(bool),
     /// JSON null (Rails keeps nil).
     Null,
     /// A list or map (`a[]=`, `a[b]=`, JSON arrays and objects). Kept as its
     /// canonical text so that duplicates can be compared.
     Structured(String),
+}
+
+impl Value {
+    /// Ruby's `to_s` of a scalar (`nil` is ""); `None` for lists and maps.
+    pub fn ruby_text(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) | Value::Num(s) => Some(s),
+            Value::Bool(true) => Some("true"),
+            Value::Bool(false) => Some("false"),
+            Value::Null => Some(""),
+            Value::Structured(_) => None,
+        }
+    }
+
+    /// False for JSON `false` and `null` (Ruby's falsy values).
+    pub fn truthy(&self) -> bool {
+        !matches!(self, Value::Null | Value::Bool(false))
+    }
+
+    /// True for strings (form values are always strings).
+    pub fn is_string(&self) -> bool {
+        matches!(self, Value::Str(_))
+    }
+
+    fn same_text(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Structured(a), Value::Structured(b)) => a == b,
+            (Value::Structured(_), _) | (_, Value::Structured(_)) => false,
+            (a, b) => a.ruby_text() == b.ruby_text(),
+        }
+    }
 }
 
 /// The merged parameter view.
@@ -70,15 +103,19 @@ impl Params {
         Params::default()
     }
 
-    /// Adds a value; an existing different value under the same name is a conflict.
+    /// Adds a value. Sources are added in Rails' precedence, lowest first
+    /// (body, then query, then path): a later value with the same text
+    /// replaces the earlier one (a JSON `1` under a query `"1"` becomes the
+    /// string, as in Rails); a different text is a conflict.
     pub fn insert(&mut self, name: &str, value: Value) -> Result<(), ParamError> {
         if name.is_empty() {
             return Err(ParamError::EmptyName);
         }
-        if let Some(old) = self.map.get(name) {
-            if *old != value {
+        if let Some(old) = self.map.get_mut(name) {
+            if !old.same_text(&value) {
                 return Err(ParamError::Conflict(name.to_string()));
             }
+            *old = value;
             return Ok(());
         }
         if self.map.len() >= MAX_PARAMS {
@@ -93,13 +130,19 @@ impl Params {
         self.map.get(name)
     }
 
-    /// The string value of a name that must be single-valued; absent is `Ok(None)`.
+    /// The text of a name that must be single-valued; absent or JSON null
+    /// is `Ok(None)`, a list or map is an error.
     pub fn scalar(&self, name: &str) -> Result<Option<&str>, ParamError> {
         match self.map.get(name) {
-            None => Ok(None),
-            Some(Value::Scalar(s)) => Ok(Some(s)),
-            Some(_) => Err(ParamError::NotScalar(name.to_string())),
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Structured(_)) => Err(ParamError::NotScalar(name.to_string())),
+            Some(v) => Ok(v.ruby_text()),
         }
+    }
+
+    /// Every name with its value, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Number of distinct names.
@@ -112,15 +155,14 @@ impl Params {
         self.map.is_empty()
     }
 
-    /// Parses a query string or `application/x-www-form-urlencoded` body into the view.
+    /// Parses a query string or `application/x-www-form-urlencoded` body
+    /// into the view. `&` and `;` both separate pairs, as in MOR's Rack.
     pub fn add_form(&mut self, input: &[u8]) -> Result<(), ParamError> {
-        if input.contains(&b';') {
-            return Err(ParamError::Semicolon);
-        }
         // Names seen in this input in bracket form, collected so that a list
         // (`a[]=1&a[]=2`) is one structured value rather than a conflict.
         let mut structured: Vec<(String, String)> = Vec::new();
-        for pair in input.split(|&b| b == b'&') {
+        let mut slots: HashMap<String, usize> = HashMap::new();
+        for pair in input.split(|&b| b == b'&' || b == b';') {
             if pair.is_empty() {
                 continue;
             }
@@ -142,19 +184,21 @@ impl Params {
                 Some(0) => return Err(ParamError::EmptyName),
                 Some(i) => {
                     let base = &key[..i];
-                    if let Some(slot) = structured.iter_mut().find(|(b, _)| b == base) {
-                        slot.1.push('&');
-                        slot.1.push_str(&key[i..]);
-                        slot.1.push('=');
-                        slot.1.push_str(&val);
+                    if let Some(&slot) = slots.get(base) {
+                        let text = &mut structured[slot].1;
+                        text.push('&');
+                        text.push_str(&key[i..]);
+                        text.push('=');
+                        text.push_str(&val);
                     } else {
                         if structured.len() >= MAX_PARAMS {
                             return Err(ParamError::TooMany);
                         }
+                        slots.insert(base.to_string(), structured.len());
                         structured.push((base.to_string(), format!("{}={val}", &key[i..])));
                     }
                 }
-                None => self.insert(&key, Value::Scalar(val))?,
+                None => self.insert(&key, Value::Str(val))?,
             }
         }
         for (base, text) in structured {
@@ -172,10 +216,10 @@ impl Params {
             serde_json::from_slice(body).map_err(|_| ParamError::BadBody("JSON"))?;
         for (k, v) in pairs.0 {
             let value = match v {
-                serde_json::Value::String(s) => Value::Scalar(s),
-                serde_json::Value::Bool(b) => Value::Scalar(b.to_string()),
+                serde_json::Value::String(s) => Value::Str(s),
+                serde_json::Value::Bool(b) => Value::Bool(b),
                 serde_json::Value::Null => Value::Null,
-                serde_json::Value::Number(n) => Value::Scalar(ruby_number(&k, &n)?),
+                serde_json::Value::Number(n) => Value::Num(ruby_number(&k, &n)?),
                 other @ (serde_json::Value::Array(_) | serde_json::Value::Object(_)) => {
                     Value::Structured(other.to_string())
                 }
@@ -366,9 +410,11 @@ mod tests {
     }
 
     #[test]
-    fn semicolons_refused() {
-        assert_eq!(form("a=1;b=2").unwrap_err(), ParamError::Semicolon);
-        assert!(form("a=1%3Bb").is_ok());
+    fn semicolons_separate_pairs_like_mor() {
+        let p = form("a=1;b=2").unwrap();
+        assert_eq!((s(&p, "a").as_deref(), s(&p, "b").as_deref()), (Some("1"), Some("2")));
+        assert_eq!(s(&form("a=1%3Bb").unwrap(), "a").as_deref(), Some("1;b"));
+        assert!(matches!(form("a=1;a=2"), Err(ParamError::Conflict(_))));
     }
 
     #[test]
@@ -382,6 +428,9 @@ mod tests {
         assert_eq!(s(&p, "y").as_deref(), Some("2.0"));
         assert_eq!(s(&p, "w").as_deref(), Some("s"));
         assert_eq!(p.get("z"), Some(&Value::Null));
+        assert_eq!(p.get("u15"), Some(&Value::Bool(true)));
+        assert_eq!(p.get("user_id"), Some(&Value::Num("123".into())));
+        assert_eq!(s(&p, "z"), None);
         assert!(p.scalar("l").is_err());
         let mut p = Params::new();
         assert!(matches!(
@@ -397,8 +446,10 @@ mod tests {
             p.add_json(br#"{"user_id":"1","user_id":"2"}"#),
             Err(ParamError::Conflict(_))
         ));
+        // The same text: Rails keeps the last one, and so does the view.
         let mut p = Params::new();
         assert!(p.add_json(br#"{"user_id":"1","user_id":1}"#).is_ok());
+        assert_eq!(p.get("user_id"), Some(&Value::Num("1".into())));
     }
 
     #[test]
@@ -410,14 +461,12 @@ mod tests {
 
     #[test]
     fn query_and_body_conflict_refused_equal_ok() {
-        let mut p = form("user_id=1").unwrap();
-        assert!(p
-            .add_body(
-                Some("application/json; charset=utf-8"),
-                br#"{"user_id":"1"}"#,
-                true
-            )
-            .is_ok());
+        // Body first, then query: the query's string wins over a JSON number.
+        let mut p = Params::new();
+        p.add_body(Some("application/json; charset=utf-8"), br#"{"user_id":1}"#, true)
+            .unwrap();
+        p.add_form(b"user_id=1").unwrap();
+        assert_eq!(p.get("user_id"), Some(&Value::Str("1".into())));
         assert!(matches!(
             p.add_body(
                 Some("application/x-www-form-urlencoded"),

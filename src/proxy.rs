@@ -216,7 +216,7 @@ impl Gateway {
             .as_ref()
             .map(|s| s.settings.reply_mode)
             .unwrap_or(crate::config::ReplyMode::Mor);
-        write_refusal(session, mode, &r).await?;
+        write_refusal(session, mode, ctx.info.envelope, &r).await?;
         Ok(r.reason.status(mode))
     }
 
@@ -384,9 +384,10 @@ impl Gateway {
 pub async fn write_refusal(
     session: &mut Session,
     mode: crate::config::ReplyMode,
+    envelope: crate::catalog::Envelope,
     r: &Refusal,
 ) -> Result<()> {
-    let out = reply::render(r, mode);
+    let out = reply::render(r, envelope, mode);
     let mut h = ResponseHeader::build(out.status, Some(4))?;
     h.insert_header(header::CONTENT_TYPE, XML_CONTENT_TYPE)?;
     h.insert_header(header::CONTENT_LENGTH, out.body.len().to_string())?;

@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
+use crate::catalog::Envelope;
 use crate::config::ReplyMode;
 
 /// Why a request was refused at the edge.
@@ -25,6 +26,10 @@ pub enum Reason {
     BadRequest,
     /// API method not in the catalogue (`unknown_methods = "refuse"`).
     UnknownMethod,
+    /// An action MOR serves with `u` alone, no secret (closed at the edge).
+    UsernameOnly,
+    /// An action the catalogue or config refuses (`auth = "refuse"`).
+    MethodDisabled,
     /// Path refused (outside the API, traversal, REST v2 when refused).
     NotFound,
     /// Body over `max_body_bytes`.
@@ -37,7 +42,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -46,6 +51,8 @@ impl Reason {
         Reason::Limited,
         Reason::BadRequest,
         Reason::UnknownMethod,
+        Reason::UsernameOnly,
+        Reason::MethodDisabled,
         Reason::NotFound,
         Reason::BodyTooLarge,
         Reason::UpstreamError,
@@ -63,6 +70,7 @@ impl Reason {
             Reason::Limited => "Too many requests",
             Reason::BadRequest => "Bad request",
             Reason::UnknownMethod => "Unknown API method",
+            Reason::UsernameOnly | Reason::MethodDisabled => "Access Denied",
             Reason::NotFound => "Not found",
             Reason::BodyTooLarge => "Request body too large",
             Reason::UpstreamError => "MOR server unavailable",
@@ -73,7 +81,10 @@ impl Reason {
     /// Status in `reply_mode = "http"`.
     pub fn http_status(self) -> u16 {
         match self {
-            Reason::ApiDisabled | Reason::BadHash => 403,
+            Reason::ApiDisabled
+            | Reason::BadHash
+            | Reason::UsernameOnly
+            | Reason::MethodDisabled => 403,
             Reason::GetDisabled | Reason::MethodNotAllowed => 405,
             Reason::LockedOut | Reason::Limited => 429,
             Reason::BadRequest => 400,
@@ -123,6 +134,8 @@ impl Reason {
             Reason::Limited => "limited",
             Reason::BadRequest => "bad_request",
             Reason::UnknownMethod => "unknown_method",
+            Reason::UsernameOnly => "username_only",
+            Reason::MethodDisabled => "method_disabled",
             Reason::NotFound => "not_found",
             Reason::BodyTooLarge => "body_too_large",
             Reason::UpstreamError => "upstream_error",
@@ -189,14 +202,20 @@ pub const XML_PROLOG: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 /// Content type of every XML answer.
 pub const XML_CONTENT_TYPE: &str = "application/xml; charset=utf-8";
 
-/// MOR's error document: prolog + `<status><error>MSG</error></status>`.
-pub fn error_xml(message: &str) -> String {
+/// MOR's error document: the prolog, then the error element inside the
+/// action's envelope (e.g. `<status><error>MSG</error></status>`).
+pub fn error_xml(envelope: Envelope, message: &str) -> String {
     let esc = quick_xml::escape::escape(message);
-    let mut s = String::with_capacity(XML_PROLOG.len() + esc.len() + 40);
+    let (open, close) = match envelope {
+        Envelope::Status => ("<status><error>", "</error></status>"),
+        Envelope::PageStatus => ("<page><status><error>", "</error></status></page>"),
+        Envelope::Page => ("<page><error>", "</error></page>"),
+    };
+    let mut s = String::with_capacity(XML_PROLOG.len() + esc.len() + 48);
     s.push_str(XML_PROLOG);
-    s.push_str("<status><error>");
+    s.push_str(open);
     s.push_str(&esc);
-    s.push_str("</error></status>");
+    s.push_str(close);
     s
 }
 
@@ -211,11 +230,11 @@ pub struct Rendered {
     pub retry_after: Option<u64>,
 }
 
-/// Renders a refusal for `mode`.
-pub fn render(refusal: &Refusal, mode: ReplyMode) -> Rendered {
+/// Renders a refusal for `mode` in the action's `envelope`.
+pub fn render(refusal: &Refusal, envelope: Envelope, mode: ReplyMode) -> Rendered {
     Rendered {
         status: refusal.reason.status(mode),
-        body: error_xml(&refusal.message()),
+        body: error_xml(envelope, &refusal.message()),
         retry_after: refusal.retry_after_secs(),
     }
 }
@@ -227,11 +246,19 @@ mod tests {
     #[test]
     fn mor_shape_byte_for_byte() {
         assert_eq!(
-            error_xml("Incorrect hash"),
+            error_xml(Envelope::Status, "Incorrect hash"),
             r#"<?xml version="1.0" encoding="UTF-8"?><status><error>Incorrect hash</error></status>"#
         );
         assert_eq!(
-            error_xml("a<b & \"c\""),
+            error_xml(Envelope::PageStatus, "Incorrect hash"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><page><status><error>Incorrect hash</error></status></page>"#
+        );
+        assert_eq!(
+            error_xml(Envelope::Page, "Incorrect hash"),
+            r#"<?xml version="1.0" encoding="UTF-8"?><page><error>Incorrect hash</error></page>"#
+        );
+        assert_eq!(
+            error_xml(Envelope::Status, "a<b & \"c\""),
             r#"<?xml version="1.0" encoding="UTF-8"?><status><error>a&lt;b &amp; &quot;c&quot;</error></status>"#
         );
     }

@@ -1,7 +1,8 @@
 //! Path normalisation: a request path is decoded and checked once, then
 //! matched. Empty segments (`//`, trailing `/`) collapse as Rails' router
 //! does; `.`/`..` segments, encoded slashes and broken escapes are refused;
-//! `/<id>` and `.xml` suffixes are recognised so they are verified too.
+//! `/<id>` and `.<format>` suffixes are recognised so they are verified too
+//! (which names take a `/<id>` is the catalogue's to say).
 
 use crate::catalog::valid_name;
 use crate::params::encode;
@@ -24,7 +25,7 @@ pub enum RouteError {
     /// More segments than `<method>/<id>`.
     #[error("no such API path")]
     TooDeep,
-    /// A format suffix other than `.xml`.
+    /// A format suffix that is not a plain word, or a second dot.
     #[error("unsupported format suffix")]
     BadFormat,
     /// The prefix itself, without a method.
@@ -53,7 +54,7 @@ pub struct ApiPath {
     pub method: String,
     /// `/<id>` suffix, decoded (Rails' `params[:id]`).
     pub id: Option<String>,
-    /// `.xml` suffix (Rails' `params[:format]`).
+    /// `.<format>` suffix (Rails' `params[:format]`; MOR ignores it).
     pub format: Option<String>,
 }
 
@@ -88,7 +89,13 @@ fn decode_segment(raw: &str) -> Result<String, RouteError> {
 fn split_format(seg: &str) -> Result<(&str, Option<String>), RouteError> {
     match seg.split_once('.') {
         None => Ok((seg, None)),
-        Some((name, "xml")) => Ok((name, Some("xml".to_string()))),
+        Some((name, f))
+            if !f.is_empty()
+                && f.len() <= 32
+                && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            Ok((name, Some(f.to_string())))
+        }
         Some(_) => Err(RouteError::BadFormat),
     }
 }
@@ -197,7 +204,10 @@ mod tests {
             (a.id.as_deref(), a.format.as_deref()),
             (Some("5"), Some("xml"))
         );
-        assert_eq!(route("/billing/api/x.json", P), Err(RouteError::BadFormat));
+        assert_eq!(api_of("/billing/api/x.json").format.as_deref(), Some("json"));
+        assert_eq!(route("/billing/api/x.a.b", P), Err(RouteError::BadFormat));
+        assert_eq!(route("/billing/api/x.", P), Err(RouteError::BadFormat));
+        assert_eq!(route("/billing/api/x.a-b", P), Err(RouteError::BadFormat));
         assert_eq!(route("/billing/api/x.xml/5", P), Err(RouteError::BadFormat));
         assert_eq!(route("/billing/api/x/5/6", P), Err(RouteError::TooDeep));
     }

@@ -265,7 +265,7 @@ fn xml_response(status: u16, body: String) -> Response<Vec<u8>> {
 }
 
 fn err(msg: &str) -> Response<Vec<u8>> {
-    xml_response(200, error_xml(msg))
+    xml_response(200, error_xml(crate::catalog::Envelope::Status, msg))
 }
 
 impl Simulator {
@@ -352,11 +352,11 @@ impl Simulator {
             .and_then(|_| p.add_body(content_type, body, method.eq_ignore_ascii_case("POST")))
             // Rails' path parameters: `/<id>` and `.xml`.
             .and_then(|_| match &api.id {
-                Some(id) => p.insert("id", crate::params::Value::Scalar(id.clone())),
+                Some(id) => p.insert("id", crate::params::Value::Str(id.clone())),
                 None => Ok(()),
             })
             .and_then(|_| match &api.format {
-                Some(f) => p.insert("format", crate::params::Value::Scalar(f.clone())),
+                Some(f) => p.insert("format", crate::params::Value::Str(f.clone())),
                 None => Ok(()),
             });
         if parsed.is_err() {
@@ -364,7 +364,7 @@ impl Simulator {
         }
         let v = |n: &str| p.scalar(n).ok().flatten();
         let u = v("u");
-        if found.method.auth == Auth::Hash && s.check_hash {
+        if found.method.auth.hashed() && s.check_hash {
             let given = v("hash").unwrap_or("");
             let order = &found.method.hash;
             let mut ok = signature::compute(order, v, &s.key).matches(given);
@@ -561,12 +561,12 @@ impl ServeHttp for Simulator {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > 8 * 1024 * 1024 {
-                        return xml_response(413, error_xml("Request body too large"));
+                        return xml_response(413, error_xml(crate::catalog::Envelope::Status, "Request body too large"));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(_) => return xml_response(400, error_xml("Bad request")),
+                Err(_) => return xml_response(400, error_xml(crate::catalog::Envelope::Status, "Bad request")),
             }
         }
         let req = session.req_header();
