@@ -77,13 +77,13 @@ fn bad_or_missing_hash_refused_at_edge_in_mor_shape() {
             Some("application/xml; charset=utf-8")
         );
     }
-    // Upper-case hex is accepted (case-insensitive compare).
+    // Upper-case hex is refused: MOR compares lower-case hex exactly.
     let r = gw.post(
         "/billing/api/user_details_get",
         &format!("user_id=123&hash={}", H_123.to_uppercase()),
     );
-    assert!(r.text().contains("client123"));
-    assert_eq!(sim_seen(sa).len(), 1, "no refused call reached MOR");
+    assert_eq!(r.text(), mor_error("Incorrect hash"));
+    assert!(sim_seen(sa).is_empty(), "no refused call reached MOR");
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn ambiguous_or_malformed_parameters_refused_never_forwarded() {
         // unparseable JSON, unsupported body type
         post_json("/billing/api/user_details_get", "{nope"),
         "POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n--x\n".to_string(),
-        // raw ';' (Rack versions disagree on it)
+        // ';' separates pairs, as in MOR's Rack: a conflicting duplicate
         post_form("/billing/api/user_details_get", &format!("user_id=123;user_id=999&hash={H_123}")),
     ];
     for raw in &cases {
@@ -191,6 +191,7 @@ fn path_forms_resolve_and_verify_or_are_refused() {
         "//billing//api//user_details_get",
         "/billing/api/user%5Fdetails_get",
         "/billing/api/user_details_get.xml",
+        "/billing/api/user_details_get.json",
     ] {
         let r = gw.post(p, &body);
         assert!(r.text().contains("client123"), "{p}: {}", r.text());
@@ -205,7 +206,8 @@ fn path_forms_resolve_and_verify_or_are_refused() {
             "/billing/api/user_details_get",
             "/billing/api/user_details_get",
             "/billing/api/user_details_get",
-            "/billing/api/user_details_get.xml"
+            "/billing/api/user_details_get.xml",
+            "/billing/api/user_details_get.json"
         ]
     );
     sim_reset(sa);
@@ -215,24 +217,26 @@ fn path_forms_resolve_and_verify_or_are_refused() {
         "/billing/api%2Fuser_details_get",
         "/billing/api/user_details_get%2F..",
         "/billing/api/user_details_get/1/2",
-        "/billing/api/user_details_get.json",
+        "/billing/api/user_details_get.a.b",
+        "/billing/api/user_details_get/5",
         "/billing/api/USER_DETAILS_GET",
         "/billing/api/",
     ] {
         let r = gw.post(p, &body);
         assert!(r.text().contains("<error>"), "{p}: {}", r.text());
     }
-    // `/<id>` is Rails' params[:id]: a different id elsewhere is refused;
-    // for a method that hashes id, the path id is what is verified.
-    let r = gw.post("/billing/api/user_details_get/5", &format!("id=7&{body}"));
+    // `/<id>` is Rails' params[:id], routed by MOR only under simple_balance:
+    // a different id elsewhere is refused.
+    let r = gw.post("/billing/api/simple_balance/johnuniq", "id=7");
     assert!(r.text().contains("Bad request"), "{}", r.text());
     assert!(sim_seen(sa).is_empty(), "nothing unverified was forwarded");
+    // card_group_get hashes id (the global order): the id sent is verified.
     let h5 = sha1_hex("5456789");
-    let r = gw.post("/billing/api/card_group_get/6", &format!("hash={h5}"));
+    let r = gw.post("/billing/api/card_group_get", &format!("id=6&hash={h5}"));
     assert_eq!(r.text(), mor_error("Incorrect hash"));
-    let r = gw.post("/billing/api/card_group_get/5", &format!("hash={h5}"));
-    assert!(!r.text().contains("Incorrect hash"));
-    assert_eq!(sim_seen(sa)[0]["path"], "/billing/api/card_group_get/5");
+    let r = gw.post("/billing/api/card_group_get", &format!("id=5&hash={h5}"));
+    assert!(!r.text().contains("Incorrect hash"), "{}", r.text());
+    assert_eq!(sim_seen(sa)[0]["path"], "/billing/api/card_group_get");
 }
 
 #[test]
@@ -284,11 +288,11 @@ fn unknown_methods_by_policy_and_other_paths() {
     let (gw, _sim, sa) = gw_and_sim("", "");
     // Unknown method: verified by MOR's global order (user_id first).
     let r = gw.post(
-        "/billing/api/dids_get",
+        "/billing/api/brand_new_get",
         &format!("user_id=123&hash={H_123}"),
     );
     assert!(!r.text().contains("Incorrect hash"), "{}", r.text());
-    let r = gw.post("/billing/api/dids_get", "user_id=123&hash=00");
+    let r = gw.post("/billing/api/brand_new_get", "user_id=123&hash=00");
     assert_eq!(r.text(), mor_error("Incorrect hash"));
     assert_eq!(sim_seen(sa).len(), 1);
     let r = gw.post("/billing/callc/main", "");
@@ -298,7 +302,7 @@ fn unknown_methods_by_policy_and_other_paths() {
 
     let (gw2, _s2, _a2) = gw_and_sim("", "[api]\nunknown_methods = \"refuse\"\n");
     let r = gw2.post(
-        "/billing/api/dids_get",
+        "/billing/api/brand_new_get",
         &format!("user_id=123&hash={H_123}"),
     );
     assert_eq!(r.text(), mor_error("Unknown API method"));
