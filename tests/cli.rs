@@ -119,9 +119,52 @@ fn sign_prints_mor_hash_and_signed_url() {
         out.contains("hash    f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
         "{out}"
     );
+    // Without a config, GET is assumed disabled (the default): a POST line.
     assert!(out.contains(
-        "url     http://127.0.0.1:8080/billing/api/user_details_get?u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441"
-    ));
+        "curl -s -X POST 'http://127.0.0.1:8080/billing/api/user_details_get' -d 'u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441'"
+    ), "{out}");
+    // Filters apply: user_id=0123 is hashed as 123; s_user=all is not hashed.
+    let o = run(
+        &[
+            "sign",
+            "--key-env",
+            "SIGN_KEY",
+            "user_calls?u=admin&s_user=all&user_id=0123",
+        ],
+        &[("SIGN_KEY", "456789")],
+    );
+    let (out, _) = text(&o);
+    assert!(out.contains("hashed  user_id=123 + key"), "{out}");
+    assert!(out.contains("hash    f7c3bc1d808e04732adf679965ccc34ca7ae3441"), "{out}");
+    // With a config that allows GET: a GET line; no-hash actions get none.
+    let dir = temp_dir();
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[api]\nallow_get = true\n[secrets]\nadmin_key_env = \"SIGN_KEY\"\n",
+    )
+    .unwrap();
+    let cfgs = cfg.to_str().unwrap();
+    let o = run(
+        &["sign", "--key-env", "SIGN_KEY", "-c", cfgs, "user_details_get?u=admin&user_id=123"],
+        &[("SIGN_KEY", "456789")],
+    );
+    assert!(text(&o).0.contains(
+        "curl -s 'http://127.0.0.1:8080/billing/api/user_details_get?u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441'"
+    ), "{}", text(&o).0);
+    let o = run(
+        &["sign", "--key-env", "SIGN_KEY", "-c", cfgs, "login?u=john&p=x"],
+        &[("SIGN_KEY", "456789")],
+    );
+    let out = text(&o).0;
+    assert!(out.contains("takes no hash") && !out.contains("hash="), "{out}");
+    // check --method prints the effective rule.
+    let o = run(&["check", "-c", cfgs, "--method", "user_calls"], &[("SIGN_KEY", "456789")]);
+    let out = text(&o).0;
+    assert!(o.status.success());
+    assert!(out.contains("legacy alias of user_calls_get") && out.contains("global order"), "{out}");
+    let o = run(&["check", "-c", cfgs], &[("SIGN_KEY", "456789")]);
+    assert!(text(&o).0.contains("username-only  refused (MOR serves them with u alone): dg_list_user_destinations"), "{}", text(&o).0);
     assert!(!out.contains("456789"), "key not printed");
     let o = run(
         &[
