@@ -10,6 +10,9 @@
 //! `POST /_sim/reset` clears that list, and a request header
 //! `X-Sim-Delay-Ms: N` delays the answer (timeout tests).
 
+pub mod json;
+pub mod rails;
+
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
