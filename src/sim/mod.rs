@@ -12,6 +12,8 @@
 
 pub mod json;
 pub mod rails;
+pub mod rules;
+pub mod xml;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
