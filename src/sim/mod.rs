@@ -1,14 +1,28 @@
 //! An embedded MOR simulator: a real HTTP upstream for the demo, the tests
-//! and the benchmark. It checks hashes the way MOR does (admin key, or a
-//! reseller's key for its users), honours "Allow API" / "Allow GET API", and
-//! answers user_details_get, user_details_update, user_calls_get and
-//! device_clis_get over a small in-memory dataset. Error documents use MOR's
-//! shapes; success documents are illustrative (the gateway forwards bytes
-//! unchanged and never interprets them).
+//! and the benchmark. It decides every call from MOR's facts files
+//! (`facts/mor-x8.toml`, and `facts/endpoints.toml` for methods newer than
+//! X8) with its own code — its own Rails parameter parser ([`rails`]),
+//! rules and hashing ([`rules`]), routing and XML — independent of the
+//! gateway's modules, so that the end-to-end tests compare two separate
+//! readings of MOR's rules.
+//!
+//! A call goes: route (`<prefix>/<name>[.<format>]`, or
+//! `<prefix>/simple_balance/<id>[.<format>]`; aliases resolved; anything
+//! else 404), Rails params (400 if they do not parse), then
+//! [`rules::Rules::decide`] (Allow API, Allow GET API, caller, owner's key,
+//! hash), then the action over a small in-memory dataset ([`data`]).
+//! Error documents use MOR's envelopes per action; success documents are
+//! illustrative (the gateway forwards bytes unchanged).
 //!
 //! Test hooks: `GET /_sim/requests` lists what it received (JSON),
 //! `POST /_sim/reset` clears that list, and a request header
 //! `X-Sim-Delay-Ms: N` delays the answer (timeout tests).
+
+pub mod data;
+pub mod json;
+pub mod rails;
+pub mod rules;
+pub mod xml;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -20,11 +34,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
-use crate::catalog::{Auth, Catalog, Product};
-use crate::params::Params;
-use crate::reply::{error_xml, XML_CONTENT_TYPE, XML_PROLOG};
-use crate::route::{route, PathKind};
-use crate::signature;
+use data::{Answer, Data};
+use rails::{unescape_path, Params};
+use rules::{Envelope, Policy, Rules, Verdict};
+use xml::{doc, error_doc};
 
 /// Simulator settings (MOR's API tab).
 #[derive(Debug, Clone)]
@@ -60,151 +73,6 @@ impl SimSettings {
     }
 }
 
-#[derive(Debug, Clone)]
-struct User {
-    id: u64,
-    username: String,
-    first_name: String,
-    last_name: String,
-    balance: f64,
-    blocked: bool,
-    owner: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-struct Cli {
-    id: u64,
-    device_id: u64,
-    user_id: u64,
-    number: String,
-    description: String,
-}
-
-#[derive(Debug, Clone)]
-struct Call {
-    id: u64,
-    user_id: u64,
-    device_id: u64,
-    provider_id: u64,
-    did: String,
-    calldate: u64,
-    src: String,
-    dst: String,
-    duration: u64,
-    disposition: &'static str,
-    price: f64,
-}
-
-struct Data {
-    users: Vec<User>,
-    clis: Vec<Cli>,
-    calls: Vec<Call>,
-}
-
-fn user(
-    id: u64,
-    username: &str,
-    first: &str,
-    last: &str,
-    balance: f64,
-    owner: Option<&str>,
-) -> User {
-    User {
-        id,
-        username: username.into(),
-        first_name: first.into(),
-        last_name: last.into(),
-        balance,
-        blocked: false,
-        owner: owner.map(str::to_string),
-    }
-}
-
-fn start_of_day(now: u64) -> u64 {
-    now - now % 86_400
-}
-
-impl Data {
-    fn seed(now: u64) -> Data {
-        let today = start_of_day(now);
-        let users = vec![
-            user(0, "admin", "System", "Admin", 0.0, None),
-            user(2, "john", "John", "Smith", 12.5, None),
-            user(3, "anna", "Anna", "Berg", 40.0, None),
-            user(4, "res1", "Reseller", "One", 100.0, None),
-            user(5, "ruser", "Rita", "User", 7.25, Some("res1")),
-            user(123, "client123", "Carl", "Client", 55.0, None),
-        ];
-        let clis = vec![
-            Cli {
-                id: 1,
-                device_id: 6,
-                user_id: 3,
-                number: "37060000001".into(),
-                description: "office".into(),
-            },
-            Cli {
-                id: 2,
-                device_id: 6,
-                user_id: 3,
-                number: "37060000002".into(),
-                description: "mobile".into(),
-            },
-            Cli {
-                id: 3,
-                device_id: 7,
-                user_id: 123,
-                number: "4420000123".into(),
-                description: "main".into(),
-            },
-        ];
-        let mut calls = Vec::new();
-        let dispositions = ["ANSWERED", "ANSWERED", "NO ANSWER", "BUSY", "FAILED"];
-        for i in 0..10u64 {
-            // Half of the calls fall today (default period), half a week ago.
-            let base = if i % 2 == 0 {
-                today + 3600
-            } else {
-                today - 7 * 86_400
-            };
-            calls.push(Call {
-                id: 100 + i,
-                user_id: if i < 6 { 123 } else { 2 },
-                device_id: if i < 6 { 7 } else { 8 },
-                provider_id: 1 + i % 2,
-                did: if i % 3 == 0 {
-                    "37052000001".into()
-                } else {
-                    String::new()
-                },
-                calldate: base + i * 60,
-                src: "4420000123".into(),
-                dst: format!("3706{:07}", 1000 + i),
-                duration: if dispositions[(i % 5) as usize] == "ANSWERED" {
-                    30 + i * 7
-                } else {
-                    0
-                },
-                disposition: dispositions[(i % 5) as usize],
-                price: if dispositions[(i % 5) as usize] == "ANSWERED" {
-                    0.05 * (i + 1) as f64
-                } else {
-                    0.0
-                },
-            });
-        }
-        Data { users, clis, calls }
-    }
-
-    fn user_by(&self, id: Option<&str>, username: Option<&str>) -> Option<usize> {
-        self.users.iter().position(|u| {
-            id.map(|i| u.id.to_string() == i).unwrap_or(true)
-                && username.map(|n| u.username == n).unwrap_or(true)
-                && (id.is_some() || username.is_some())
-        })
-    }
-}
-
 /// One request as the simulator saw it (for tests).
 #[derive(Debug, Clone, Serialize)]
 pub struct Seen {
@@ -227,12 +95,16 @@ pub struct Seen {
 /// The simulator app.
 pub struct Simulator {
     settings: SimSettings,
-    catalog: Catalog,
+    rules: Rules,
     data: Mutex<Data>,
     seen: Mutex<VecDeque<Seen>>,
 }
 
 const SEEN_KEEP: usize = 1000;
+
+/// The document `fixed_reply` answers.
+const FIXED_REPLY: &str =
+    "<page><status>ok</status><user_id>123</user_id><balance>55.0</balance></page>";
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -241,41 +113,86 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn el(out: &mut String, name: &str, text: &str) {
-    out.push('<');
-    out.push_str(name);
-    out.push('>');
-    out.push_str(&quick_xml::escape::escape(text));
-    out.push_str("</");
-    out.push_str(name);
-    out.push('>');
-}
-
-fn doc(body: &str) -> String {
-    format!("{XML_PROLOG}{body}")
-}
-
-fn xml_response(status: u16, body: String) -> Response<Vec<u8>> {
+fn respond(status: u16, content_type: &str, body: String) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, XML_CONTENT_TYPE)
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, body.len())
         .body(body.into_bytes())
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
-fn err(msg: &str) -> Response<Vec<u8>> {
-    xml_response(200, error_xml(crate::catalog::Envelope::Status, msg))
+fn xml_response(status: u16, body: String) -> Response<Vec<u8>> {
+    respond(status, xml::CONTENT_TYPE, body)
+}
+
+fn error_response(status: u16, envelope: Envelope, msg: &str) -> Response<Vec<u8>> {
+    xml_response(status, error_doc(envelope, msg))
+}
+
+fn not_found() -> Response<Vec<u8>> {
+    error_response(404, Envelope::Status, "Not found")
+}
+
+/// A routed API path: the route name and the path's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Action name or alias, as in the path (decoded).
+    pub name: String,
+    /// `/<id>` (only after `simple_balance`).
+    pub id: Option<String>,
+    /// `.<format>`.
+    pub format: Option<String>,
+}
+
+/// Splits `x.fmt` like Rails' `:segment(.:format)` (neither part may contain
+/// a `.`; both non-empty). Pieces are percent-decoded.
+fn split_format(seg: &str) -> Option<(String, Option<String>)> {
+    let (name, format) = match seg.split_once('.') {
+        Some((_, f)) if f.is_empty() || f.contains('.') => return None,
+        Some((n, f)) => (n, Some(unescape_path(f))),
+        None => (seg, None),
+    };
+    (!name.is_empty()).then(|| (unescape_path(name), format))
+}
+
+/// MOR's API routes under `prefix`: `/<name>[.<fmt>]` and
+/// `/simple_balance/<id>[.<fmt>]`; one trailing `/` is ignored (Rails
+/// normalises it away). `None`: no route (404).
+pub fn route(path: &str, prefix: &str) -> Option<Target> {
+    let rest = path
+        .strip_prefix(prefix.trim_end_matches('/'))?
+        .strip_prefix('/')?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        [one] => {
+            let (name, format) = split_format(one)?;
+            Some(Target {
+                name,
+                id: None,
+                format,
+            })
+        }
+        [first, id] if unescape_path(first) == "simple_balance" => {
+            let (id, format) = split_format(id)?;
+            Some(Target {
+                name: "simple_balance".into(),
+                id: Some(id),
+                format,
+            })
+        }
+        _ => None,
+    }
 }
 
 impl Simulator {
     /// A simulator with the seed dataset.
     pub fn new(settings: SimSettings) -> Simulator {
-        let catalog = Catalog::parse(crate::catalog::EMBEDDED, Product::Mor)
-            .expect("the embedded catalogue is valid (unit-tested)");
+        let rules = Rules::embedded().expect("the embedded facts are valid (unit-tested)");
         Simulator {
             settings,
-            catalog,
+            rules,
             data: Mutex::new(Data::seed(now_secs())),
             seen: Mutex::new(VecDeque::new()),
         }
@@ -322,234 +239,48 @@ impl Simulator {
             return xml_response(200, doc("<status>ok</status>"));
         }
         let s = &self.settings;
-        let api = match route(path, &s.prefix) {
-            Ok(PathKind::Api(a)) => a,
-            _ => return xml_response(404, doc("<error>Not found</error>")),
+        let Some(target) = route(path, &s.prefix) else {
+            return not_found();
         };
         if s.fixed_reply {
-            return xml_response(
-                200,
-                doc(
-                    "<page><status>ok</status><user_id>123</user_id><balance>55.0</balance></page>",
-                ),
-            );
+            return xml_response(200, doc(FIXED_REPLY));
         }
-        if !s.allow_api {
-            return err("API Requests are disabled");
-        }
-        let get = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
-        if get && !s.allow_get {
-            return err("GET Requests are disabled");
-        }
-        let found = match self.catalog.lookup(&api.method) {
-            Some(f) => f,
-            None => return err("Unknown method"),
+        let Some(action) = self.rules.resolve(&target.name) else {
+            return not_found();
         };
-        let mut p = Params::new();
-        let parsed = query
-            .map(|q| p.add_form(q.as_bytes()))
-            .unwrap_or(Ok(()))
-            .and_then(|_| p.add_body(content_type, body, method.eq_ignore_ascii_case("POST")))
-            // Rails' path parameters: `/<id>` and `.xml`.
-            .and_then(|_| match &api.id {
-                Some(id) => p.insert("id", crate::params::Value::Str(id.clone())),
-                None => Ok(()),
-            })
-            .and_then(|_| match &api.format {
-                Some(f) => p.insert("format", crate::params::Value::Str(f.clone())),
-                None => Ok(()),
-            });
-        if parsed.is_err() {
-            return err("Bad request");
+        let mut path_params = Vec::new();
+        if let Some(id) = &target.id {
+            path_params.push(("id", id.as_str()));
         }
-        let v = |n: &str| p.scalar(n).ok().flatten();
-        let u = v("u");
-        if found.method.auth.hashed() && s.check_hash {
-            let given = v("hash").unwrap_or("");
-            let order = &found.method.hash;
-            let mut ok = signature::compute(order, v, &s.key).matches(given);
-            let owner = u.and_then(|name| {
-                self.data.lock().ok().and_then(|d| {
-                    d.users
-                        .iter()
-                        .find(|x| x.username == name)
-                        .and_then(|x| x.owner.clone().or_else(|| Some(x.username.clone())))
-                })
-            });
-            for (res, key) in &s.resellers {
-                if owner.as_deref() == Some(res.as_str()) {
-                    ok |= signature::compute(order, v, key).matches(given);
+        if let Some(f) = &target.format {
+            path_params.push(("format", f.as_str()));
+        }
+        let Ok(params) = Params::from_request(method, query, content_type, body, &path_params)
+        else {
+            return error_response(400, Envelope::Status, "Bad request");
+        };
+        let envelope = self.rules.envelope(action);
+        let Ok(mut data) = self.data.lock() else {
+            return error_response(500, envelope, "Internal error");
+        };
+        let policy = Policy {
+            admin_key: &s.key,
+            resellers: &s.resellers,
+            allow_api: s.allow_api,
+            allow_get: s.allow_get,
+            check_hash: s.check_hash,
+        };
+        match self.rules.decide(action, method, &params, &policy, &*data) {
+            Verdict::Refuse(msg) => error_response(200, envelope, msg),
+            Verdict::Serve => {
+                let kind = self.rules.kind(action);
+                match data.answer(action, kind, &params, now_secs()) {
+                    Answer::Doc(body) => xml_response(200, doc(&body)),
+                    Answer::Error(msg) => error_response(200, envelope, &msg),
+                    Answer::Text(t) => respond(200, "text/plain; charset=utf-8", t),
                 }
             }
-            if !ok {
-                return err("Incorrect hash");
-            }
         }
-        match found.method.name.as_str() {
-            "user_details_get" => self.user_details_get(v("user_id"), v("username")),
-            "user_details_update" => self.user_details_update(&p),
-            "user_calls_get" => self.user_calls_get(&p),
-            "device_clis_get" => self.device_clis_get(v("devices_id"), v("users_id")),
-            "system_version_get" => xml_response(
-                200,
-                doc("<page><version>MOR simulator (mor-gateway)</version></page>"),
-            ),
-            _ => xml_response(200, doc("<page><status>ok</status></page>")),
-        }
-    }
-
-    fn user_details_get(&self, id: Option<&str>, username: Option<&str>) -> Response<Vec<u8>> {
-        let Ok(d) = self.data.lock() else {
-            return err("Internal error");
-        };
-        let Some(i) = d.user_by(id, username) else {
-            return err("User was not found");
-        };
-        let u = &d.users[i];
-        let mut x = String::from("<page><details>");
-        el(&mut x, "id", &u.id.to_string());
-        el(&mut x, "username", &u.username);
-        el(&mut x, "first_name", &u.first_name);
-        el(&mut x, "last_name", &u.last_name);
-        el(&mut x, "balance", &format!("{:.4}", u.balance));
-        el(&mut x, "blocked", if u.blocked { "1" } else { "0" });
-        x.push_str("</details></page>");
-        xml_response(200, doc(&x))
-    }
-
-    fn user_details_update(&self, p: &Params) -> Response<Vec<u8>> {
-        let v = |n: &str| p.scalar(n).ok().flatten();
-        let Ok(mut d) = self.data.lock() else {
-            return err("Internal error");
-        };
-        let Some(i) = d.user_by(v("user_id"), None) else {
-            return err("User was not found");
-        };
-        let u = &mut d.users[i];
-        if let Some(b) = v("u15") {
-            u.blocked = b == "1";
-        }
-        if let Some(f) = v("u23") {
-            u.first_name = f.to_string();
-        }
-        if let Some(l) = v("u17") {
-            u.last_name = l.to_string();
-        }
-        if let Some(n) = v("u9") {
-            u.username = n.to_string();
-        }
-        xml_response(
-            200,
-            doc("<status><success>User details updated</success></status>"),
-        )
-    }
-
-    fn user_calls_get(&self, p: &Params) -> Response<Vec<u8>> {
-        let v = |n: &str| p.scalar(n).ok().flatten();
-        let Ok(d) = self.data.lock() else {
-            return err("Internal error");
-        };
-        let Some(s_user) = v("s_user") else {
-            return err("User was not found");
-        };
-        let all = s_user == "all" || s_user.is_empty();
-        if !all && d.user_by(Some(s_user), None).is_none() {
-            return err("User was not found");
-        }
-        // MOR's defaults: the current day, 00:00:00 to 23:59:59.
-        let now = now_secs();
-        let num = |n: &str, dflt: u64| v(n).and_then(|s| s.parse::<u64>().ok()).unwrap_or(dflt);
-        let start = num("period_start", start_of_day(now));
-        let end = num("period_end", start_of_day(now) + 86_399);
-        let call_type = v("s_call_type").unwrap_or("all").to_ascii_lowercase();
-        let mut calls: Vec<&Call> = d
-            .calls
-            .iter()
-            .filter(|c| all || c.user_id.to_string() == s_user)
-            .filter(|c| c.calldate >= start && c.calldate <= end)
-            .filter(|c| match call_type.as_str() {
-                "answered" => c.disposition == "ANSWERED",
-                "no_answer" => c.disposition == "NO ANSWER",
-                "busy" => c.disposition == "BUSY",
-                "failed" => c.disposition == "FAILED",
-                "missed" => c.disposition != "ANSWERED",
-                _ => true,
-            })
-            .filter(|c| v("s_device").is_none_or(|x| x == "all" || c.device_id.to_string() == x))
-            .filter(|c| {
-                v("s_provider").is_none_or(|x| x == "all" || c.provider_id.to_string() == x)
-            })
-            .filter(|c| v("s_did").is_none_or(|x| x == "all" || c.did == x))
-            .filter(|c| v("s_destination").is_none_or(|x| c.dst.starts_with(x)))
-            .filter(|c| v("only_did") != Some("1") || !c.did.is_empty())
-            .collect();
-        match v("order_by").unwrap_or("time") {
-            "duration" => calls.sort_by_key(|c| c.duration),
-            "price" => calls.sort_by(|a, b| a.price.total_cmp(&b.price)),
-            _ => calls.sort_by_key(|c| c.calldate),
-        }
-        if v("order_desc") == Some("1") {
-            calls.reverse();
-        }
-        let mut x = String::from("<page><calls_stat>");
-        el(&mut x, "period_start", &start.to_string());
-        el(&mut x, "period_end", &end.to_string());
-        el(&mut x, "total_calls", &calls.len().to_string());
-        x.push_str("<calls>");
-        for c in calls {
-            x.push_str("<call>");
-            el(&mut x, "id", &c.id.to_string());
-            el(&mut x, "calldate", &c.calldate.to_string());
-            el(&mut x, "src", &c.src);
-            el(&mut x, "dst", &c.dst);
-            el(&mut x, "duration", &c.duration.to_string());
-            el(&mut x, "disposition", c.disposition);
-            el(&mut x, "device_id", &c.device_id.to_string());
-            el(&mut x, "price", &format!("{:.4}", c.price));
-            x.push_str("</call>");
-        }
-        x.push_str("</calls></calls_stat></page>");
-        xml_response(200, doc(&x))
-    }
-
-    fn device_clis_get(
-        &self,
-        devices_id: Option<&str>,
-        users_id: Option<&str>,
-    ) -> Response<Vec<u8>> {
-        let Ok(d) = self.data.lock() else {
-            return err("Internal error");
-        };
-        if let Some(u) = users_id {
-            if d.user_by(Some(u), None).is_none() {
-                return err("User was not found");
-            }
-        }
-        let clis: Vec<&Cli> = d
-            .clis
-            .iter()
-            .filter(|c| devices_id.is_none_or(|x| c.device_id.to_string() == x))
-            .filter(|c| users_id.is_none_or(|x| c.user_id.to_string() == x))
-            .collect();
-        if clis.is_empty() {
-            return err(if devices_id.is_some() {
-                "Device was not found"
-            } else {
-                "CLIs were not found"
-            });
-        }
-        let mut x = String::from("<page><clis>");
-        for c in clis {
-            x.push_str("<cli>");
-            el(&mut x, "id", &c.id.to_string());
-            el(&mut x, "device_id", &c.device_id.to_string());
-            el(&mut x, "user_id", &c.user_id.to_string());
-            el(&mut x, "cli", &c.number);
-            el(&mut x, "description", &c.description);
-            x.push_str("</cli>");
-        }
-        x.push_str("</clis></page>");
-        xml_response(200, doc(&x))
     }
 }
 
@@ -561,12 +292,12 @@ impl ServeHttp for Simulator {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > 8 * 1024 * 1024 {
-                        return xml_response(413, error_xml(crate::catalog::Envelope::Status, "Request body too large"));
+                        return error_response(413, Envelope::Status, "Request body too large");
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(_) => return xml_response(400, error_xml(crate::catalog::Envelope::Status, "Bad request")),
+                Err(_) => return error_response(400, Envelope::Status, "Bad request"),
             }
         }
         let req = session.req_header();
@@ -606,139 +337,4 @@ impl ServeHttp for Simulator {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sim() -> Simulator {
-        Simulator::new(SimSettings::new(b"456789"))
-    }
-
-    fn text(r: Response<Vec<u8>>) -> String {
-        String::from_utf8(r.into_body()).unwrap()
-    }
-
-    #[test]
-    fn seed_vector_answers_details() {
-        let t = text(sim().handle(
-            "POST",
-            "/billing/api/user_details_get",
-            Some("u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
-            None,
-            b"",
-        ));
-        assert!(t.contains("<username>client123</username>"), "{t}");
-    }
-
-    #[test]
-    fn bad_hash_is_mor_error() {
-        let t = text(sim().handle(
-            "POST",
-            "/billing/api/user_details_get",
-            Some("user_id=123&hash=00"),
-            None,
-            b"",
-        ));
-        assert_eq!(
-            t,
-            r#"<?xml version="1.0" encoding="UTF-8"?><status><error>Incorrect hash</error></status>"#
-        );
-    }
-
-    #[test]
-    fn update_then_get_reflects_change() {
-        let s = sim();
-        let t = text(s.handle(
-            "POST",
-            "/billing/api/user_details_update",
-            Some("u=admin&user_id=123&u15=1&hash=0ab3ede4e93a55c38855a2cc9b9e169d35442c48"),
-            None,
-            b"",
-        ));
-        assert!(t.contains("updated"), "{t}");
-        let t = text(s.handle(
-            "POST",
-            "/billing/api/user_details_get",
-            Some("user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
-            None,
-            b"",
-        ));
-        assert!(t.contains("<blocked>1</blocked>"), "{t}");
-    }
-
-    #[test]
-    fn user_calls_default_period_is_today() {
-        let t = text(sim().handle(
-            "POST",
-            "/billing/api/user_calls_get",
-            Some("s_user=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
-            None,
-            b"",
-        ));
-        assert!(t.contains("<total_calls>3</total_calls>"), "{t}");
-    }
-
-    #[test]
-    fn user_calls_filters() {
-        let s = sim();
-        let key = b"456789";
-        let call = |q: &[(&str, &str)]| {
-            let h = signature::compute(
-                &s.catalog.lookup("user_calls_get").unwrap().method.hash,
-                |n| q.iter().find(|(k, _)| *k == n).map(|(_, v)| *v),
-                key,
-            );
-            let mut qs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            qs.push(format!("hash={}", h.as_str()));
-            text(s.handle(
-                "POST",
-                "/billing/api/user_calls_get",
-                Some(&qs.join("&")),
-                None,
-                b"",
-            ))
-        };
-        let t = call(&[
-            ("s_user", "123"),
-            ("period_start", "0"),
-            ("period_end", "99999999999"),
-        ]);
-        assert!(t.contains("<total_calls>6</total_calls>"), "{t}");
-        let t = call(&[
-            ("s_user", "123"),
-            ("period_start", "0"),
-            ("period_end", "99999999999"),
-            ("s_call_type", "answered"),
-        ]);
-        assert!(t.contains("<total_calls>3</total_calls>"), "{t}");
-    }
-
-    #[test]
-    fn device_clis_key_only_hash() {
-        let s = Simulator::new(SimSettings::new(b"secret"));
-        let t = text(s.handle(
-            "POST",
-            "/billing/api/device_clis_get",
-            Some("u=admin&devices_id=6&users_id=3&hash=e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4"),
-            None,
-            b"",
-        ));
-        assert!(t.contains("<cli>37060000001</cli>"), "{t}");
-    }
-
-    #[test]
-    fn policies_answer_mor_errors() {
-        let mut st = SimSettings::new(b"k");
-        st.allow_get = false;
-        let s = Simulator::new(st.clone());
-        assert!(
-            text(s.handle("GET", "/billing/api/user_details_get", None, None, b""))
-                .contains("GET Requests are disabled")
-        );
-        st.allow_api = false;
-        let s = Simulator::new(st);
-        assert!(
-            text(s.handle("POST", "/billing/api/user_details_get", None, None, b""))
-                .contains("API Requests are disabled")
-        );
-    }
-}
+mod tests;
