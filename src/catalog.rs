@@ -480,7 +480,9 @@ impl Catalog {
             }
         }
         m.note = Some(match m.note.take() {
-            Some(n) if !n.contains("gateway config") => format!("{n}; changed by the gateway config"),
+            Some(n) if !n.contains("gateway config") => {
+                format!("{n}; changed by the gateway config")
+            }
             Some(n) => n,
             None => "changed by the gateway config".into(),
         });
@@ -569,17 +571,15 @@ impl Catalog {
         }
         let rule = match m.auth {
             Auth::Global => {
-                let mut t = "hash: every present name of the global order, after filters".to_string();
+                let mut t =
+                    "hash: every present name of the global order, after filters".to_string();
                 if !m.exclude.is_empty() {
                     let _ = write!(t, ", except {}", m.exclude.join(", "));
                 }
                 t
             }
             Auth::Own => {
-                let mut t = format!(
-                    "hash: own list [{}], raw values",
-                    m.hash.join(", ")
-                );
+                let mut t = format!("hash: own list [{}], raw values", m.hash.join(", "));
                 for (k, v) in &m.hash_nothing_when {
                     let _ = write!(t, "; nothing when {k}={v}");
                 }
@@ -644,7 +644,10 @@ mod tests {
     #[test]
     fn embedded_catalogue_loads_for_both_products() {
         let m4 = Catalog::parse(EMBEDDED, Product::M4).unwrap();
-        assert_eq!(m4.lookup("users_get").unwrap().method.hash, ["u", "user_id"]);
+        assert_eq!(
+            m4.lookup("users_get").unwrap().method.hash,
+            ["u", "user_id"]
+        );
         assert_eq!(mor().lookup("users_get").unwrap().method.hash, ["u", "p"]);
     }
 
@@ -758,7 +761,10 @@ products = ["MOR"]
             },
         )
         .unwrap();
-        assert_eq!(c.lookup("user_devices").unwrap().method.auth, Auth::Unsigned);
+        assert_eq!(
+            c.lookup("user_devices").unwrap().method.auth,
+            Auth::Unsigned
+        );
         c.patch(
             "user_details_get",
             &MethodPatch {
@@ -768,7 +774,10 @@ products = ["MOR"]
         )
         .unwrap();
         let m = c.lookup("user_details").unwrap().method;
-        assert_eq!((m.auth, m.hash.as_slice()), (Auth::Own, &["user_id".to_string()][..]));
+        assert_eq!(
+            (m.auth, m.hash.as_slice()),
+            (Auth::Own, &["user_id".to_string()][..])
+        );
         assert!(c.patch("user_details", &MethodPatch::default()).is_err());
         c.patch("new_action_get", &MethodPatch::default()).unwrap();
         assert!(c.lookup("new_action_get").is_some());
@@ -778,7 +787,10 @@ products = ["MOR"]
     fn configured_alias_added_and_checked() {
         let mut c = mor();
         c.add_alias("my_details", "user_details_get").unwrap();
-        assert_eq!(c.lookup("my_details").unwrap().method.name, "user_details_get");
+        assert_eq!(
+            c.lookup("my_details").unwrap().method.name,
+            "user_details_get"
+        );
         assert!(c.add_alias("x", "user_details").is_err());
         assert!(c.add_alias("user_calls", "user_details_get").is_err());
         assert!(c.add_alias("Bad-Name", "user_details_get").is_err());
@@ -787,8 +799,12 @@ products = ["MOR"]
     #[test]
     fn describe_names_the_rule() {
         let c = mor();
-        assert!(c.describe("user_calls").contains("legacy alias of user_calls_get"));
-        assert!(c.describe("voucher_use").contains("own list [voucher_number]"));
+        assert!(c
+            .describe("user_calls")
+            .contains("legacy alias of user_calls_get"));
+        assert!(c
+            .describe("voucher_use")
+            .contains("own list [voucher_number]"));
         assert!(c.describe("user_devices").contains("refused"));
         assert!(c.describe("nope").contains("not catalogued"));
     }

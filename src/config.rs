@@ -698,9 +698,9 @@ impl Settings {
                         format!("cannot read {}: {e}", full.display()),
                     )
                 })?;
-                catalog.extend(&text).map_err(|e| {
-                    invalid("api.catalog_file", format!("{}: {e}", full.display()))
-                })?;
+                catalog
+                    .extend(&text)
+                    .map_err(|e| invalid("api.catalog_file", format!("{}: {e}", full.display())))?;
                 Some(full)
             }
             None => None,

@@ -135,8 +135,8 @@ pub fn admit<G: Gate + ?Sized>(
     gate: &G,
     head: &Head<'_>,
 ) -> Result<Admitted, Rejected> {
-    let kind =
-        route(head.path, &s.prefix).map_err(|e| Box::new((route_refusal(e), CallInfo::default())))?;
+    let kind = route(head.path, &s.prefix)
+        .map_err(|e| Box::new((route_refusal(e), CallInfo::default())))?;
     let found = match &kind {
         PathKind::Api(a) => s.catalog.lookup(&a.method),
         _ => None,
@@ -254,13 +254,15 @@ fn keys_for(s: &Settings, m: Option<&Method>, params: &Params) -> Result<Keys, P
     } else {
         "u"
     })?;
-    Ok(match name.and_then(|n| s.reseller_of.get(n).map(|&i| (n, i))) {
-        None => Keys::Admin,
-        Some((n, i)) if s.resellers.get(i).is_some_and(|r| r.name == n) => {
-            Keys::ResellerOrAdmin(i)
-        }
-        Some((_, i)) => Keys::Reseller(i),
-    })
+    Ok(
+        match name.and_then(|n| s.reseller_of.get(n).map(|&i| (n, i))) {
+            None => Keys::Admin,
+            Some((n, i)) if s.resellers.get(i).is_some_and(|r| r.name == n) => {
+                Keys::ResellerOrAdmin(i)
+            }
+            Some((_, i)) => Keys::Reseller(i),
+        },
+    )
 }
 
 /// Stage two, with the whole body: everything else.
@@ -567,18 +569,35 @@ admin_key_env = "MORGW_DECISION_SECRET"
         // user_balance_get: the caller is `username`, whatever `u` says.
         let h = signature::compute(&["username"], |_| Some("ruser"), b"resellerkey");
         let q = format!("u=admin&username=ruser&hash={}", h.as_str());
-        assert!(matches!(post(&s, "/billing/api/user_balance_get", &q), Verdict::Forward(..)));
+        assert!(matches!(
+            post(&s, "/billing/api/user_balance_get", &q),
+            Verdict::Forward(..)
+        ));
         // user_register: `id` is the owner's uniquehash.
         let parts = "id=res1uniq&username=new&email=a%40b";
-        let h = signature::compute(&["email", "id", "username"], |n| match n {
-            "email" => Some("a@b"),
-            "id" => Some("res1uniq"),
-            _ => Some("new"),
-        }, b"resellerkey");
+        let h = signature::compute(
+            &["email", "id", "username"],
+            |n| match n {
+                "email" => Some("a@b"),
+                "id" => Some("res1uniq"),
+                _ => Some("new"),
+            },
+            b"resellerkey",
+        );
         let q = format!("{parts}&hash={}", h.as_str());
-        assert!(matches!(post(&s, "/billing/api/user_register", &q), Verdict::Forward(..)));
-        let q = format!("{}&hash={}", parts.replace("res1uniq", "otheruniq"), h.as_str());
-        assert_eq!(reason(&post(&s, "/billing/api/user_register", &q)), Reason::BadHash);
+        assert!(matches!(
+            post(&s, "/billing/api/user_register", &q),
+            Verdict::Forward(..)
+        ));
+        let q = format!(
+            "{}&hash={}",
+            parts.replace("res1uniq", "otheruniq"),
+            h.as_str()
+        );
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_register", &q)),
+            Reason::BadHash
+        );
     }
 
     #[test]
@@ -682,8 +701,10 @@ admin_key_env = "MORGW_DECISION_SECRET"
         );
         // Any `.format` becomes params[:format]; not hash-covered, still verified.
         for f in ["xml", "json"] {
-            assert!(fwd_path(&post(&s, &format!("/billing/api/user_details.{f}"), q))
-                .starts_with(&format!("/billing/api/user_details_get.{f}?")));
+            assert!(
+                fwd_path(&post(&s, &format!("/billing/api/user_details.{f}"), q))
+                    .starts_with(&format!("/billing/api/user_details_get.{f}?"))
+            );
         }
         // `/<id>` only where MOR routes one: simple_balance.
         assert_eq!(
@@ -705,9 +726,17 @@ admin_key_env = "MORGW_DECISION_SECRET"
         );
         // card_group_get hashes id, from any source.
         let h = signature::compute(&["id"], |_| Some("5"), b"456789");
-        let ok = post(&s, "/billing/api/card_group_get", &format!("id=5&hash={}", h.as_str()));
+        let ok = post(
+            &s,
+            "/billing/api/card_group_get",
+            &format!("id=5&hash={}", h.as_str()),
+        );
         assert!(fwd_path(&ok).starts_with("/billing/api/card_group_get?"));
-        let bad = post(&s, "/billing/api/card_group_get", &format!("id=6&hash={}", h.as_str()));
+        let bad = post(
+            &s,
+            "/billing/api/card_group_get",
+            &format!("id=6&hash={}", h.as_str()),
+        );
         assert_eq!(reason(&bad), Reason::BadHash);
     }
 
@@ -768,22 +797,44 @@ admin_key_env = "MORGW_DECISION_SECRET"
             assert!(matches!(post(&s, path, q), Verdict::Forward(..)), "{path}");
         }
         // Balance over HTTP is served over GET even with GET disabled.
-        let v = decide(&s, &Open, &head("GET", "/billing/api/simple_balance/x", None), b"");
+        let v = decide(
+            &s,
+            &Open,
+            &head("GET", "/billing/api/simple_balance/x", None),
+            b"",
+        );
         assert!(matches!(v, Verdict::Forward(..)));
         // user_balance_get also, but still with its hash.
-        let v = decide(&s, &Open, &head("GET", "/billing/api/balance", Some("username=john")), b"");
+        let v = decide(
+            &s,
+            &Open,
+            &head("GET", "/billing/api/balance", Some("username=john")),
+            b"",
+        );
         assert_eq!(reason(&v), Reason::BadHash);
         // no_auth skips even Allow API.
         let off = settings("[api]\nallow_api = false\n");
-        assert!(matches!(post(&off, "/billing/api/invoice_xlsx_generate", ""), Verdict::Forward(..)));
-        assert_eq!(reason(&post(&off, "/billing/api/user_login", "u=a&p=b")), Reason::ApiDisabled);
+        assert!(matches!(
+            post(&off, "/billing/api/invoice_xlsx_generate", ""),
+            Verdict::Forward(..)
+        ));
+        assert_eq!(
+            reason(&post(&off, "/billing/api/user_login", "u=a&p=b")),
+            Reason::ApiDisabled
+        );
         // Username-only actions are closed unless the config opens one.
         let v = post(&s, "/billing/api/user_devices", "u=john");
         assert_eq!(reason(&v), Reason::UsernameOnly);
         let open = settings("[api.methods.user_devices]\nauth = \"unsigned\"\n");
-        assert!(matches!(post(&open, "/billing/api/user_devices", "u=john"), Verdict::Forward(..)));
+        assert!(matches!(
+            post(&open, "/billing/api/user_devices", "u=john"),
+            Verdict::Forward(..)
+        ));
         let closed = settings("[api.methods.user_details_get]\nauth = \"refuse\"\n");
-        assert_eq!(reason(&post(&closed, "/billing/api/user_details", "")), Reason::MethodDisabled);
+        assert_eq!(
+            reason(&post(&closed, "/billing/api/user_details", "")),
+            Reason::MethodDisabled
+        );
     }
 
     #[test]

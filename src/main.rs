@@ -134,8 +134,7 @@ fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Resul
     let sep = if query.is_empty() { "" } else { "&" };
     let url = format!("{}/{method}", base.trim_end_matches('/'));
     let signed = if m.is_none_or(|m| m.auth.hashed()) {
-        let parts =
-            signature::hashed_parts(&catalog, m, &params).map_err(|e| e.to_string())?;
+        let parts = signature::hashed_parts(&catalog, m, &params).map_err(|e| e.to_string())?;
         let h = signature::digest(&parts, &key);
         let shown: Vec<String> = parts.iter().map(|(n, t)| format!("{n}={t}")).collect();
         println!(

@@ -412,7 +412,10 @@ mod tests {
     #[test]
     fn semicolons_separate_pairs_like_mor() {
         let p = form("a=1;b=2").unwrap();
-        assert_eq!((s(&p, "a").as_deref(), s(&p, "b").as_deref()), (Some("1"), Some("2")));
+        assert_eq!(
+            (s(&p, "a").as_deref(), s(&p, "b").as_deref()),
+            (Some("1"), Some("2"))
+        );
         assert_eq!(s(&form("a=1%3Bb").unwrap(), "a").as_deref(), Some("1;b"));
         assert!(matches!(form("a=1;a=2"), Err(ParamError::Conflict(_))));
     }
@@ -463,8 +466,12 @@ mod tests {
     fn query_and_body_conflict_refused_equal_ok() {
         // Body first, then query: the query's string wins over a JSON number.
         let mut p = Params::new();
-        p.add_body(Some("application/json; charset=utf-8"), br#"{"user_id":1}"#, true)
-            .unwrap();
+        p.add_body(
+            Some("application/json; charset=utf-8"),
+            br#"{"user_id":1}"#,
+            true,
+        )
+        .unwrap();
         p.add_form(b"user_id=1").unwrap();
         assert_eq!(p.get("user_id"), Some(&Value::Str("1".into())));
         assert!(matches!(

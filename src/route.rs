@@ -204,7 +204,10 @@ mod tests {
             (a.id.as_deref(), a.format.as_deref()),
             (Some("5"), Some("xml"))
         );
-        assert_eq!(api_of("/billing/api/x.json").format.as_deref(), Some("json"));
+        assert_eq!(
+            api_of("/billing/api/x.json").format.as_deref(),
+            Some("json")
+        );
         assert_eq!(route("/billing/api/x.a.b", P), Err(RouteError::BadFormat));
         assert_eq!(route("/billing/api/x.", P), Err(RouteError::BadFormat));
         assert_eq!(route("/billing/api/x.a-b", P), Err(RouteError::BadFormat));

@@ -119,8 +119,7 @@ pub fn hashed_parts<'a>(
 ) -> Result<Vec<Part<'a>>, ParamError> {
     if let Some(m) = method.filter(|m| m.auth == Auth::Own) {
         let nothing = !m.hash_nothing_when.is_empty()
-            && m
-                .hash_nothing_when
+            && m.hash_nothing_when
                 .iter()
                 .all(|(k, v)| params.scalar(k).ok().flatten() == Some(v.as_str()));
         if nothing {
@@ -215,7 +214,11 @@ mod tests {
             "f7c3bc1d808e04732adf679965ccc34ca7ae3441"
         );
         assert_eq!(
-            sign("device_clis_get", "u=admin&devices_id=6&users_id=3", "secret"),
+            sign(
+                "device_clis_get",
+                "u=admin&devices_id=6&users_id=3",
+                "secret"
+            ),
             "e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4"
         );
         assert_eq!(
@@ -232,19 +235,37 @@ mod tests {
         assert_eq!(input("user_calls_get", &form("s_user=all")), "");
         assert_eq!(input("user_calls_get", &form("s_user=0123")), "0123");
         assert_eq!(input("user_details_update", &form("block=1")), "");
-        assert_eq!(input("user_details_update", &form("block=xtruex")), "xtruex");
-        assert_eq!(input("user_calls_get", &form("direction=outgoing")), "outgoing");
+        assert_eq!(
+            input("user_details_update", &form("block=xtruex")),
+            "xtruex"
+        );
+        assert_eq!(
+            input("user_calls_get", &form("direction=outgoing")),
+            "outgoing"
+        );
         assert_eq!(input("user_calls_get", &form("direction=out")), "");
-        assert_eq!(input("user_calls_get", &form("calltype=missed_inc")), "missed_inc");
-        assert_eq!(input("user_calls_get", &form("device=all&s_device=x")), "all");
+        assert_eq!(
+            input("user_calls_get", &form("calltype=missed_inc")),
+            "missed_inc"
+        );
+        assert_eq!(
+            input("user_calls_get", &form("device=all&s_device=x")),
+            "all"
+        );
         assert_eq!(input("user_balance_update", &form("balance=-1.5e")), "");
-        assert_eq!(input("user_balance_update", &form("balance=%2B1.5")), "+1.5");
+        assert_eq!(
+            input("user_balance_update", &form("balance=%2B1.5")),
+            "+1.5"
+        );
         assert_eq!(input("sms_send", &form("lcr_id=abc")), "abc");
     }
 
     #[test]
     fn users_filter_uses_line_anchors_and_strings_only() {
-        assert_eq!(input("invoices_get", &form("users=x%0Apostpaid")), "x\npostpaid");
+        assert_eq!(
+            input("invoices_get", &form("users=x%0Apostpaid")),
+            "x\npostpaid"
+        );
         assert_eq!(input("invoices_get", &form("users=1,2")), "1,2");
         assert_eq!(input("invoices_get", &form("users=x%20postpaid")), "");
         assert_eq!(input("invoices_get", &json(r#"{"users":5}"#)), "");
@@ -253,7 +274,10 @@ mod tests {
     #[test]
     fn json_types() {
         assert_eq!(
-            input("user_details_update", &json(r#"{"user_id":5,"u15":false,"u16":null,"u17":true,"u18":5.0}"#)),
+            input(
+                "user_details_update",
+                &json(r#"{"user_id":5,"u15":false,"u16":null,"u17":true,"u18":5.0}"#)
+            ),
             "5true5.0"
         );
         assert_eq!(input("sms_send", &json(r#"{"mtype":3}"#)), "3");
@@ -266,7 +290,10 @@ mod tests {
     fn global_order_not_request_order() {
         // period_start and period_end come before s_user.
         assert_eq!(
-            input("user_calls_get", &form("s_user=5&period_end=9&period_start=1")),
+            input(
+                "user_calls_get",
+                &form("s_user=5&period_end=9&period_start=1")
+            ),
             "195"
         );
         // did is hashed by did_create (the wiki's X3 example leaves it out).
@@ -275,20 +302,41 @@ mod tests {
 
     #[test]
     fn own_lists_raw_and_special_cases() {
-        assert_eq!(input("voucher_use", &form("voucher_number=007&user_id=1")), "007");
-        assert_eq!(input("subscription_delete", &json(r#"{"subscription_id":1,"subscription_delete_action":false}"#)), "1false");
+        assert_eq!(
+            input("voucher_use", &form("voucher_number=007&user_id=1")),
+            "007"
+        );
+        assert_eq!(
+            input(
+                "subscription_delete",
+                &json(r#"{"subscription_id":1,"subscription_delete_action":false}"#)
+            ),
+            "1false"
+        );
         assert_eq!(input("quickstats_get", &form("u=admin")), "");
         assert_eq!(input("quickstats_get", &form("u=john")), "john");
-        assert_eq!(input("card_from_group_sell", &form("id=1&number=5&quantity=2")), "12");
         assert_eq!(
-            input("device_update", &form("port=5060&device=7&host=h&username=u&authentication=1")),
+            input("card_from_group_sell", &form("id=1&number=5&quantity=2")),
+            "12"
+        );
+        assert_eq!(
+            input(
+                "device_update",
+                &form("port=5060&device=7&host=h&username=u&authentication=1")
+            ),
             "71uh5060"
         );
     }
 
     #[test]
     fn never_hashed_and_structured() {
-        assert_eq!(input("user_details_update", &form("pgui=1&user_warning_email_hour=2")), "");
+        assert_eq!(
+            input(
+                "user_details_update",
+                &form("pgui=1&user_warning_email_hour=2")
+            ),
+            ""
+        );
         let c = cat();
         let p = form("user_id[]=1");
         assert!(hashed_parts(&c, c.lookup("user_details_get").map(|f| f.method), &p).is_err());

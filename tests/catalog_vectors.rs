@@ -14,8 +14,14 @@ const DATA: &str = include_str!("../src/sim/facts/endpoints.toml");
 /// Printed examples marked `reproduces = true` on the wiki that MOR X8's
 /// server does not accept as printed, and why (mor-x8.md).
 const X8_DISAGREES: &[(&str, &str)] = &[
-    ("credit_note_update", "a literal reused from another page; X8 hashes status too"),
-    ("device_update", "X8 hashes device, authentication, username, host, port; not location_id"),
+    (
+        "credit_note_update",
+        "a literal reused from another page; X8 hashes status too",
+    ),
+    (
+        "device_update",
+        "X8 hashes device, authentication, username, host, port; not location_id",
+    ),
     ("did_create", "MOR X3's example: X8 hashes did too"),
     ("did_device_assign", "MOR X3's example: X8 hashes did too"),
     ("did_device_unassign", "MOR X3's example: X8 hashes did too"),
@@ -42,14 +48,17 @@ fn hash_of(cat: &Catalog, name: &str, v: &toml::Value) -> (String, String) {
             )
         })
         .collect();
-    p.add_form(form.join("&").as_bytes()).expect("example parses");
+    p.add_form(form.join("&").as_bytes())
+        .expect("example parses");
     let m = cat
         .lookup(name)
         .unwrap_or_else(|| panic!("{name} missing from catalogue"))
         .method;
     let parts = signature::hashed_parts(cat, Some(m), &p).expect("hashable");
     (
-        signature::digest(&parts, key.as_bytes()).as_str().to_string(),
+        signature::digest(&parts, key.as_bytes())
+            .as_str()
+            .to_string(),
         v["hash"].as_str().unwrap_or("").to_string(),
     )
 }

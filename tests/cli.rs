@@ -135,7 +135,10 @@ fn sign_prints_mor_hash_and_signed_url() {
     );
     let (out, _) = text(&o);
     assert!(out.contains("hashed  user_id=123 + key"), "{out}");
-    assert!(out.contains("hash    f7c3bc1d808e04732adf679965ccc34ca7ae3441"), "{out}");
+    assert!(
+        out.contains("hash    f7c3bc1d808e04732adf679965ccc34ca7ae3441"),
+        "{out}"
+    );
     // With a config that allows GET: a GET line; no-hash actions get none.
     let dir = temp_dir();
     let cfg = dir.join("gw.toml");
@@ -146,25 +149,54 @@ fn sign_prints_mor_hash_and_signed_url() {
     .unwrap();
     let cfgs = cfg.to_str().unwrap();
     let o = run(
-        &["sign", "--key-env", "SIGN_KEY", "-c", cfgs, "user_details_get?u=admin&user_id=123"],
+        &[
+            "sign",
+            "--key-env",
+            "SIGN_KEY",
+            "-c",
+            cfgs,
+            "user_details_get?u=admin&user_id=123",
+        ],
         &[("SIGN_KEY", "456789")],
     );
     assert!(text(&o).0.contains(
         "curl -s 'http://127.0.0.1:8080/billing/api/user_details_get?u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441'"
     ), "{}", text(&o).0);
     let o = run(
-        &["sign", "--key-env", "SIGN_KEY", "-c", cfgs, "login?u=john&p=x"],
+        &[
+            "sign",
+            "--key-env",
+            "SIGN_KEY",
+            "-c",
+            cfgs,
+            "login?u=john&p=x",
+        ],
         &[("SIGN_KEY", "456789")],
     );
     let out = text(&o).0;
-    assert!(out.contains("takes no hash") && !out.contains("hash="), "{out}");
+    assert!(
+        out.contains("takes no hash") && !out.contains("hash="),
+        "{out}"
+    );
     // check --method prints the effective rule.
-    let o = run(&["check", "-c", cfgs, "--method", "user_calls"], &[("SIGN_KEY", "456789")]);
+    let o = run(
+        &["check", "-c", cfgs, "--method", "user_calls"],
+        &[("SIGN_KEY", "456789")],
+    );
     let out = text(&o).0;
     assert!(o.status.success());
-    assert!(out.contains("legacy alias of user_calls_get") && out.contains("global order"), "{out}");
+    assert!(
+        out.contains("legacy alias of user_calls_get") && out.contains("global order"),
+        "{out}"
+    );
     let o = run(&["check", "-c", cfgs], &[("SIGN_KEY", "456789")]);
-    assert!(text(&o).0.contains("username-only  refused (MOR serves them with u alone): dg_list_user_destinations"), "{}", text(&o).0);
+    assert!(
+        text(&o).0.contains(
+            "username-only  refused (MOR serves them with u alone): dg_list_user_destinations"
+        ),
+        "{}",
+        text(&o).0
+    );
     assert!(!out.contains("456789"), "key not printed");
     let o = run(
         &[

@@ -95,16 +95,31 @@ impl Req {
     }
 }
 
+/// What the gateway did with a call.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Did {
+    Forwarded,
+    Refused,
+}
+
 impl Pair {
-    /// Sends `r` both ways; returns (gateway answer, simulator answer).
-    fn both(&self, r: &Req) -> (Resp, Resp) {
+    /// Sends `r` through the gateway, then straight to the simulator;
+    /// returns (gateway answer, simulator answer, what the gateway did).
+    fn both(&self, r: &Req) -> (Resp, Resp, Did) {
         let raw = r.raw();
-        (send(self.gw.addr, raw.as_bytes()), send(self.sim, raw.as_bytes()))
+        sim_reset(self.sim);
+        let g = send(self.gw.addr, raw.as_bytes());
+        let did = match sim_seen(self.sim).len() {
+            0 => Did::Refused,
+            1 => Did::Forwarded,
+            n => panic!("one call reached MOR {n} times"),
+        };
+        (g, send(self.sim, raw.as_bytes()), did)
     }
 
-    /// Asserts equal answers; returns the body.
-    fn same(&self, what: &str, r: &Req) -> String {
-        let (g, s) = self.both(r);
+    /// Asserts equal answers and what the gateway did; returns the body.
+    fn same(&self, what: &str, r: &Req, expect: Did) -> String {
+        let (g, s, did) = self.both(r);
         assert_eq!(
             (g.status, g.text()),
             (s.status, s.text()),
@@ -113,13 +128,16 @@ impl Pair {
             r.target,
             r.body
         );
+        assert_eq!(did, expect, "{what}: {} {} {}", r.method, r.target, r.body);
         g.text()
     }
 
     fn hash(&self, method: &str, params: &Params, key: &str) -> String {
         let m = self.cat.lookup(method).map(|f| f.method);
         let parts = signature::hashed_parts(&self.cat, m, params).expect("hashable");
-        signature::digest(&parts, key.as_bytes()).as_str().to_string()
+        signature::digest(&parts, key.as_bytes())
+            .as_str()
+            .to_string()
     }
 }
 
@@ -220,7 +238,11 @@ fn every_action_verified_as_mor_verifies() {
         reseller: 0,
     };
     for a in &actions {
-        let m = p.cat.lookup(a).unwrap_or_else(|| panic!("{a} catalogued")).method;
+        let m = p
+            .cat
+            .lookup(a)
+            .unwrap_or_else(|| panic!("{a} catalogued"))
+            .method;
         assert!(m.auth.hashed(), "{a} is hash-checked");
         // The values: the own list's names, or the filter-exercising set.
         let mut pairs = caller(&p.cat, a, "admin");
@@ -238,7 +260,7 @@ fn every_action_verified_as_mor_verifies() {
         let good = p.hash(a, &params, KEY);
 
         // 1. A correct hash: MOR accepts, the gateway forwards MOR's answer.
-        let body = p.same("correct hash", &post(a, &pairs, &good));
+        let body = p.same("correct hash", &post(a, &pairs, &good), Did::Forwarded);
         assert!(accepted(&body), "{a}: MOR refused a correct hash: {body}");
         n.correct += 1;
 
@@ -246,7 +268,7 @@ fn every_action_verified_as_mor_verifies() {
         if m.auth == Auth::Global {
             let bad = naive(&order, &pairs, KEY);
             assert_ne!(bad, good, "{a}: the filters change the hash");
-            let body = p.same("naive hash", &post(a, &pairs, &bad));
+            let body = p.same("naive hash", &post(a, &pairs, &bad), Did::Refused);
             assert!(body.contains("Incorrect hash"), "{a}: {body}");
             n.filter += 1;
         }
@@ -276,19 +298,26 @@ fn every_action_verified_as_mor_verifies() {
         let text = serde_json::Value::Object(json.clone()).to_string();
         let mut jp = Params::new();
         jp.add_json(text.as_bytes()).expect("json");
-        json.insert("hash".into(), serde_json::Value::String(p.hash(a, &jp, KEY)));
+        json.insert(
+            "hash".into(),
+            serde_json::Value::String(p.hash(a, &jp, KEY)),
+        );
         let req = Req {
             method: "POST",
             target: format!("/billing/api/{a}"),
             ctype: Some("application/json"),
             body: serde_json::Value::Object(json).to_string(),
         };
-        let body = p.same("JSON types", &req);
+        let body = p.same("JSON types", &req, Did::Forwarded);
         assert!(accepted(&body), "{a}: JSON call refused: {body}");
         n.json += 1;
 
         // 4. Upper-case hex: refused by both, in the action's own envelope.
-        let body = p.same("upper-case hash", &post(a, &pairs, &good.to_ascii_uppercase()));
+        let body = p.same(
+            "upper-case hash",
+            &post(a, &pairs, &good.to_ascii_uppercase()),
+            Did::Refused,
+        );
         assert!(body.contains("Incorrect hash"), "{a}: {body}");
         n.upper += 1;
 
@@ -298,17 +327,34 @@ fn every_action_verified_as_mor_verifies() {
         {
             let swap = |who: &str| {
                 let mut v = caller(&p.cat, a, who);
-                v.extend(pairs.iter().filter(|(k, _)| k != "u" && k != "username").cloned());
+                v.extend(
+                    pairs
+                        .iter()
+                        .filter(|(k, _)| k != "u" && k != "username")
+                        .cloned(),
+                );
                 v
             };
             let ruser = swap("ruser");
             let rp = form_params(&ruser);
-            let body = p.same("reseller's user, admin key", &post(a, &ruser, &p.hash(a, &rp, KEY)));
+            let body = p.same(
+                "reseller's user, admin key",
+                &post(a, &ruser, &p.hash(a, &rp, KEY)),
+                Did::Refused,
+            );
             assert!(body.contains("Incorrect hash"), "{a}: {body}");
-            let body = p.same("reseller's user, reseller key", &post(a, &ruser, &p.hash(a, &rp, RKEY)));
+            let body = p.same(
+                "reseller's user, reseller key",
+                &post(a, &ruser, &p.hash(a, &rp, RKEY)),
+                Did::Forwarded,
+            );
             assert!(accepted(&body), "{a}: {body}");
             let res = swap("res1");
-            let body = p.same("reseller, admin key", &post(a, &res, &p.hash(a, &form_params(&res), KEY)));
+            let body = p.same(
+                "reseller, admin key",
+                &post(a, &res, &p.hash(a, &form_params(&res), KEY)),
+                Did::Forwarded,
+            );
             assert!(accepted(&body), "{a}: {body}");
             n.reseller += 1;
         }
@@ -345,21 +391,31 @@ fn every_alias_routes_as_mor_routes() {
             r.body = form_text(&pairs);
             r
         };
-        let body = p.same(&format!("alias {alias}"), &req);
+        let body = p.same(&format!("alias {alias}"), &req, Did::Forwarded);
         assert!(accepted(&body), "{alias}: {body}");
         // An alias with a /<id> reaches no action, except simple_balance.
         if *alias != "simple_balance" {
             let mut r = req.clone();
             r.target = format!("/billing/api/{alias}/5");
-            let (g, _) = p.both(&r);
+            let (g, s, did) = p.both(&r);
+            assert_eq!(did, Did::Refused, "{alias}/5");
             assert!(g.text().contains("Not found"), "{alias}/5: {}", g.text());
+            assert!(
+                s.text().contains("Not found"),
+                "MOR {alias}/5: {}",
+                s.text()
+            );
         }
     }
     // Any .format suffix is accepted and ignored.
     let pairs = kv(&[("u", "admin"), ("user_id", "123")]);
     let h = p.hash("user_details_get", &form_params(&pairs), KEY);
     for f in ["xml", "json", "html"] {
-        let body = p.same(&format!(".{f}"), &post(&format!("user_details.{f}"), &pairs, &h));
+        let body = p.same(
+            &format!(".{f}"),
+            &post(&format!("user_details.{f}"), &pairs, &h),
+            Did::Forwarded,
+        );
         assert!(body.contains("client123"), "{body}");
     }
     let r = Req {
@@ -368,7 +424,7 @@ fn every_alias_routes_as_mor_routes() {
         ctype: None,
         body: String::new(),
     };
-    let body = p.same("simple_balance/<id>", &r);
+    let body = p.same("simple_balance/<id>", &r, Did::Forwarded);
     assert!(!body.contains("error"), "{body}");
 }
 
@@ -378,9 +434,17 @@ fn actions_answered_without_a_hash() {
     // GET disabled on both sides: only get_always actions are served over GET.
     let p = pair("", "", &["--no-get"]);
     for a in names(&x["actions"]["login"]) {
-        let ok = p.same("login", &post(&a, &kv(&[("u", "john"), ("p", "john1")]), ""));
+        let ok = p.same(
+            "login",
+            &post(&a, &kv(&[("u", "john"), ("p", "john1")]), ""),
+            Did::Forwarded,
+        );
         assert!(ok.contains("ok") || ok.contains("john"), "{a}: {ok}");
-        let bad = p.same("bad login", &post(&a, &kv(&[("u", "john"), ("p", "nope")]), ""));
+        let bad = p.same(
+            "bad login",
+            &post(&a, &kv(&[("u", "john"), ("p", "nope")]), ""),
+            Did::Forwarded,
+        );
         assert_ne!(ok, bad, "{a}");
     }
     for a in names(&x["actions"]["balance_over_http"]) {
@@ -391,12 +455,16 @@ fn actions_answered_without_a_hash() {
                 ctype: None,
                 body: String::new(),
             };
-            p.same(&format!("{a} over GET"), &get);
-            p.same(&format!("{a} over POST"), &post(&a, &kv(&[("id", id)]), ""));
+            p.same(&format!("{a} over GET"), &get, Did::Forwarded);
+            p.same(
+                &format!("{a} over POST"),
+                &post(&a, &kv(&[("id", id)]), ""),
+                Did::Forwarded,
+            );
         }
     }
     for a in names(&x["actions"]["no_auth"]) {
-        p.same("no_auth", &post(&a, &[], ""));
+        p.same("no_auth", &post(&a, &[], ""), Did::Forwarded);
     }
     // GET of a hash-checked action: both say GET is disabled.
     let body = p.same(
@@ -407,6 +475,7 @@ fn actions_answered_without_a_hash() {
             ctype: None,
             body: String::new(),
         },
+        Did::Refused,
     );
     assert!(body.contains("GET Requests are disabled"), "{body}");
     // user_balance_get is served over GET, still with its hash.
@@ -420,17 +489,21 @@ fn actions_answered_without_a_hash() {
             ctype: None,
             body: String::new(),
         },
+        Did::Forwarded,
     );
     assert!(accepted(&body), "{body}");
     // Username-only actions: MOR answers with u alone (user_devices even
     // with SIP passwords); the gateway closes them.
     for a in names(&x["actions"]["by_username_only"]) {
         let r = post(&a, &kv(&[("u", "john")]), "");
-        let (g, s) = p.both(&r);
+        let (g, s, did) = p.both(&r);
+        assert_eq!(did, Did::Refused, "{a}");
         assert!(accepted(&s.text()), "MOR serves {a}: {}", s.text());
         assert_eq!(
             g.text(),
-            mor_error("Access Denied: MOR serves this action without a secret; closed at the gateway"),
+            mor_error(
+                "Access Denied: MOR serves this action without a secret; closed at the gateway"
+            ),
             "{a}"
         );
     }
@@ -444,12 +517,17 @@ fn a_username_only_action_opened_by_config_and_envelopes_in_http_mode() {
         &[],
     );
     let r = post("user_rates", &kv(&[("u", "john")]), "");
-    let (g, s) = p.both(&r);
-    assert_eq!(g.text(), s.text());
+    let (g, s, did) = p.both(&r);
+    assert_eq!((g.text(), did), (s.text(), Did::Forwarded));
     // A bad hash on a DID action: 403, in MOR's <page><status><error> envelope.
-    let (g, s) = p.both(&post("did_create", &kv(&[("u", "admin")]), "00"));
+    let (g, s, did) = p.both(&post("did_create", &kv(&[("u", "admin")]), "00"));
+    assert_eq!(did, Did::Refused);
     assert_eq!(g.status, 403);
     assert_eq!(s.status, 200);
     assert_eq!(g.text(), s.text());
-    assert!(g.text().contains("<page><status><error>Incorrect hash"), "{}", g.text());
+    assert!(
+        g.text().contains("<page><status><error>Incorrect hash"),
+        "{}",
+        g.text()
+    );
 }
