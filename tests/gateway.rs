@@ -80,7 +80,7 @@ fn bad_or_missing_hash_refused_at_edge_in_mor_shape() {
     // Upper-case hex is refused: MOR compares lower-case hex exactly.
     let r = gw.post(
         "/billing/api/user_details_get",
-        &format!("user_id=123&hash={}", H_123.to_uppercase()),
+        &format!("u=admin&user_id=123&hash={}", H_123.to_uppercase()),
     );
     assert_eq!(r.text(), mor_error("Incorrect hash"));
     assert!(sim_seen(sa).is_empty(), "no refused call reached MOR");
@@ -89,10 +89,13 @@ fn bad_or_missing_hash_refused_at_edge_in_mor_shape() {
 #[test]
 fn http_reply_mode_uses_status_codes() {
     let (gw, _sim, _sa) = gw_and_sim("reply_mode = \"http\"", "");
-    let r = gw.post("/billing/api/user_details_get", "user_id=123&hash=00");
+    let r = gw.post(
+        "/billing/api/user_details_get",
+        "u=admin&user_id=123&hash=00",
+    );
     assert_eq!(r.status, 403);
     assert_eq!(r.text(), mor_error("Incorrect hash"));
-    let r = gw.send(&get("/billing/api/user_details_get?user_id=123"));
+    let r = gw.send(&get("/billing/api/user_details_get?u=admin&user_id=123"));
     assert_eq!(r.status, 405);
     assert_eq!(r.text(), mor_error("GET Requests are disabled"));
     let r = gw.send(
@@ -101,7 +104,10 @@ fn http_reply_mode_uses_status_codes() {
     assert_eq!(r.status, 405);
     let r = gw.post("/billing/callc/login", "");
     assert_eq!(r.status, 404);
-    let r = gw.post("/billing/api/user_details_get", "user_id=1&user_id=2");
+    let r = gw.post(
+        "/billing/api/user_details_get",
+        "u=admin&user_id=1&user_id=2",
+    );
     assert_eq!(r.status, 400);
 }
 
@@ -110,12 +116,12 @@ fn allow_api_and_allow_get_policies() {
     let (gw, _sim, sa) = gw_and_sim("", "[api]\nallow_api = false\n");
     let r = gw.post(
         "/billing/api/user_details_get",
-        &format!("user_id=123&hash={H_123}"),
+        &format!("u=admin&user_id=123&hash={H_123}"),
     );
     assert_eq!(r.text(), mor_error("API Requests are disabled"));
 
     let (gw2, _sim2, sa2) = gw_and_sim("", "");
-    let q = format!("/billing/api/user_details_get?user_id=123&hash={H_123}");
+    let q = format!("/billing/api/user_details_get?u=admin&user_id=123&hash={H_123}");
     assert_eq!(
         gw2.send(&get(&q)).text(),
         mor_error("GET Requests are disabled")
@@ -139,7 +145,7 @@ fn json_and_form_bodies_and_query() {
     assert!(r.text().contains("updated"), "{}", r.text());
     // Query + body with the same value is one view; body forwarded unchanged.
     let r = gw.send(&post_json(
-        &format!("/billing/api/user_details_get?user_id=123&hash={H_123}"),
+        &format!("/billing/api/user_details_get?u=admin&user_id=123&hash={H_123}"),
         r#"{"user_id":"123"}"#,
     ));
     assert!(r.text().contains("client123"), "{}", r.text());
@@ -154,9 +160,9 @@ fn ambiguous_or_malformed_parameters_refused_never_forwarded() {
     let (gw, _sim, sa) = gw_and_sim("", "");
     let cases = [
         // duplicate hash-covered param with different values
-        post_form("/billing/api/user_details_get", &format!("user_id=123&user_id=999&hash={H_123}")),
+        post_form("/billing/api/user_details_get", &format!("u=admin&user_id=123&user_id=999&hash={H_123}")),
         // query and body disagree
-        post_form(&format!("/billing/api/user_details_get?user_id=999&hash={H_123}"), "user_id=123"),
+        post_form(&format!("/billing/api/user_details_get?user_id=999&hash={H_123}"), "u=admin&user_id=123"),
         // JSON duplicate key
         post_json("/billing/api/user_details_get", &format!(r#"{{"user_id":"999","user_id":"123","hash":"{H_123}"}}"#)),
         // array where a value is hashed
@@ -168,7 +174,7 @@ fn ambiguous_or_malformed_parameters_refused_never_forwarded() {
         post_json("/billing/api/user_details_get", "{nope"),
         "POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: multipart/form-data; boundary=x\r\nContent-Length: 4\r\nConnection: close\r\n\r\n--x\n".to_string(),
         // ';' separates pairs, as in MOR's Rack: a conflicting duplicate
-        post_form("/billing/api/user_details_get", &format!("user_id=123;user_id=999&hash={H_123}")),
+        post_form("/billing/api/user_details_get", &format!("u=admin&user_id=123;user_id=999&hash={H_123}")),
     ];
     for raw in &cases {
         let r = gw.send(raw);
@@ -185,7 +191,7 @@ fn ambiguous_or_malformed_parameters_refused_never_forwarded() {
 #[test]
 fn path_forms_resolve_and_verify_or_are_refused() {
     let (gw, _sim, sa) = gw_and_sim("", "");
-    let body = format!("user_id=123&hash={H_123}");
+    let body = format!("u=admin&user_id=123&hash={H_123}");
     for p in [
         "/billing/api/user_details_get/",
         "//billing//api//user_details_get",
@@ -244,19 +250,19 @@ fn legacy_aliases_rewritten_before_forwarding() {
     let (gw, _sim, sa) = gw_and_sim("", "[api.aliases]\nmy_details = \"user_details_get\"\n");
     let r = gw.post(
         "/billing/api/user_details",
-        &format!("user_id=123&hash={H_123}"),
+        &format!("u=admin&user_id=123&hash={H_123}"),
     );
     assert!(r.text().contains("client123"));
     gw.post(
         "/billing/api/user_update_api",
-        &format!("user_id=123&u15=1&hash={H_UPD}"),
+        &format!("u=admin&user_id=123&u15=1&hash={H_UPD}"),
     );
     gw.post(
         "/billing/api/user_calls",
-        &format!("s_user=123&hash={H_123}"),
+        &format!("u=admin&s_user=123&hash={H_123}"),
     );
     gw.send(&get_post_query(&format!(
-        "/billing/api/my_details?user_id=123&hash={H_123}"
+        "/billing/api/my_details?u=admin&user_id=123&hash={H_123}"
     )));
     let seen = sim_seen(sa);
     let paths: Vec<&str> = seen
@@ -274,7 +280,7 @@ fn legacy_aliases_rewritten_before_forwarding() {
     );
     assert_eq!(
         seen[3]["query"],
-        format!("user_id=123&hash={H_123}").as_str()
+        format!("u=admin&user_id=123&hash={H_123}").as_str()
     );
     let m = gw.metrics_text();
     assert!(
@@ -289,10 +295,10 @@ fn unknown_methods_by_policy_and_other_paths() {
     // Unknown method: verified by MOR's global order (user_id first).
     let r = gw.post(
         "/billing/api/brand_new_get",
-        &format!("user_id=123&hash={H_123}"),
+        &format!("u=admin&user_id=123&hash={H_123}"),
     );
     assert!(!r.text().contains("Incorrect hash"), "{}", r.text());
-    let r = gw.post("/billing/api/brand_new_get", "user_id=123&hash=00");
+    let r = gw.post("/billing/api/brand_new_get", "u=admin&user_id=123&hash=00");
     assert_eq!(r.text(), mor_error("Incorrect hash"));
     assert_eq!(sim_seen(sa).len(), 1);
     let r = gw.post("/billing/callc/main", "");
@@ -303,7 +309,7 @@ fn unknown_methods_by_policy_and_other_paths() {
     let (gw2, _s2, _a2) = gw_and_sim("", "[api]\nunknown_methods = \"refuse\"\n");
     let r = gw2.post(
         "/billing/api/brand_new_get",
-        &format!("user_id=123&hash={H_123}"),
+        &format!("u=admin&user_id=123&hash={H_123}"),
     );
     assert_eq!(r.text(), mor_error("Unknown API method"));
 }
@@ -334,8 +340,8 @@ fn reseller_key_signs_its_users_only() {
 fn forwarding_headers_body_limit_and_large_bodies() {
     let (gw, _sim, sa) = gw_and_sim("", "[api]\nmax_body_bytes = 200000\n");
     let raw = format!(
-        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nX-Forwarded-For: 203.0.113.9\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\nuser_id=123&hash={H_123}",
-        format!("user_id=123&hash={H_123}").len()
+        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nX-Forwarded-For: 203.0.113.9\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\nu=admin&user_id=123&hash={H_123}",
+        format!("u=admin&user_id=123&hash={H_123}").len()
     );
     gw.send(&raw);
     let seen = sim_seen(sa);
@@ -352,7 +358,10 @@ fn forwarding_headers_body_limit_and_large_bodies() {
     // A verified body larger than pingora's 64 KiB replay buffer still
     // reaches MOR whole and unchanged.
     sim_reset(sa);
-    let big = format!("user_id=123&hash={H_123}&comment={}", "x".repeat(150_000));
+    let big = format!(
+        "u=admin&user_id=123&hash={H_123}&comment={}",
+        "x".repeat(150_000)
+    );
     let r = gw.post("/billing/api/user_details_get", &big);
     assert!(
         r.text().contains("client123"),
@@ -363,7 +372,7 @@ fn forwarding_headers_body_limit_and_large_bodies() {
     assert_eq!(seen[0]["body"].as_str().map(str::len), Some(big.len()));
 
     // Over the limit: 413, by declared length or by chunked stream.
-    let huge = format!("user_id=123&hash={H_123}&c={}", "y".repeat(200_001));
+    let huge = format!("u=admin&user_id=123&hash={H_123}&c={}", "y".repeat(200_001));
     let r = gw.post("/billing/api/user_details_get", &huge);
     assert_eq!(r.status, 413);
     assert_eq!(r.text(), mor_error("Request body too large"));
@@ -386,7 +395,7 @@ fn keep_alive_client_connection_serves_several_calls() {
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    let body = format!("user_id=123&hash={H_123}");
+    let body = format!("u=admin&user_id=123&hash={H_123}");
     for _ in 0..3 {
         let req = format!(
             "POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
@@ -421,7 +430,7 @@ fn upstream_down_answers_502_within_connect_timeout() {
     let t = std::time::Instant::now();
     let r = gw.post(
         "/billing/api/user_details_get",
-        &format!("user_id=123&hash={H_123}"),
+        &format!("u=admin&user_id=123&hash={H_123}"),
     );
     assert_eq!(r.status, 502);
     assert_eq!(r.text(), mor_error("MOR server unavailable"));
@@ -440,7 +449,7 @@ fn upstream_down_answers_502_within_connect_timeout() {
 #[test]
 fn slow_upstream_answers_504_after_read_timeout() {
     let (gw, _sim, _sa) = gw_and_sim("", "");
-    let body = format!("user_id=123&hash={H_123}");
+    let body = format!("u=admin&user_id=123&hash={H_123}");
     let raw = format!(
         "POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nX-Sim-Delay-Ms: 5000\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -458,7 +467,7 @@ fn several_upstreams_round_robin_and_skip_a_dead_one() {
     let (_s2, a2) = start_sim(KEY, &[]);
     let dead = addr(free_port());
     let gw = start_gateway(&body_for(&[a1, a2, dead], "", ""));
-    let body = format!("user_id=123&hash={H_123}");
+    let body = format!("u=admin&user_id=123&hash={H_123}");
     for _ in 0..9 {
         let r = gw.post("/billing/api/user_details_get", &body);
         assert!(r.text().contains("client123"), "{}", r.text());

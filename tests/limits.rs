@@ -195,7 +195,7 @@ fn per_ip_limit_applies_before_the_hash() {
     let r = send_from(
         "127.0.0.3",
         gw.addr,
-        post_form("/billing/api/user_details_get", &details("x")).as_bytes(),
+        post_form("/billing/api/user_details_get", &details("john")).as_bytes(),
     );
     assert!(r.text().contains("client123"), "other IPs unaffected");
 }

@@ -142,21 +142,42 @@ impl Data {
             ruser,
             acc1,
             user(123, "client123", "Carl", "Client", 55.0),
+            // Plain users of the admin for the rate-limit tests.
+            user(20, "alice", "Alice", "Able", 1.0),
+            user(21, "bob", "Bob", "Baker", 2.0),
+            user(22, "carol", "Carol", "Cole", 3.0),
+            user(23, "dave", "Dave", "Dunn", 4.0),
+            user(24, "erin", "Erin", "Eide", 5.0),
+            user(25, "mallory", "Mal", "Lory", 6.0),
         ];
         // One device per user; anna's is 6 and client123's 7 (the CLIs),
         // john's 8 (his calls).
-        let devices = [(1, 0), (8, 2), (6, 3), (9, 4), (10, 5), (11, 6), (7, 123)]
-            .iter()
-            .filter_map(|&(id, uid)| {
-                let u = users.iter().find(|u| u.id == uid)?;
-                Some(Device {
-                    id,
-                    user_id: uid,
-                    username: format!("{}_sip", u.username),
-                    secret: format!("{}_secret", u.username),
-                })
+        let devices = [
+            (1, 0),
+            (8, 2),
+            (6, 3),
+            (9, 4),
+            (10, 5),
+            (11, 6),
+            (7, 123),
+            (12, 20),
+            (13, 21),
+            (14, 22),
+            (15, 23),
+            (16, 24),
+            (17, 25),
+        ]
+        .iter()
+        .filter_map(|&(id, uid)| {
+            let u = users.iter().find(|u| u.id == uid)?;
+            Some(Device {
+                id,
+                user_id: uid,
+                username: format!("{}_sip", u.username),
+                secret: format!("{}_secret", u.username),
             })
-            .collect();
+        })
+        .collect();
         let clis = vec![
             Cli {
                 id: 1,
@@ -522,7 +543,13 @@ mod tests {
                 "res1",
                 "ruser",
                 "acc1",
-                "client123"
+                "client123",
+                "alice",
+                "bob",
+                "carol",
+                "dave",
+                "erin",
+                "mallory"
             ]
         );
         let admin = &d.users()[0];
