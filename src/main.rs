@@ -213,7 +213,13 @@ for i in 1 2 3 4 5; do curl -s -X POST {base}/user_calls_get -d 'u=admin&s_user=
 # 7. a reseller's user, signed with the reseller's own key ({DEMO_RESELLER_KEY})
 curl -s -X POST {base}/user_details_get -d 'u=ruser&user_id=5&hash={h_res}'; echo
 
-# 8. what the gateway measured (non-zero request counters)
+# 8. user_devices: MOR answers it with `u` alone, SIP passwords included; closed at the edge
+curl -s -X POST {base}/user_devices -d 'u=john'; echo
+
+# 9. the hash MOR expects for any call, filters applied (run from the repository root)
+MOR_GATEWAY_DEMO_KEY={DEMO_KEY} target/release/mor-gateway sign --key-env MOR_GATEWAY_DEMO_KEY --base {base} 'user_calls?u=admin&s_user=all&period_start=1700000000'
+
+# 10. what the gateway measured (non-zero request counters)
 curl -s http://127.0.0.1:{met}/metrics | grep '^mor_gateway_requests_total' | grep -v ' 0$'
 
 Ctrl-C stops the demo."#,
