@@ -5,8 +5,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
 use mor_gateway::config::Settings;
-use mor_gateway::decision::{decide, Head, Verdict};
-use mor_gateway::limits::Open;
+use mor_gateway::core::decision::{decide, Head, Verdict};
+use mor_gateway::core::limits::Open;
 
 fn settings() -> Settings {
     std::env::set_var("BENCH_KEY", "456789");

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mor_gateway::config::{LimitSettings, Lockout, QuotaSpec};
-use mor_gateway::limits::{Gate, Limits};
+use mor_gateway::core::limits::{Gate, Limits};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -1,18 +1,15 @@
 //! mor-gateway: a verifying reverse proxy for the Kolmisoft MOR billing API.
 //!
-//! The decision core ([`decision`]) is pure: it sees a request view and
-//! returns a verdict. [`proxy`] is the thin pingora glue around it.
+//! Layers, each a folder:
+//! - [`core`]: the pure decision core: a request view in, a verdict out; no I/O.
+//! - [`config`]: the TOML file (schema), its resolution (secrets, files,
+//!   DNS) and the runtime settings.
+//! - [`edge`]: the pingora glue: reading the request, forwarding to MOR.
+//! - [`ops`]: running it: the server, metrics, access log.
+//! - [`sim`]: the embedded MOR simulator (demo and tests).
 
-pub mod accesslog;
-pub mod catalog;
 pub mod config;
-pub mod decision;
-pub mod limits;
-pub mod metrics;
-pub mod params;
-pub mod proxy;
-pub mod reply;
-pub mod route;
-pub mod server;
-pub mod signature;
+pub mod core;
+pub mod edge;
+pub mod ops;
 pub mod sim;

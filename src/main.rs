@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use mor_gateway::catalog::{Catalog, Product, EMBEDDED};
 use mor_gateway::config::Settings;
-use mor_gateway::params::Params;
-use mor_gateway::server::{self, Plan};
-use mor_gateway::signature;
+use mor_gateway::core::catalog::{Catalog, Product, EMBEDDED};
+use mor_gateway::core::params::Params;
+use mor_gateway::core::signature;
+use mor_gateway::ops::server::{self, Plan};
 use mor_gateway::sim::SimSettings;
 
 #[derive(Parser)]

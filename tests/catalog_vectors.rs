@@ -5,9 +5,9 @@
 //! examples are listed here by name, each with the reason, so a change of
 //! model that moves any example shows up.
 
-use mor_gateway::catalog::{Catalog, Product, EMBEDDED};
-use mor_gateway::params::Params;
-use mor_gateway::signature;
+use mor_gateway::core::catalog::{Catalog, Product, EMBEDDED};
+use mor_gateway::core::params::Params;
+use mor_gateway::core::signature;
 
 const DATA: &str = include_str!("../src/sim/facts/endpoints.toml");
 
@@ -44,7 +44,7 @@ fn hash_of(cat: &Catalog, name: &str, v: &toml::Value) -> (String, String) {
         .map(|(k, v)| {
             format!(
                 "{k}={}",
-                mor_gateway::params::encode(v.as_str().expect("string value"))
+                mor_gateway::core::params::encode(v.as_str().expect("string value"))
             )
         })
         .collect();

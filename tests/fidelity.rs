@@ -15,9 +15,9 @@
 mod common;
 
 use common::*;
-use mor_gateway::catalog::{Auth, Catalog, Product, EMBEDDED};
-use mor_gateway::params::{encode, Params};
-use mor_gateway::signature;
+use mor_gateway::core::catalog::{Auth, Catalog, Product, EMBEDDED};
+use mor_gateway::core::params::{encode, Params};
+use mor_gateway::core::signature;
 
 const X8: &str = include_str!("../src/sim/facts/mor-x8.toml");
 const RKEY: &str = "resellerkey";
@@ -183,7 +183,7 @@ fn accepted(body: &str) -> bool {
 
 /// The caller parameters of `method` naming user `who` (u, username or id).
 fn caller(cat: &Catalog, method: &str, who: &str) -> Vec<(String, String)> {
-    use mor_gateway::catalog::Caller;
+    use mor_gateway::core::catalog::Caller;
     match cat.lookup(method).map(|f| f.method.caller) {
         Some(Caller::Username) => kv(&[("u", "admin"), ("username", who)]),
         Some(Caller::UniquehashId) => kv(&[("id", &format!("{who}uniq"))]),
@@ -322,7 +322,7 @@ fn every_action_verified_as_mor_verifies() {
         n.upper += 1;
 
         // 5. Owner keys (where a caller is a user: not user_register).
-        if m.caller != mor_gateway::catalog::Caller::UniquehashId
+        if m.caller != mor_gateway::core::catalog::Caller::UniquehashId
             && !m.hash.iter().any(|h| h == "u")
         {
             let swap = |who: &str| {

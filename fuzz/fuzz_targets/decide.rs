@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mor_gateway::config::Settings;
-use mor_gateway::decision::{decide, Head};
-use mor_gateway::limits::Limits;
+use mor_gateway::core::decision::{decide, Head};
+use mor_gateway::core::limits::Limits;
 
 fn settings() -> &'static (Settings, Limits) {
     static S: OnceLock<(Settings, Limits)> = OnceLock::new();

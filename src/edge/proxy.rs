@@ -19,12 +19,12 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::accesslog::{redact_query, AccessLog, Record};
 use crate::config::Settings;
-use crate::decision::{self, CallInfo, Forward, Head, Signer, Verdict};
-use crate::limits::Limits;
-use crate::metrics::Metrics;
-use crate::reply::{self, Reason, Refusal, XML_CONTENT_TYPE};
+use crate::core::decision::{self, CallInfo, Forward, Head, Signer, Verdict};
+use crate::core::limits::Limits;
+use crate::core::reply::{self, Reason, Refusal, XML_CONTENT_TYPE};
+use crate::ops::accesslog::{redact_query, AccessLog, Record};
+use crate::ops::metrics::Metrics;
 
 /// pingora replays a buffered body of at most this size through its proxy
 /// path; larger (verified) bodies are forwarded by [`Gateway`] itself.
@@ -85,7 +85,7 @@ impl Shared {
     /// Creates shared state for `settings`.
     pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, access_log: AccessLog) -> Shared {
         let limits = Limits::new(&settings.limits)
-            .with_observer(Arc::new(crate::metrics::LimitMetrics(metrics.clone())));
+            .with_observer(Arc::new(crate::ops::metrics::LimitMetrics(metrics.clone())));
         register_settings(&metrics, &settings);
         Shared {
             state: ArcSwap::from_pointee(State {
@@ -384,7 +384,7 @@ impl Gateway {
 pub async fn write_refusal(
     session: &mut Session,
     mode: crate::config::ReplyMode,
-    envelope: crate::catalog::Envelope,
+    envelope: crate::core::catalog::Envelope,
     r: &Refusal,
 ) -> Result<()> {
     let out = reply::render(r, envelope, mode);

@@ -9,8 +9,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::limits::LimitObserver;
-use crate::reply::Reason;
+use crate::core::limits::LimitObserver;
+use crate::core::reply::Reason;
 
 /// Latency buckets for MOR: 1 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[

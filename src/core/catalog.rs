@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Deserialize;
 
 /// The catalogue shipped in `config/catalog.toml`, embedded at build time.
-pub const EMBEDDED: &str = include_str!("../config/catalog.toml");
+pub const EMBEDDED: &str = include_str!("../../config/catalog.toml");
 
 /// Which server product the gateway fronts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -627,7 +627,7 @@ impl Catalog {
 mod tests {
     use super::*;
 
-    const X8: &str = include_str!("sim/facts/mor-x8.toml");
+    const X8: &str = include_str!("../sim/facts/mor-x8.toml");
 
     fn mor() -> Catalog {
         Catalog::parse(EMBEDDED, Product::Mor).unwrap()

@@ -18,10 +18,10 @@ use pingora::server::{RunArgs, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
-use crate::accesslog::AccessLog;
 use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::proxy::{Gateway, Shared};
+use crate::edge::proxy::{Gateway, Shared};
+use crate::ops::accesslog::AccessLog;
+use crate::ops::metrics::Metrics;
 use crate::sim::{SimSettings, Simulator};
 
 /// Why the server could not start.

@@ -58,7 +58,9 @@ pub fn redact_query(q: &str) -> String {
     q.split('&')
         .map(|pair| match pair.split_once('=') {
             Some((k, _))
-                if is_secret_name(&crate::params::decode(k.as_bytes()).unwrap_or_default()) =>
+                if is_secret_name(
+                    &crate::core::params::decode(k.as_bytes()).unwrap_or_default(),
+                ) =>
             {
                 format!("{k}=[redacted]")
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::catalog::{Auth, Catalog, CatalogError, MethodPatch, Product};
+use crate::core::catalog::{Auth, Catalog, CatalogError, MethodPatch, Product};
 
 /// Why a configuration could not be loaded. Every message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -684,7 +684,7 @@ impl Settings {
             return Err(invalid("api.max_body_bytes", "must be at least 1"));
         }
 
-        let mut catalog = Catalog::parse(crate::catalog::EMBEDDED, raw.product)?;
+        let mut catalog = Catalog::parse(crate::core::catalog::EMBEDDED, raw.product)?;
         let catalog_file = match &api.catalog_file {
             Some(p) => {
                 let full = if p.is_absolute() {

@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::catalog::Envelope;
 use crate::config::ReplyMode;
+use crate::core::catalog::Envelope;
 
 /// Why a request was refused at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -4,8 +4,8 @@
 //! `/<id>` and `.<format>` suffixes are recognised so they are verified too
 //! (which names take a `/<id>` is the catalogue's to say).
 
-use crate::catalog::valid_name;
-use crate::params::encode;
+use crate::core::catalog::valid_name;
+use crate::core::params::encode;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,13 +9,13 @@
 
 use std::net::IpAddr;
 
-use crate::catalog::{Auth, Caller, Envelope, Method};
 use crate::config::{PathPolicy, Settings};
-use crate::limits::{Allowance, Gate};
-use crate::params::{ParamError, Params, Value};
-use crate::reply::{Reason, Refusal};
-use crate::route::{forward_path, route, ApiPath, PathKind, RouteError};
-use crate::signature;
+use crate::core::catalog::{Auth, Caller, Envelope, Method};
+use crate::core::limits::{Allowance, Gate};
+use crate::core::params::{ParamError, Params, Value};
+use crate::core::reply::{Reason, Refusal};
+use crate::core::route::{forward_path, route, ApiPath, PathKind, RouteError};
+use crate::core::signature;
 
 /// What the core needs of a request before its body is read.
 #[derive(Debug, Clone, Copy)]
@@ -390,7 +390,7 @@ pub fn decide<G: Gate + ?Sized>(s: &Settings, gate: &G, head: &Head<'_>, body: &
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::limits::Open;
+    use crate::core::limits::Open;
 
     pub(crate) fn settings(extra: &str) -> Settings {
         std::env::set_var("MORGW_DECISION_KEY", "456789");
@@ -864,8 +864,8 @@ admin_key_env = "MORGW_DECISION_SECRET"
 mod properties {
     use super::tests::settings;
     use super::*;
-    use crate::limits::Open;
-    use crate::params::encode;
+    use crate::core::limits::Open;
+    use crate::core::params::encode;
     use proptest::prelude::*;
 
     /// Names of the global order without a filter: every value is hashed as sent.

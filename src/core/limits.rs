@@ -24,7 +24,7 @@ use governor::Quota;
 use ipnet::IpNet;
 
 use crate::config::{LimitSettings, Lockout, QuotaSpec};
-use crate::reply::{Reason, Refusal};
+use crate::core::reply::{Reason, Refusal};
 
 /// What an allowed call may still do at its tightest layer (for RateLimit-* headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
-use crate::catalog::{Auth, Catalog, Filter, FilterKind, Method};
-use crate::params::{ParamError, Params, Value};
+use crate::core::catalog::{Auth, Catalog, Filter, FilterKind, Method};
+use crate::core::params::{ParamError, Params, Value};
 
 /// A lower-case hex SHA1 digest.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ pub fn hashed_parts<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Product, EMBEDDED};
+    use crate::core::catalog::{Product, EMBEDDED};
 
     fn cat() -> Catalog {
         Catalog::parse(EMBEDDED, Product::Mor).unwrap()

@@ -1,0 +1,10 @@
+//! The pure decision core: everything that decides about a request without
+//! I/O. [`decision`] is its entry point; the rest are its parts.
+
+pub mod catalog;
+pub mod decision;
+pub mod limits;
+pub mod params;
+pub mod reply;
+pub mod route;
+pub mod signature;

@@ -1,0 +1,3 @@
+//! The network edge: pingora glue around the decision core.
+
+pub mod proxy;
