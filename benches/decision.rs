@@ -9,10 +9,10 @@ use mor_gateway::core::decision::{decide, Head, Verdict};
 use mor_gateway::core::limits::Open;
 
 fn settings() -> Settings {
-    std::env::set_var("BENCH_KEY", "456789");
     Settings::from_toml(
         "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[api]\nallow_get = true\n[secrets]\nadmin_key_env = \"BENCH_KEY\"\n",
         None,
+        &std::collections::HashMap::from([("BENCH_KEY", "456789")]),
     )
     .expect("bench config")
 }
@@ -73,14 +73,21 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     for (name, head, body) in &cases {
-        let v = decide(&s, &Open, head, body);
+        let v = decide(&s.policy, &Open, head, body);
         assert_eq!(
             matches!(v, Verdict::Forward(..)),
             *name != "bad_hash",
             "{name}: {v:?}"
         );
         c.bench_function(&format!("decide/{name}"), |b| {
-            b.iter(|| decide(black_box(&s), &Open, black_box(head), black_box(body)))
+            b.iter(|| {
+                decide(
+                    black_box(&s.policy),
+                    &Open,
+                    black_box(head),
+                    black_box(body),
+                )
+            })
         });
     }
 }

@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mor_gateway::config::{LimitSettings, Lockout, QuotaSpec};
 use mor_gateway::core::limits::{Gate, Limits};
+use mor_gateway::core::limits::{LimitSettings, LimitTrace, Lockout, QuotaSpec};
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -59,8 +59,13 @@ fn scenario(keys: u32, cap: usize) {
     for i in 0..keys {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i));
         let user = format!("user{i}");
-        let _ = limits.check_ip(ip);
-        let _ = limits.check_call(ip, Some(&user), "user_calls_get");
+        let _ = limits.check_ip(ip, &mut LimitTrace::default());
+        let _ = limits.check_call(
+            ip,
+            Some(&user),
+            "user_calls_get",
+            &mut LimitTrace::default(),
+        );
         limits.record_hash(ip, &user, false);
     }
     let fed = t.elapsed();

@@ -107,7 +107,7 @@ fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Resul
     let (catalog, allow_get) = match &config {
         Some(p) => {
             let s = Settings::load(p).map_err(|e| e.to_string())?;
-            (s.catalog.as_ref().clone(), s.allow_get)
+            (s.policy.catalog.clone(), s.policy.allow_get)
         }
         None => (
             Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
@@ -166,14 +166,15 @@ fn demo(port: u16) -> Result<(), String> {
         port.checked_add(1).ok_or("port too high")?,
         port.checked_add(2).ok_or("port too high")?,
     );
-    // Single-threaded here: nothing else reads the environment yet.
-    std::env::set_var("MOR_GATEWAY_DEMO_KEY", DEMO_KEY);
-    std::env::set_var("MOR_GATEWAY_DEMO_RESELLER_KEY", DEMO_RESELLER_KEY);
+    let env = std::collections::HashMap::from([
+        ("MOR_GATEWAY_DEMO_KEY", DEMO_KEY),
+        ("MOR_GATEWAY_DEMO_RESELLER_KEY", DEMO_RESELLER_KEY),
+    ]);
     let text = include_str!("../config/demo.toml")
         .replace("127.0.0.1:8480", &format!("127.0.0.1:{gw}"))
         .replace("127.0.0.1:8481", &format!("127.0.0.1:{sim}"))
         .replace("127.0.0.1:8482", &format!("127.0.0.1:{met}"));
-    let settings = Settings::from_toml(&text, None).map_err(|e| e.to_string())?;
+    let settings = Settings::from_toml(&text, None, &env).map_err(|e| e.to_string())?;
     let mut sim_settings = SimSettings::new(DEMO_KEY.as_bytes());
     sim_settings.resellers = vec![("res1".into(), DEMO_RESELLER_KEY.as_bytes().to_vec())];
     let base = format!("http://127.0.0.1:{gw}/billing/api");
@@ -260,7 +261,7 @@ fn main() -> ExitCode {
         Cmd::Check { config, method } => match Settings::load(&config) {
             Ok(s) => {
                 match method {
-                    Some(m) => print!("{}", s.catalog.describe(&m)),
+                    Some(m) => print!("{}", s.policy.catalog.describe(&m)),
                     None => print!("{}", s.summary()),
                 }
                 println!("mor-gateway: configuration {} is valid", config.display());

@@ -111,7 +111,7 @@ fn per_method_quota_is_tighter_for_call_listings() {
 fn lockout_trips_expires_and_is_per_ip_and_user() {
     let (gw, _sim, sa) = gw_and_sim(
         "",
-        "[limits.lockout]\nfailures = 3\nwindow_s = 60\ncooloff_s = 2\n",
+        "[limits.lockout]\nfailures = 3\nwindow = \"60s\"\ncooloff = \"2s\"\n",
     );
     let bad = "u=mallory&user_id=123&hash=0000000000000000000000000000000000000000";
     // A success resets the count.

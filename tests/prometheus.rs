@@ -306,8 +306,8 @@ fn gateway_body(upstreams: &[SocketAddr]) -> String {
 
 [upstream]
 servers = [{}]
-connect_timeout_ms = 300
-read_timeout_ms = 700
+connect_timeout = "300ms"
+read_timeout = "700ms"
 
 [secrets]
 admin_key_env = "GW_KEY"
@@ -327,8 +327,8 @@ user_details_get = {{ per_second = 1000, burst = 1000 }}
 
 [limits.lockout]
 failures = 3
-window_s = 60
-cooloff_s = 300
+window = "60s"
+cooloff = "300s"
 "#,
         ups.join(", ")
     )

@@ -12,7 +12,6 @@ use mor_gateway::core::limits::Limits;
 fn settings() -> &'static (Settings, Limits) {
     static S: OnceLock<(Settings, Limits)> = OnceLock::new();
     S.get_or_init(|| {
-        std::env::set_var("FUZZ_KEY", "456789");
         let s = Settings::from_toml(
             r#"
 listen = ["127.0.0.1:0"]
@@ -27,10 +26,11 @@ per_ip = { per_second = 1000000, burst = 1000000 }
 per_user = { per_second = 1000000, burst = 1000000 }
 [limits.lockout]
 failures = 1000000
-window_s = 1
-cooloff_s = 1
+window = "1s"
+cooloff = "1s"
 "#,
             None,
+            &std::collections::HashMap::from([("FUZZ_KEY", "456789")]),
         )
         .expect("fuzz config");
         let l = Limits::new(&s.limits);
@@ -52,5 +52,5 @@ fuzz_target!(|data: &[u8]| {
         content_type: ctype.as_deref(),
         client_ip: "192.0.2.1".parse().unwrap(),
     };
-    let _ = decide(s, limits, &head, body);
+    let _ = decide(&s.policy, limits, &head, body);
 });

@@ -9,10 +9,10 @@
 
 use std::net::IpAddr;
 
-use crate::config::{PathPolicy, Settings};
 use crate::core::catalog::{Auth, Caller, Envelope, Method};
-use crate::core::limits::{Allowance, Gate};
+use crate::core::limits::{Allowance, Gate, LimitTrace};
 use crate::core::params::{ParamError, Params, Value};
+use crate::core::policy::{PathPolicy, Policy};
 use crate::core::reply::{Reason, Refusal};
 use crate::core::route::{forward_path, route, ApiPath, PathKind, RouteError};
 use crate::core::signature;
@@ -58,6 +58,8 @@ pub struct CallInfo {
     pub user: Option<String>,
     /// Where MOR puts this action's error element.
     pub envelope: Envelope,
+    /// The rate-limit layers that decided about the call.
+    pub limits: LimitTrace,
 }
 
 impl CallInfo {
@@ -102,11 +104,17 @@ pub enum Admitted {
     /// An API call; the body is needed next.
     Api(ApiCall, Option<Allowance>),
     /// A path forwarded unchanged (REST v2 or other paths, when configured).
-    PassThrough(Option<Allowance>),
+    PassThrough(Option<Allowance>, CallInfo),
 }
 
 /// A first-stage refusal with what is known of the call.
-pub type Rejected = Box<(Refusal, CallInfo)>;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Why, and how to answer.
+    pub refusal: Refusal,
+    /// What is known of the call.
+    pub info: CallInfo,
+}
 
 fn route_refusal(e: RouteError) -> Refusal {
     let reason = match e {
@@ -131,17 +139,21 @@ pub fn is_get(method: &str) -> bool {
 /// API policies, the method's own rule. A refusal carries what is known of
 /// the call.
 pub fn admit<G: Gate + ?Sized>(
-    s: &Settings,
+    s: &Policy,
     gate: &G,
     head: &Head<'_>,
-) -> Result<Admitted, Rejected> {
-    let kind = route(head.path, &s.prefix)
-        .map_err(|e| Box::new((route_refusal(e), CallInfo::default())))?;
+) -> Result<Admitted, Box<Rejected>> {
+    let kind = route(head.path, &s.prefix).map_err(|e| {
+        Box::new(Rejected {
+            refusal: route_refusal(e),
+            info: CallInfo::default(),
+        })
+    })?;
     let found = match &kind {
         PathKind::Api(a) => s.catalog.lookup(&a.method),
         _ => None,
     };
-    let info = match (&kind, found) {
+    let mut info = match (&kind, found) {
         (PathKind::Api(_), Some(f)) => CallInfo {
             method: Some(f.method.name.clone()),
             alias: f.alias.map(str::to_string),
@@ -154,22 +166,31 @@ pub fn admit<G: Gate + ?Sized>(
         },
         _ => CallInfo::default(),
     };
-    let refuse = |r: Refusal| Err(Box::new((r, info.clone())));
     let policy = match &kind {
         PathKind::Api(_) => None,
         PathKind::RestV2 => Some(s.rest_v2),
         PathKind::Other => Some(s.other_paths),
     };
     if policy == Some(PathPolicy::Refuse) {
-        return refuse(Refusal::new(Reason::NotFound));
+        return Err(Box::new(Rejected {
+            refusal: Refusal::new(Reason::NotFound),
+            info,
+        }));
     }
-    let allowance = match gate.check_ip(head.client_ip) {
+    let checked = gate.check_ip(head.client_ip, &mut info.limits);
+    let refuse = |refusal: Refusal| {
+        Err(Box::new(Rejected {
+            refusal,
+            info: info.clone(),
+        }))
+    };
+    let allowance = match checked {
         Ok(a) => a,
         Err(r) => return refuse(r),
     };
     let api = match kind {
         PathKind::Api(a) => a,
-        _ => return Ok(Admitted::PassThrough(allowance)),
+        _ => return Ok(Admitted::PassThrough(allowance, info)),
     };
     let get = is_get(head.method);
     if !get && !head.method.eq_ignore_ascii_case("POST") {
@@ -240,7 +261,7 @@ enum Keys {
     Reseller(usize),
 }
 
-fn keys_for(s: &Settings, m: Option<&Method>, params: &Params) -> Result<Keys, ParamError> {
+fn keys_for(s: &Policy, m: Option<&Method>, params: &Params) -> Result<Keys, ParamError> {
     let caller = m.map_or(Caller::U, |m| m.caller);
     if caller == Caller::UniquehashId {
         // No id, or an id that is no configured reseller's: the admin key.
@@ -267,14 +288,14 @@ fn keys_for(s: &Settings, m: Option<&Method>, params: &Params) -> Result<Keys, P
 
 /// Stage two, with the whole body: everything else.
 pub fn finish<G: Gate + ?Sized>(
-    s: &Settings,
+    s: &Policy,
     gate: &G,
     head: &Head<'_>,
     admitted: Admitted,
     body: &[u8],
 ) -> Verdict {
     let (call, ip_allowance) = match admitted {
-        Admitted::PassThrough(a) => {
+        Admitted::PassThrough(a, info) => {
             let mut pq = head.path.to_string();
             if let Some(q) = head.query {
                 pq.push('?');
@@ -286,7 +307,7 @@ pub fn finish<G: Gate + ?Sized>(
                     signer: Signer::PassThrough,
                     allowance: a,
                 },
-                CallInfo::default(),
+                info,
             );
         }
         Admitted::Api(call, a) => (call, a),
@@ -351,7 +372,10 @@ pub fn finish<G: Gate + ?Sized>(
         }
     };
 
-    let call_allowance = match gate.check_call(ip, user.as_deref(), info.label()) {
+    let mut trace = std::mem::take(&mut info.limits);
+    let checked = gate.check_call(ip, user.as_deref(), info.label(), &mut trace);
+    info.limits = trace;
+    let call_allowance = match checked {
         Ok(a) => a,
         Err(r) => return Verdict::Refuse(r, info),
     };
@@ -377,13 +401,10 @@ pub fn finish<G: Gate + ?Sized>(
 }
 
 /// Both stages at once (tests, fuzzing, benchmarks).
-pub fn decide<G: Gate + ?Sized>(s: &Settings, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
+pub fn decide<G: Gate + ?Sized>(s: &Policy, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
     match admit(s, gate, head) {
         Ok(a) => finish(s, gate, head, a, body),
-        Err(rejected) => {
-            let (r, info) = *rejected;
-            Verdict::Refuse(r, info)
-        }
+        Err(r) => Verdict::Refuse(r.refusal, r.info),
     }
 }
 
@@ -392,9 +413,16 @@ pub(crate) mod tests {
     use super::*;
     use crate::core::limits::Open;
 
-    pub(crate) fn settings(extra: &str) -> Settings {
-        std::env::set_var("MORGW_DECISION_KEY", "456789");
-        std::env::set_var("MORGW_DECISION_RKEY", "resellerkey");
+    fn env() -> std::collections::HashMap<&'static str, &'static str> {
+        std::collections::HashMap::from([
+            ("MORGW_DECISION_KEY", "456789"),
+            ("MORGW_DECISION_RKEY", "resellerkey"),
+            ("MORGW_DECISION_SECRET", "secret"),
+        ])
+    }
+
+    /// The core's view of a test config (admin key 456789, reseller res1).
+    pub(crate) fn settings(extra: &str) -> Policy {
         let text = format!(
             r#"
 listen = ["127.0.0.1:0"]
@@ -410,7 +438,8 @@ uniquehash = "res1uniq"
 {extra}
 "#
         );
-        Settings::from_toml(&text, None).unwrap()
+        let s = crate::config::Settings::from_toml(&text, None, &env()).unwrap();
+        (*s.policy).clone()
     }
 
     fn head<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> Head<'a> {
@@ -423,7 +452,7 @@ uniquehash = "res1uniq"
         }
     }
 
-    fn post(s: &Settings, path: &str, query: &str) -> Verdict {
+    fn post(s: &Policy, path: &str, query: &str) -> Verdict {
         let q = (!query.is_empty()).then_some(query);
         decide(s, &Open, &head("POST", path, q), b"")
     }
@@ -494,8 +523,7 @@ uniquehash = "res1uniq"
 
     #[test]
     fn seed_device_clis_get_key_only() {
-        std::env::set_var("MORGW_DECISION_SECRET", "secret");
-        let s2 = Settings::from_toml(
+        let s2 = crate::config::Settings::from_toml(
             r#"
 listen = ["127.0.0.1:0"]
 [upstream]
@@ -504,10 +532,11 @@ servers = ["127.0.0.1:1"]
 admin_key_env = "MORGW_DECISION_SECRET"
 "#,
             None,
+            &env(),
         )
         .unwrap();
         let v = post(
-            &s2,
+            &s2.policy,
             "/billing/api/device_clis_get",
             "u=admin&devices_id=6&users_id=3&hash=e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4",
         );
@@ -904,7 +933,7 @@ mod properties {
         parts.join("&")
     }
 
-    fn decide_form(s: &Settings, b: &str) -> Verdict {
+    fn decide_form(s: &Policy, b: &str) -> Verdict {
         let h = Head {
             method: "POST",
             path: "/billing/api/user_details_update",

@@ -23,8 +23,87 @@ use governor::state::{InMemoryState, NotKeyed, RateLimiter, StateStore};
 use governor::Quota;
 use ipnet::IpNet;
 
-use crate::config::{LimitSettings, Lockout, QuotaSpec};
+use serde::Deserialize;
+
 use crate::core::reply::{Reason, Refusal};
+
+/// A GCRA quota: a sustained rate and a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSpec {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    pub per_second: f64,
+    /// Requests allowed at once.
+    pub burst: u32,
+}
+
+/// Failed-hash lockout settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// Failures that trip the lockout.
+    pub failures: u32,
+    /// Window the failures are counted in.
+    pub window: Duration,
+    /// How long the pair is refused once tripped.
+    pub cooloff: Duration,
+}
+
+/// Rate-limit configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitSettings {
+    /// Sources never limited.
+    pub exempt: Vec<IpNet>,
+    /// Per client IP, checked before the hash.
+    pub per_ip: Option<QuotaSpec>,
+    /// Per verified user (`u`).
+    pub per_user: Option<QuotaSpec>,
+    /// Per canonical method, all users together.
+    pub per_method: HashMap<String, QuotaSpec>,
+    /// Per canonical method and verified user.
+    pub per_method_user: HashMap<String, QuotaSpec>,
+    /// Hard cap on tracked keys per keyed limiter.
+    pub max_tracked_keys: usize,
+    /// Send RateLimit-* headers on allowed calls.
+    pub headers: bool,
+    /// Failed-hash lockout by (IP, user).
+    pub lockout: Option<Lockout>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            exempt: Vec::new(),
+            per_ip: None,
+            per_user: None,
+            per_method: HashMap::new(),
+            per_method_user: HashMap::new(),
+            max_tracked_keys: 100_000,
+            headers: false,
+            lockout: None,
+        }
+    }
+}
+
+/// The layers that decided about one call, in order (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitTrace {
+    n: usize,
+    items: [(&'static str, bool); 4],
+}
+
+impl LimitTrace {
+    fn push(&mut self, layer: &'static str, allowed: bool) {
+        if let Some(slot) = self.items.get_mut(self.n) {
+            *slot = (layer, allowed);
+            self.n += 1;
+        }
+    }
+
+    /// Each decision as (layer, allowed).
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+        self.items[..self.n].iter().copied()
+    }
+}
 
 /// What an allowed call may still do at its tightest layer (for RateLimit-* headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +130,7 @@ impl Allowance {
 /// The limiting decisions the decision core asks for. `Open` allows all.
 pub trait Gate {
     /// Per-IP layer, before the hash is checked.
-    fn check_ip(&self, ip: IpAddr) -> Result<Option<Allowance>, Refusal>;
+    fn check_ip(&self, ip: IpAddr, trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal>;
     /// Is (ip, user) locked out after failed hashes?
     fn check_lockout(&self, ip: IpAddr, user: &str) -> Result<(), Refusal>;
     /// Records a hash verdict for (ip, user).
@@ -62,6 +141,7 @@ pub trait Gate {
         ip: IpAddr,
         user: Option<&str>,
         method: &str,
+        trace: &mut LimitTrace,
     ) -> Result<Option<Allowance>, Refusal>;
 }
 
@@ -70,7 +150,7 @@ pub trait Gate {
 pub struct Open;
 
 impl Gate for Open {
-    fn check_ip(&self, _: IpAddr) -> Result<Option<Allowance>, Refusal> {
+    fn check_ip(&self, _: IpAddr, _: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
         Ok(None)
     }
     fn check_lockout(&self, _: IpAddr, _: &str) -> Result<(), Refusal> {
@@ -82,6 +162,7 @@ impl Gate for Open {
         _: IpAddr,
         _: Option<&str>,
         _: &str,
+        _: &mut LimitTrace,
     ) -> Result<Option<Allowance>, Refusal> {
         Ok(None)
     }
@@ -156,14 +237,6 @@ fn direct(q: &QuotaSpec) -> Direct {
     RateLimiter::direct(quota(q)).with_middleware::<StateInformationMiddleware>()
 }
 
-/// Per-layer decision counters (the observability layer exports them).
-pub trait LimitObserver: Send + Sync {
-    /// One decision by `layer` for `method` (catalogue name or `other`).
-    fn decision(&self, layer: &'static str, method: &str, allowed: bool);
-    /// Lockouts currently active changed.
-    fn lockouts_active(&self, n: usize);
-}
-
 #[derive(Debug)]
 struct FailState {
     window_start: Instant,
@@ -180,7 +253,6 @@ pub struct Limits {
     method: HashMap<String, Arc<Direct>>,
     method_user: HashMap<String, Arc<Keyed<String>>>,
     fails: Arc<Mutex<HashMap<(IpAddr, String), FailState>>>,
-    observer: Option<Arc<dyn LimitObserver>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -222,14 +294,7 @@ impl Limits {
                 .map(|(m, q)| (m.clone(), Arc::new(keyed(q, cap))))
                 .collect(),
             fails: Arc::new(Mutex::new(HashMap::new())),
-            observer: None,
         }
-    }
-
-    /// Attaches the metrics observer.
-    pub fn with_observer(mut self, o: Arc<dyn LimitObserver>) -> Limits {
-        self.observer = Some(o);
-        self
     }
 
     /// Builds limiters for new settings, keeping the buckets of every layer
@@ -263,7 +328,6 @@ impl Limits {
         if old.lockout == settings.lockout {
             next.fails = Arc::clone(&self.fails);
         }
-        next.observer.clone_from(&self.observer);
         next
     }
 
@@ -278,12 +342,6 @@ impl Limits {
             v4 => v4,
         };
         self.settings.exempt.iter().any(|n: &IpNet| n.contains(&ip))
-    }
-
-    fn observe(&self, layer: &'static str, method: &str, allowed: bool) {
-        if let Some(o) = &self.observer {
-            o.decision(layer, method, allowed);
-        }
     }
 
     fn refusal(
@@ -302,17 +360,13 @@ impl Limits {
         lim: &Keyed<K>,
         key: &K,
         layer: &'static str,
-        method: &str,
+        trace: &mut LimitTrace,
     ) -> Result<Option<Allowance>, Refusal> {
-        match lim.check_key(key) {
-            Ok(s) => {
-                self.observe(layer, method, true);
-                Ok(Some(snapshot_allowance(&s)))
-            }
-            Err(nu) => {
-                self.observe(layer, method, false);
-                Err(self.refusal(layer, &nu))
-            }
+        let checked = lim.check_key(key);
+        trace.push(layer, checked.is_ok());
+        match checked {
+            Ok(s) => Ok(Some(snapshot_allowance(&s))),
+            Err(nu) => Err(self.refusal(layer, &nu)),
         }
     }
 
@@ -337,19 +391,17 @@ impl Limits {
                     || now.duration_since(f.window_start) < lo.window
             });
             fails.shrink_to_fit();
-            self.report_lockouts(&fails, now);
         }
     }
 
-    /// Tells the observer how many pairs are locked out at `now`.
-    fn report_lockouts(&self, fails: &HashMap<(IpAddr, String), FailState>, now: Instant) {
-        if let Some(o) = &self.observer {
-            let active = fails
-                .values()
+    /// How many (IP, user) pairs are locked out now.
+    pub fn active_lockouts(&self) -> usize {
+        let now = Instant::now();
+        self.fails.lock().map_or(0, |f| {
+            f.values()
                 .filter(|f| f.locked_until.is_some_and(|t| t > now))
-                .count();
-            o.lockouts_active(active);
-        }
+                .count()
+        })
     }
 
     /// Keys tracked across keyed limiters and the lockout table.
@@ -366,9 +418,9 @@ impl Limits {
 }
 
 impl Gate for Limits {
-    fn check_ip(&self, ip: IpAddr) -> Result<Option<Allowance>, Refusal> {
+    fn check_ip(&self, ip: IpAddr, trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
         match &self.ip {
-            Some(l) if !self.exempt(ip) => self.check_keyed(l, &ip, "ip", "all"),
+            Some(l) if !self.exempt(ip) => self.check_keyed(l, &ip, "ip", trace),
             _ => Ok(None),
         }
     }
@@ -425,7 +477,6 @@ impl Gate for Limits {
         f.failures += 1;
         if f.failures >= lo.failures && f.locked_until.is_none() {
             f.locked_until = Some(now + lo.cooloff);
-            self.report_lockouts(&fails, now);
         }
     }
 
@@ -434,30 +485,27 @@ impl Gate for Limits {
         ip: IpAddr,
         user: Option<&str>,
         method: &str,
+        trace: &mut LimitTrace,
     ) -> Result<Option<Allowance>, Refusal> {
         if self.exempt(ip) {
             return Ok(None);
         }
         let mut best = None;
         if let (Some(l), Some(u)) = (&self.user, user) {
-            best = Allowance::tighter(best, self.check_keyed(l, &u.to_string(), "user", method)?);
+            best = Allowance::tighter(best, self.check_keyed(l, &u.to_string(), "user", trace)?);
         }
         if let Some(l) = self.method.get(method) {
-            match l.check() {
-                Ok(s) => {
-                    self.observe("method", method, true);
-                    best = Allowance::tighter(best, Some(snapshot_allowance(&s)));
-                }
-                Err(nu) => {
-                    self.observe("method", method, false);
-                    return Err(self.refusal("method", &nu));
-                }
+            let checked = l.check();
+            trace.push("method", checked.is_ok());
+            match checked {
+                Ok(s) => best = Allowance::tighter(best, Some(snapshot_allowance(&s))),
+                Err(nu) => return Err(self.refusal("method", &nu)),
             }
         }
         if let (Some(l), Some(u)) = (self.method_user.get(method), user) {
             best = Allowance::tighter(
                 best,
-                self.check_keyed(l, &u.to_string(), "method_user", method)?,
+                self.check_keyed(l, &u.to_string(), "method_user", trace)?,
             );
         }
         Ok(best)
@@ -499,51 +547,75 @@ mod tests {
     fn ip_burst_then_limited_with_retry_after() {
         let l = Limits::new(&settings());
         for i in 0..3 {
-            let a = l.check_ip(ip("1.1.1.1")).unwrap().unwrap();
+            let a = l
+                .check_ip(ip("1.1.1.1"), &mut LimitTrace::default())
+                .unwrap()
+                .unwrap();
             assert_eq!(a.remaining, 2 - i);
         }
-        let r = l.check_ip(ip("1.1.1.1")).unwrap_err();
+        let r = l
+            .check_ip(ip("1.1.1.1"), &mut LimitTrace::default())
+            .unwrap_err();
         assert_eq!(r.reason, Reason::Limited);
         assert!(r.retry_after.unwrap() <= Duration::from_secs(1));
-        assert!(l.check_ip(ip("1.1.1.2")).is_ok());
+        assert!(l
+            .check_ip(ip("1.1.1.2"), &mut LimitTrace::default())
+            .is_ok());
     }
 
     #[test]
     fn exempt_never_limited() {
         let l = Limits::new(&settings());
         for _ in 0..50 {
-            assert!(l.check_ip(ip("10.9.3.4")).is_ok());
-            assert!(l.check_call(ip("10.9.3.4"), Some("u"), "x").is_ok());
+            assert!(l
+                .check_ip(ip("10.9.3.4"), &mut LimitTrace::default())
+                .is_ok());
+            assert!(l
+                .check_call(ip("10.9.3.4"), Some("u"), "x", &mut LimitTrace::default())
+                .is_ok());
         }
     }
 
     #[test]
     fn users_are_independent() {
         let l = Limits::new(&settings());
-        assert!(l.check_call(ip("1.1.1.1"), Some("a"), "m").is_ok());
-        assert!(l.check_call(ip("1.1.1.1"), Some("a"), "m").is_ok());
-        assert!(l.check_call(ip("1.1.1.1"), Some("a"), "m").is_err());
-        assert!(l.check_call(ip("1.1.1.1"), Some("b"), "m").is_ok());
+        assert!(l
+            .check_call(ip("1.1.1.1"), Some("a"), "m", &mut LimitTrace::default())
+            .is_ok());
+        assert!(l
+            .check_call(ip("1.1.1.1"), Some("a"), "m", &mut LimitTrace::default())
+            .is_ok());
+        assert!(l
+            .check_call(ip("1.1.1.1"), Some("a"), "m", &mut LimitTrace::default())
+            .is_err());
+        assert!(l
+            .check_call(ip("1.1.1.1"), Some("b"), "m", &mut LimitTrace::default())
+            .is_ok());
     }
 
     #[test]
     fn cap_sends_new_keys_to_overflow_and_keeps_tracked_ones() {
         let l = Limits::new(&settings());
         for i in 0..4 {
-            l.check_ip(ip(&format!("2.0.0.{i}"))).unwrap();
+            l.check_ip(ip(&format!("2.0.0.{i}")), &mut LimitTrace::default())
+                .unwrap();
         }
         assert_eq!(l.ip.as_ref().unwrap().len(), 4);
         // New keys now share one overflow bucket of burst 3.
         let mut ok = 0;
         for i in 10..20 {
-            if l.check_ip(ip(&format!("2.0.0.{i}"))).is_ok() {
+            if l.check_ip(ip(&format!("2.0.0.{i}")), &mut LimitTrace::default())
+                .is_ok()
+            {
                 ok += 1;
             }
         }
         assert_eq!(ok, 3);
         assert_eq!(l.ip.as_ref().unwrap().len(), 4);
         // A tracked key still has its own bucket (2 left).
-        assert!(l.check_ip(ip("2.0.0.0")).is_ok());
+        assert!(l
+            .check_ip(ip("2.0.0.0"), &mut LimitTrace::default())
+            .is_ok());
     }
 
     #[test]
@@ -570,7 +642,8 @@ mod tests {
     fn reconfigure_keeps_unchanged_buckets() {
         let l = Limits::new(&settings());
         for _ in 0..3 {
-            l.check_ip(ip("4.4.4.4")).unwrap();
+            l.check_ip(ip("4.4.4.4"), &mut LimitTrace::default())
+                .unwrap();
         }
         let mut s = settings();
         s.per_user = Some(QuotaSpec {
@@ -578,7 +651,11 @@ mod tests {
             burst: 9,
         });
         let l = l.reconfigure(&s);
-        assert!(l.check_ip(ip("4.4.4.4")).is_err(), "ip bucket kept");
+        assert!(
+            l.check_ip(ip("4.4.4.4"), &mut LimitTrace::default())
+                .is_err(),
+            "ip bucket kept"
+        );
         let mut s2 = s.clone();
         s2.per_ip = Some(QuotaSpec {
             per_second: 1.0,
@@ -586,7 +663,8 @@ mod tests {
         });
         let l = l.reconfigure(&s2);
         assert!(
-            l.check_ip(ip("4.4.4.4")).is_ok(),
+            l.check_ip(ip("4.4.4.4"), &mut LimitTrace::default())
+                .is_ok(),
             "changed layer starts fresh"
         );
     }

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod decision;
 pub mod limits;
 pub mod params;
+pub mod policy;
 pub mod reply;
 pub mod route;
 pub mod signature;

@@ -4,8 +4,19 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use crate::config::ReplyMode;
+use serde::Deserialize;
+
 use crate::core::catalog::Envelope;
+
+/// How refusals are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyMode {
+    /// Like MOR: HTTP 200 with the XML error (transport errors keep 413/502).
+    Mor,
+    /// Proper status codes (400/403/404/405/413/429/502) with the same XML body.
+    Http,
+}
 
 /// Why a request was refused at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,3 +1,5 @@
 //! The network edge: pingora glue around the decision core.
 
+pub mod forward;
 pub mod proxy;
+pub mod upstreams;

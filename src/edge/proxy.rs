@@ -1,141 +1,105 @@
 //! The pingora `ProxyHttp` glue: reads the request (headers, then the whole
 //! body up to the limit), asks the decision core, then either answers at the
-//! edge or forwards to a MOR upstream. Nothing reaches MOR before the verdict.
+//! edge or forwards to a MOR upstream through [`super::forward`], one path for
+//! every body size. Nothing reaches MOR before the verdict.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::connectors::http::Connector;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::Settings;
-use crate::core::decision::{self, CallInfo, Forward, Head, Signer, Verdict};
+use crate::core::catalog::Envelope;
+use crate::core::decision::{self, CallInfo, Forward, Head, Rejected, Signer, Verdict};
 use crate::core::limits::Limits;
-use crate::core::reply::{self, Reason, Refusal, XML_CONTENT_TYPE};
+use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::edge::upstreams::Upstreams;
 use crate::ops::accesslog::{redact_query, AccessLog, Record};
 use crate::ops::metrics::Metrics;
 
-/// pingora replays a buffered body of at most this size through its proxy
-/// path; larger (verified) bodies are forwarded by [`Gateway`] itself.
-const PINGORA_REPLAY_LIMIT: usize = 64 * 1024;
-
-/// How long an upstream that failed to connect is skipped while others are up.
-const DOWN_FOR: Duration = Duration::from_secs(5);
-
-/// Settings and limiter state swapped together on reload.
+/// Settings, limiter state and upstreams, swapped together on reload.
 pub struct State {
     /// The configuration in force.
     pub settings: Arc<Settings>,
     /// Limiters built from it.
     pub limits: Arc<Limits>,
-}
-
-/// Passive upstream health: an upstream that failed is skipped for a while.
-#[derive(Default)]
-pub struct Health {
-    down_until: Mutex<HashMap<SocketAddr, Instant>>,
-}
-
-impl Health {
-    /// True unless the upstream failed within [`DOWN_FOR`].
-    pub fn is_up(&self, a: &SocketAddr) -> bool {
-        match self.down_until.lock() {
-            Ok(m) => m.get(a).is_none_or(|t| *t <= Instant::now()),
-            Err(_) => true,
-        }
-    }
-    /// Records whether `a` answered its last attempt.
-    pub fn set(&self, a: SocketAddr, up: bool) {
-        if let Ok(mut m) = self.down_until.lock() {
-            if up {
-                m.remove(&a);
-            } else {
-                m.insert(a, Instant::now() + DOWN_FOR);
-            }
-        }
-    }
+    /// Its MOR servers.
+    pub upstreams: Arc<Upstreams>,
 }
 
 /// State shared by every request.
 pub struct Shared {
-    /// Settings + limits, swapped on reload.
+    /// Settings + limits + upstreams, swapped on reload.
     pub state: ArcSwap<State>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
     /// Access log.
     pub access_log: AccessLog,
-    /// Upstream health.
-    pub health: Health,
-    rr: AtomicUsize,
-    connector: Connector,
+    pub(crate) connector: Connector,
 }
 
 impl Shared {
     /// Creates shared state for `settings`.
-    pub fn new(settings: Arc<Settings>, metrics: Arc<Metrics>, access_log: AccessLog) -> Shared {
-        let limits = Limits::new(&settings.limits)
-            .with_observer(Arc::new(crate::ops::metrics::LimitMetrics(metrics.clone())));
+    pub fn new(
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+    ) -> std::io::Result<Shared> {
+        let limits = Limits::new(&settings.limits);
+        let upstreams = Upstreams::new(&settings.upstream, metrics.clone())?;
         register_settings(&metrics, &settings);
-        Shared {
+        Ok(Shared {
             state: ArcSwap::from_pointee(State {
                 settings,
                 limits: Arc::new(limits),
+                upstreams: Arc::new(upstreams),
             }),
             metrics,
             access_log,
-            health: Health::default(),
-            rr: AtomicUsize::new(0),
             connector: Connector::new(None),
-        }
+        })
     }
 
-    /// Installs new settings, keeping limiter buckets whose quotas did not change.
-    pub fn reload(&self, settings: Arc<Settings>) {
+    /// Installs new settings, keeping limiter buckets whose quotas did not
+    /// change and the upstream set (with its health) when it did not change.
+    pub fn reload(&self, settings: Arc<Settings>) -> std::io::Result<()> {
         let old = self.state.load();
+        let upstreams = if old.upstreams.settings == settings.upstream {
+            old.upstreams.clone()
+        } else {
+            Arc::new(Upstreams::new(&settings.upstream, self.metrics.clone())?)
+        };
         let limits = old.limits.reconfigure(&settings.limits);
         register_settings(&self.metrics, &settings);
         self.state.store(Arc::new(State {
             settings,
             limits: Arc::new(limits),
+            upstreams,
         }));
-    }
-
-    /// Records an upstream's health, in the skip list and the `upstream_up` gauge.
-    pub fn set_upstream_health(&self, addr: SocketAddr, up: bool) {
-        self.health.set(addr, up);
-        self.metrics
-            .upstream_up
-            .with_label_values(&[&addr.to_string()])
-            .set(i64::from(up));
-    }
-
-    /// True when at least one configured upstream is considered up.
-    pub fn any_upstream_up(&self) -> bool {
-        let st = self.state.load();
-        st.settings
-            .upstream
-            .servers
-            .iter()
-            .any(|a| self.health.is_up(a))
+        Ok(())
     }
 }
 
-/// Pre-creates the series of a configuration's upstreams and methods and
-/// stamps its load time.
+/// Pre-creates the series of a configuration's methods and stamps its load time.
 fn register_settings(metrics: &Metrics, settings: &Settings) {
-    metrics.register_upstreams(&settings.upstream.servers);
-    metrics.register_methods(settings.catalog.methods().iter().map(|m| m.name.as_str()));
+    metrics.register_methods(
+        settings
+            .policy
+            .catalog
+            .methods()
+            .iter()
+            .map(|m| m.name.as_str()),
+    );
     metrics.config_loaded.set(unix_now());
 }
 
@@ -149,14 +113,13 @@ fn unix_now() -> f64 {
 /// Per-request context.
 pub struct Ctx {
     start: Instant,
-    state: Option<Arc<State>>,
-    ip: Option<IpAddr>,
-    info: CallInfo,
+    pub(crate) state: Option<Arc<State>>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) info: CallInfo,
     refused: Option<Reason>,
-    forward: Option<Forward>,
-    upstream: Option<SocketAddr>,
-    tried: Vec<SocketAddr>,
-    upstream_sent: Option<Instant>,
+    pub(crate) forward: Option<Forward>,
+    pub(crate) upstream: Option<SocketAddr>,
+    pub(crate) tried: Vec<SocketAddr>,
     req_bytes: usize,
     counted: bool,
 }
@@ -200,7 +163,7 @@ enum BodyError {
     Io(Box<Error>),
 }
 
-fn timeout_kind(e: &Error) -> bool {
+pub(crate) fn timeout_kind(e: &Error) -> bool {
     matches!(
         e.etype(),
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -208,14 +171,13 @@ fn timeout_kind(e: &Error) -> bool {
 }
 
 impl Gateway {
-    /// Answers with a refusal; returns the status sent.
+    /// Answers with a refusal in the call's envelope; returns the status sent.
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<u16> {
         ctx.refused = Some(r.reason);
         let mode = ctx
             .state
             .as_ref()
-            .map(|s| s.settings.reply_mode)
-            .unwrap_or(crate::config::ReplyMode::Mor);
+            .map_or(ReplyMode::Mor, |s| s.settings.reply_mode);
         write_refusal(session, mode, ctx.info.envelope, &r).await?;
         Ok(r.reason.status(mode))
     }
@@ -246,8 +208,6 @@ impl Gateway {
         if expects_continue {
             ds.write_continue_response().await.map_err(BodyError::Io)?;
         }
-        // pingora keeps this copy and replays it upstream after the verdict.
-        ds.enable_retry_buffering();
         let mut buf = BytesMut::new();
         while let Some(chunk) = ds.read_request_body().await.map_err(BodyError::Io)? {
             if buf.len() + chunk.len() > max {
@@ -257,134 +217,13 @@ impl Gateway {
         }
         Ok(buf.freeze())
     }
-
-    fn pick_peer(&self, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let st = ctx
-            .state
-            .clone()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no state"))?;
-        let u = &st.settings.upstream;
-        let n = u.servers.len();
-        let start = self.shared.rr.fetch_add(1, Ordering::Relaxed);
-        let candidates = (0..n).map(|i| u.servers[(start + i) % n]);
-        let addr = candidates
-            .clone()
-            .find(|a| !ctx.tried.contains(a) && self.shared.health.is_up(a))
-            .or_else(|| candidates.clone().find(|a| !ctx.tried.contains(a)))
-            .unwrap_or(u.servers[start % n]);
-        ctx.upstream = Some(addr);
-        ctx.tried.push(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
-        Ok(Box::new(peer))
-    }
-
-    fn rewrite(&self, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        if let Some(f) = &ctx.forward {
-            let uri: http::Uri = f
-                .path_and_query
-                .parse()
-                .map_err(|e| Error::because(ErrorType::InternalError, "forward uri", e))?;
-            req.set_uri(uri);
-        }
-        let ip = ctx.ip.map(|i| i.to_string()).unwrap_or_default();
-        let append = ctx.state.as_ref().is_some_and(|s| {
-            s.settings.upstream.x_forwarded_for == crate::config::ForwardedFor::Append
-        });
-        let prev = req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| append && !p.trim().is_empty());
-        let xff = match prev {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip.clone(),
-        };
-        req.insert_header("X-Forwarded-For", xff)?;
-        req.insert_header("X-Real-IP", ip)?;
-        // The gateway already answered any 100-continue itself.
-        req.remove_header(&header::EXPECT);
-        Ok(())
-    }
-
-    /// Forwards a verified request whose body is larger than pingora replays.
-    async fn forward_buffered(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        body: Bytes,
-    ) -> Result<()> {
-        let peer = self.pick_peer(ctx)?;
-        let mut req = session.req_header().clone();
-        self.rewrite(&mut req, ctx)?;
-        let (mut up, _reused) = self.shared.connector.get_http_session(&*peer).await?;
-        up.set_read_timeout(peer.options.read_timeout);
-        up.set_write_timeout(peer.options.write_timeout);
-        ctx.upstream_sent = Some(Instant::now());
-        up.write_request_header(Box::new(req)).await?;
-        up.write_request_body(body, true).await?;
-        up.finish_request_body().await?;
-        up.read_response_header().await?;
-        self.mark_upstream_ok(ctx);
-        let resp = up
-            .response_header()
-            .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no upstream header"))?;
-        session.write_response_header(Box::new(resp), false).await?;
-        while let Some(chunk) = up.read_response_body().await? {
-            session.write_response_body(Some(chunk), false).await?;
-        }
-        session.write_response_body(None, true).await?;
-        let idle = peer.options.idle_timeout;
-        self.shared
-            .connector
-            .release_http_session(up, &*peer, idle)
-            .await;
-        Ok(())
-    }
-
-    fn mark_upstream_ok(&self, ctx: &Ctx) {
-        if let Some(u) = ctx.upstream {
-            self.shared.set_upstream_health(u, true);
-        }
-        if let Some(t) = ctx.upstream_sent {
-            self.shared
-                .metrics
-                .upstream_duration
-                .with_label_values(&[ctx.info.label()])
-                .observe(t.elapsed().as_secs_f64());
-        }
-    }
-
-    fn count_upstream_error(&self, ctx: &Ctx, e: &Error, connect: bool) {
-        if let Some(u) = ctx.upstream {
-            let kind = if timeout_kind(e) {
-                "timeout"
-            } else if connect {
-                "connect"
-            } else {
-                "other"
-            };
-            self.shared
-                .metrics
-                .upstream_errors
-                .with_label_values(&[&u.to_string(), kind])
-                .inc();
-            if connect {
-                self.shared.set_upstream_health(u, false);
-            }
-        }
-    }
 }
 
 /// Writes a refusal in MOR's XML shape.
 pub async fn write_refusal(
     session: &mut Session,
-    mode: crate::config::ReplyMode,
-    envelope: crate::core::catalog::Envelope,
+    mode: ReplyMode,
+    envelope: Envelope,
     r: &Refusal,
 ) -> Result<()> {
     let out = reply::render(r, envelope, mode);
@@ -418,12 +257,13 @@ impl ProxyHttp for Gateway {
             forward: None,
             upstream: None,
             tried: Vec::new(),
-            upstream_sent: None,
             req_bytes: 0,
             counted: false,
         }
     }
 
+    /// The whole request is handled here: refused, or forwarded by
+    /// [`super::forward::forward`]; pingora's own proxy phases never run.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.metrics.in_flight.inc();
         ctx.counted = true;
@@ -432,13 +272,12 @@ impl ProxyHttp for Gateway {
         let ip = client_ip(session);
         ctx.ip = Some(ip);
         let s = &st.settings;
-        let admitted = decision::admit(s, &*st.limits, &head_of(session, ip));
-        let admitted = match admitted {
+        let admitted = match decision::admit(&s.policy, &*st.limits, &head_of(session, ip)) {
             Ok(a) => a,
-            Err(rejected) => {
-                let (r, info) = *rejected;
+            Err(r) => {
+                let Rejected { refusal, info } = *r;
                 ctx.info = info;
-                self.refuse(session, ctx, r).await?;
+                self.refuse(session, ctx, refusal).await?;
                 return Ok(true);
             }
         };
@@ -453,120 +292,45 @@ impl ProxyHttp for Gateway {
             Err(BodyError::Io(e)) => return Err(e),
         };
         ctx.req_bytes = body.len();
-        let verdict = decision::finish(s, &*st.limits, &head_of(session, ip), admitted, &body);
+        let verdict = decision::finish(
+            &s.policy,
+            &*st.limits,
+            &head_of(session, ip),
+            admitted,
+            &body,
+        );
         match verdict {
             Verdict::Refuse(r, info) => {
                 ctx.info = info;
                 self.refuse(session, ctx, r).await?;
-                Ok(true)
             }
             Verdict::Forward(f, info) => {
-                if let Some(a) = &info.alias {
-                    self.shared
-                        .metrics
-                        .alias_rewrites
-                        .with_label_values(&[a])
-                        .inc();
-                }
                 ctx.info = info;
                 ctx.forward = Some(f);
-                if body.len() > PINGORA_REPLAY_LIMIT {
-                    self.forward_buffered(session, ctx, body).await?;
-                    return Ok(true);
-                }
-                Ok(false)
+                super::forward::forward(&self.shared, session, ctx, body).await?;
             }
         }
+        Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        self.pick_peer(ctx)
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        self.rewrite(upstream_request, ctx)
-    }
-
-    async fn connected_to_upstream(
-        &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
-        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
-        _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        ctx.upstream_sent = Some(Instant::now());
-        Ok(())
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        self.mark_upstream_ok(ctx);
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        let headers_on = ctx
-            .state
-            .as_ref()
-            .is_some_and(|s| s.settings.limits.headers);
-        if let (true, Some(a)) = (headers_on, ctx.forward.as_ref().and_then(|f| f.allowance)) {
-            resp.insert_header("RateLimit-Limit", a.limit.to_string())?;
-            resp.insert_header("RateLimit-Remaining", a.remaining.to_string())?;
-            resp.insert_header("RateLimit-Reset", reply::ceil_secs(a.reset).to_string())?;
-        }
-        Ok(())
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        self.count_upstream_error(ctx, &e, true);
-        let more = ctx.state.as_ref().is_some_and(|s| {
-            s.settings
-                .upstream
-                .servers
-                .iter()
-                .any(|a| !ctx.tried.contains(a))
-        });
-        // Nothing was sent yet: trying another upstream is safe for any method.
-        e.set_retry(more);
-        e
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // request_filter always answers; pingora's proxy path is never taken.
+        Err(Error::explain(
+            ErrorType::InternalError,
+            "the gateway forwards in request_filter",
+        ))
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.esource() {
             ErrorSource::Downstream => 0,
             _ if session.response_written().is_some() => 0,
-            src => {
+            _ => {
                 let reason = if timeout_kind(e) {
                     Reason::UpstreamTimeout
                 } else {
                     Reason::UpstreamError
                 };
-                if *src == ErrorSource::Upstream && ctx.upstream_sent.is_some() {
-                    self.count_upstream_error(ctx, e, false);
-                }
                 self.refuse(session, ctx, Refusal::new(reason))
                     .await
                     .unwrap_or(0)
@@ -588,7 +352,7 @@ impl ProxyHttp for Gateway {
         let label = ctx.info.label();
         let req = session.req_header();
         let http_method = req.method.as_str();
-        m.observe_request(label, http_method, ctx.refused, elapsed.as_secs_f64());
+        m.observe_request(&ctx.info, http_method, ctx.refused, elapsed.as_secs_f64());
         m.request_bytes
             .with_label_values(&[label])
             .inc_by(ctx.req_bytes as u64);

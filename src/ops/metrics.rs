@@ -2,14 +2,13 @@
 //! catalogue names or `other`, never usernames or raw paths.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::core::limits::LimitObserver;
+use crate::core::decision::CallInfo;
 use crate::core::reply::Reason;
 
 /// Latency buckets for MOR: 1 ms to 30 s.
@@ -227,14 +226,17 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request.
+    /// Records one finished request: the request counter and latency, the
+    /// hash failure, the alias rewrite and every rate-limit layer's decision.
+    /// The one place per-request metrics are emitted.
     pub fn observe_request(
         &self,
-        api_method: &str,
+        info: &CallInfo,
         http_method: &str,
         reason: Option<Reason>,
         seconds: f64,
     ) {
+        let api_method = info.label();
         let (outcome, reason_label) = Reason::labels(reason);
         let http_method = match http_method {
             "GET" | "HEAD" | "POST" => http_method,
@@ -246,8 +248,17 @@ impl Metrics {
         self.duration
             .with_label_values(&[api_method])
             .observe(seconds);
-        if reason == Some(Reason::BadHash) {
-            self.hash_failures.with_label_values(&[api_method]).inc();
+        match (reason, &info.alias) {
+            (Some(Reason::BadHash), _) => self.hash_failures.with_label_values(&[api_method]).inc(),
+            (None, Some(a)) => self.alias_rewrites.with_label_values(&[a]).inc(),
+            _ => {}
+        }
+        for (layer, allowed) in info.limits.iter() {
+            // The per-IP layer is checked before the method is known.
+            let m = if layer == "ip" { "all" } else { api_method };
+            self.limit_decisions
+                .with_label_values(&[layer, m, if allowed { "allowed" } else { "limited" }])
+                .inc();
         }
     }
 
@@ -265,21 +276,6 @@ impl Default for Metrics {
     }
 }
 
-/// Feeds limiter decisions into [`Metrics`].
-pub struct LimitMetrics(pub Arc<Metrics>);
-
-impl LimitObserver for LimitMetrics {
-    fn decision(&self, layer: &'static str, method: &str, allowed: bool) {
-        self.0
-            .limit_decisions
-            .with_label_values(&[layer, method, if allowed { "allowed" } else { "limited" }])
-            .inc();
-    }
-    fn lockouts_active(&self, n: usize) {
-        self.0.lockouts_active.set(n as i64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,9 +283,18 @@ mod tests {
     #[test]
     fn exposition_has_prefix_and_outcomes() {
         let m = Metrics::new();
-        m.observe_request("user_details_get", "POST", None, 0.01);
-        m.observe_request("other", "PUT", Some(Reason::MethodNotAllowed), 0.001);
-        m.observe_request("user_details_get", "POST", Some(Reason::BadHash), 0.001);
+        let call = CallInfo {
+            method: Some("user_details_get".into()),
+            ..CallInfo::default()
+        };
+        m.observe_request(&call, "POST", None, 0.01);
+        m.observe_request(
+            &CallInfo::default(),
+            "PUT",
+            Some(Reason::MethodNotAllowed),
+            0.001,
+        );
+        m.observe_request(&call, "POST", Some(Reason::BadHash), 0.001);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains(
             r#"mor_gateway_requests_total{api_method="user_details_get",http_method="POST",outcome="forwarded",reason=""} 1"#

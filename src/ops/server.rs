@@ -1,6 +1,6 @@
 //! Assembles the pingora server: the gateway proxy service, the metrics and
 //! health listener, the optional embedded simulator, and housekeeping
-//! (SIGHUP reload, limiter sweeps, upstream health probes).
+//! (SIGHUP reload, limiter sweeps, upstream health checks).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +30,9 @@ pub enum ServerError {
     /// The access log file could not be opened.
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    /// The upstream set could not be built.
+    #[error("upstreams: {0}")]
+    Upstreams(std::io::Error),
 }
 
 /// What to serve.
@@ -60,14 +63,15 @@ fn text_response(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         match session.req_header().uri.path() {
-            "/metrics" => text_response(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.shared.metrics.render(),
-            ),
+            "/metrics" => {
+                let m = &self.shared.metrics;
+                m.lockouts_active
+                    .set(self.shared.state.load().limits.active_lockouts() as i64);
+                text_response(200, "text/plain; version=0.0.4; charset=utf-8", m.render())
+            }
             "/healthz" => text_response(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.shared.any_upstream_up() {
+                if self.shared.state.load().upstreams.any_up() {
                     text_response(200, "text/plain", b"ready\n".to_vec())
                 } else {
                     text_response(503, "text/plain", b"no upstream is up\n".to_vec())
@@ -78,13 +82,13 @@ impl ServeHttp for MetricsApp {
     }
 }
 
-/// SIGHUP reloads, limiter sweeps and upstream probes.
+/// SIGHUP reloads, limiter sweeps and upstream health checks.
 pub struct Housekeeping {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
 }
 
-/// How often idle limiter keys are swept and upstreams probed.
+/// How often idle limiter keys are swept.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Housekeeping {
@@ -105,26 +109,21 @@ impl Housekeeping {
                         path.display()
                     );
                 }
-                self.shared.reload(Arc::new(new));
-                m.reloads.with_label_values(&["ok"]).inc();
-                tracing::info!("configuration reloaded from {}", path.display());
+                match self.shared.reload(Arc::new(new)) {
+                    Ok(()) => {
+                        m.reloads.with_label_values(&["ok"]).inc();
+                        tracing::info!("configuration reloaded from {}", path.display());
+                    }
+                    Err(e) => {
+                        m.reloads.with_label_values(&["failed"]).inc();
+                        tracing::error!("reload refused, keeping the running configuration: {e}");
+                    }
+                }
             }
             Err(e) => {
                 m.reloads.with_label_values(&["failed"]).inc();
                 tracing::error!("reload refused, keeping the running configuration: {e}");
             }
-        }
-    }
-
-    async fn probe(&self) {
-        let st = self.shared.state.load_full();
-        let timeout = st.settings.upstream.connect_timeout;
-        for addr in &st.settings.upstream.servers {
-            let up = matches!(
-                tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
-                Ok(Ok(_))
-            );
-            self.shared.set_upstream_health(*addr, up);
         }
     }
 }
@@ -139,13 +138,16 @@ impl BackgroundService for Housekeeping {
                 None
             }
         };
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => self.reload(),
-                _ = tick.tick() => {
-                    self.shared.state.load().limits.sweep();
-                    self.probe().await;
+                _ = sweep.tick() => self.shared.state.load().limits.sweep(),
+                _ = tokio::time::sleep_until(next_check) => {
+                    let st = self.shared.state.load_full();
+                    st.upstreams.check().await;
+                    next_check = tokio::time::Instant::now() + st.settings.upstream.health_check_interval;
                 }
                 _ = shutdown.changed() => break,
             }
@@ -170,7 +172,7 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
     let log = AccessLog::open(s.access_log, s.access_log_path.as_deref())
         .map_err(ServerError::AccessLog)?;
-    let shared = Arc::new(Shared::new(s.clone(), metrics, log));
+    let shared = Arc::new(Shared::new(s.clone(), metrics, log).map_err(ServerError::Upstreams)?);
 
     let conf = ServerConf {
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,

@@ -149,7 +149,7 @@ fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
 pub fn body_for(upstreams: &[SocketAddr], top: &str, tables: &str) -> String {
     let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout_ms = 500\nread_timeout_ms = 3000\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\nmode = \"off\"\n\n{tables}\n",
+        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout = \"500ms\"\nread_timeout = \"3s\"\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\nmode = \"off\"\n\n{tables}\n",
         ups.join(", ")
     )
 }

@@ -1,0 +1,427 @@
+//! From the file as written ([`schema::File`]) to the runtime [`Settings`]:
+//! every check, and all the I/O a configuration needs (secrets from the
+//! environment or files, the catalogue file, DNS of the upstreams). The
+//! environment is passed in ([`Env`]), so tests never change the process's.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::schema::{self, LogMode};
+use super::{invalid, ConfigError, SecretSource, Settings, Upstream};
+use crate::core::catalog::Catalog;
+use crate::core::limits::{LimitSettings, Lockout, QuotaSpec};
+use crate::core::policy::{Policy, Reseller, Secret};
+
+/// Where `*_env` secrets are looked up.
+pub trait Env {
+    /// The value of variable `name`, if set.
+    fn var(&self, name: &str) -> Option<OsString>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<OsString> {
+        std::env::var_os(name)
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn var(&self, name: &str) -> Option<OsString> {
+        self.get(name).map(OsString::from)
+    }
+}
+
+/// Reads a secret from its source. `key` names the config key for errors.
+fn read_secret(env: &dyn Env, key: &str, source: &SecretSource) -> Result<Secret, ConfigError> {
+    let bytes = match source {
+        SecretSource::Env(var) => match env.var(var) {
+            Some(v) => v.into_encoded_bytes(),
+            None => {
+                return Err(invalid(
+                    key,
+                    format!("environment variable {var} is not set"),
+                ))
+            }
+        },
+        SecretSource::File(path) => {
+            let mut b = std::fs::read(path).map_err(|e| {
+                invalid(key, format!("cannot read key file {}: {e}", path.display()))
+            })?;
+            if b.last() == Some(&b'\n') {
+                b.pop();
+                if b.last() == Some(&b'\r') {
+                    b.pop();
+                }
+            }
+            b
+        }
+    };
+    if bytes.is_empty() {
+        return Err(invalid(
+            key,
+            "the secret key is empty (MOR refuses to enable the API without one)",
+        ));
+    }
+    Ok(Secret::new(&bytes))
+}
+
+fn secret_source(
+    key_env: &str,
+    env: Option<String>,
+    key_file: &str,
+    file: Option<PathBuf>,
+) -> Result<SecretSource, ConfigError> {
+    match (env, file) {
+        (Some(v), None) if !v.is_empty() => Ok(SecretSource::Env(v)),
+        (None, Some(p)) => Ok(SecretSource::File(p)),
+        (Some(_), Some(_)) => Err(invalid(
+            key_env,
+            format!("set either {key_env} or {key_file}, not both"),
+        )),
+        _ => Err(invalid(
+            key_env,
+            format!("a secret key is required: set {key_env} (variable name) or {key_file}"),
+        )),
+    }
+}
+
+fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| invalid(key, format!("'{s}' is not an IP:port address")))
+}
+
+/// A quota governor can build: a positive rate whose cell interval fits in
+/// nanoseconds, and a burst of at least one.
+fn quota_ok(key: &str, q: &QuotaSpec) -> Result<(), ConfigError> {
+    if !(q.per_second.is_finite() && q.per_second > 0.0) {
+        return Err(invalid(key, "per_second must be a positive number"));
+    }
+    if 1.0 / q.per_second > (u64::MAX / 1_000_000_000) as f64 {
+        return Err(invalid(
+            key,
+            "per_second is too small (at least one request per 500 years)",
+        ));
+    }
+    if q.burst == 0 {
+        return Err(invalid(key, "burst must be at least 1"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(key, "must be more than 0"));
+    }
+    Ok(d)
+}
+
+fn upstream(u: schema::Upstream) -> Result<Upstream, ConfigError> {
+    if u.servers.is_empty() {
+        return Err(invalid(
+            "upstream.servers",
+            "at least one MOR server is required",
+        ));
+    }
+    let mut servers = Vec::new();
+    for (i, s) in u.servers.iter().enumerate() {
+        let key = format!("upstream.servers[{i}]");
+        let addr = s
+            .to_socket_addrs()
+            .map_err(|e| invalid(&key, format!("'{s}' does not resolve: {e}")))?
+            .next()
+            .ok_or_else(|| invalid(&key, format!("'{s}' resolves to no address")))?;
+        servers.push(addr);
+    }
+    Ok(Upstream {
+        servers,
+        connect_timeout: positive("upstream.connect_timeout", u.connect_timeout)?,
+        read_timeout: positive("upstream.read_timeout", u.read_timeout)?,
+        write_timeout: positive("upstream.write_timeout", u.write_timeout)?,
+        idle_timeout: u.idle_timeout,
+        keepalive_pool_size: u.keepalive_pool_size,
+        health_check_interval: positive("upstream.health_check_interval", u.health_check_interval)?,
+        x_forwarded_for: u.x_forwarded_for,
+    })
+}
+
+fn catalog(
+    api: &schema::Api,
+    product: crate::core::catalog::Product,
+    base: &Path,
+) -> Result<(Catalog, Option<PathBuf>), ConfigError> {
+    let mut catalog = Catalog::parse(crate::core::catalog::EMBEDDED, product)?;
+    let file = match &api.catalog_file {
+        Some(p) => {
+            let full = if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            };
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                invalid(
+                    "api.catalog_file",
+                    format!("cannot read {}: {e}", full.display()),
+                )
+            })?;
+            catalog
+                .extend(&text)
+                .map_err(|e| invalid("api.catalog_file", format!("{}: {e}", full.display())))?;
+            Some(full)
+        }
+        None => None,
+    };
+    for (name, patch) in &api.methods {
+        catalog
+            .patch(name, patch)
+            .map_err(|e| invalid(format!("api.methods.{name}"), e.to_string()))?;
+    }
+    for (alias, target) in &api.aliases {
+        catalog
+            .add_alias(alias, target)
+            .map_err(|e| invalid(format!("api.aliases.{alias}"), e.to_string()))?;
+    }
+    Ok((catalog, file))
+}
+
+struct Tenants {
+    resellers: Vec<Reseller>,
+    sources: Vec<SecretSource>,
+    reseller_of: HashMap<String, usize>,
+    by_uniquehash: HashMap<String, usize>,
+}
+
+fn resellers(env: &dyn Env, raw: Vec<schema::Reseller>) -> Result<Tenants, ConfigError> {
+    let mut t = Tenants {
+        resellers: Vec::new(),
+        sources: Vec::new(),
+        reseller_of: HashMap::new(),
+        by_uniquehash: HashMap::new(),
+    };
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = format!("resellers[{i}]");
+        if r.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "must not be empty"));
+        }
+        let source = secret_source(
+            &format!("{key}.key_env"),
+            r.key_env,
+            &format!("{key}.key_file"),
+            r.key_file,
+        )?;
+        let secret = read_secret(env, &format!("{key}.key"), &source)?;
+        for (j, user) in std::iter::once(&r.name).chain(r.users.iter()).enumerate() {
+            if user.is_empty() {
+                return Err(invalid(format!("{key}.users"), "empty username"));
+            }
+            if let Some(prev) = t.reseller_of.insert(user.clone(), i) {
+                if prev != i || j > 0 {
+                    return Err(invalid(
+                        format!("{key}.users"),
+                        format!("username '{user}' is listed twice (one owner per user)"),
+                    ));
+                }
+            }
+        }
+        if let Some(uh) = &r.uniquehash {
+            if uh.is_empty() || t.by_uniquehash.insert(uh.clone(), i).is_some() {
+                return Err(invalid(
+                    format!("{key}.uniquehash"),
+                    "must be non-empty and differ from every other reseller's",
+                ));
+            }
+        }
+        t.resellers.push(Reseller {
+            name: r.name,
+            key: secret,
+            users: r.users,
+            uniquehash: r.uniquehash,
+        });
+        t.sources.push(source);
+    }
+    Ok(t)
+}
+
+fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigError> {
+    let mut exempt = Vec::new();
+    for (i, s) in l.exempt.iter().enumerate() {
+        let net = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                invalid(
+                    format!("limits.exempt[{i}]"),
+                    format!("'{s}' is not a CIDR or IP"),
+                )
+            })?;
+        exempt.push(net);
+    }
+    if let Some(q) = &l.per_ip {
+        quota_ok("limits.per_ip", q)?;
+    }
+    if let Some(q) = &l.per_user {
+        quota_ok("limits.per_user", q)?;
+    }
+    let mut tables = [HashMap::new(), HashMap::new()];
+    for ((table, map), out) in [
+        ("limits.per_method", &l.per_method),
+        ("limits.per_method_user", &l.per_method_user),
+    ]
+    .into_iter()
+    .zip(tables.iter_mut())
+    {
+        for (m, q) in map {
+            let key = format!("{table}.{m}");
+            quota_ok(&key, q)?;
+            let found = catalog
+                .lookup(m)
+                .ok_or_else(|| invalid(&key, format!("'{m}' is not a method in the catalogue")))?;
+            // Aliases share their method's bucket.
+            out.insert(found.method.name.clone(), *q);
+        }
+    }
+    if l.max_tracked_keys == 0 {
+        return Err(invalid("limits.max_tracked_keys", "must be at least 1"));
+    }
+    let lockout = match l.lockout {
+        None => None,
+        Some(lo) => {
+            if lo.failures == 0 {
+                return Err(invalid("limits.lockout.failures", "must be at least 1"));
+            }
+            Some(Lockout {
+                failures: lo.failures,
+                window: positive("limits.lockout.window", lo.window)?,
+                cooloff: positive("limits.lockout.cooloff", lo.cooloff)?,
+            })
+        }
+    };
+    let [per_method, per_method_user] = tables;
+    Ok(LimitSettings {
+        exempt,
+        per_ip: l.per_ip,
+        per_user: l.per_user,
+        per_method,
+        per_method_user,
+        max_tracked_keys: l.max_tracked_keys,
+        headers: l.headers,
+        lockout,
+    })
+}
+
+/// Checks `raw` and builds the runtime settings; `path` is the file it came
+/// from (messages, and the base of a relative `catalog_file`).
+pub fn resolve(
+    raw: schema::File,
+    path: Option<&Path>,
+    env: &dyn Env,
+) -> Result<Settings, ConfigError> {
+    let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
+    if raw.listen.is_empty() {
+        return Err(invalid("listen", "at least one address is required"));
+    }
+    let listen = raw
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_listen(&format!("listen[{i}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if raw.threads == Some(0) {
+        return Err(invalid("threads", "must be at least 1"));
+    }
+    if raw.read_buffer_bytes != 0 && !(1024..=1024 * 1024).contains(&raw.read_buffer_bytes) {
+        return Err(invalid(
+            "read_buffer_bytes",
+            "must be 0 (unbuffered) or between 1024 and 1048576",
+        ));
+    }
+    let upstream = upstream(raw.upstream)?;
+
+    let api = raw.api;
+    let prefix = api.prefix.trim_end_matches('/').to_string();
+    if !api.prefix.starts_with('/')
+        || prefix.is_empty()
+        || prefix.contains("//")
+        || prefix.split('/').any(|s| s == "." || s == "..")
+    {
+        return Err(invalid(
+            "api.prefix",
+            format!(
+                "'{}' must be an absolute path like /billing/api",
+                api.prefix
+            ),
+        ));
+    }
+    if api.max_body_bytes == 0 {
+        return Err(invalid("api.max_body_bytes", "must be at least 1"));
+    }
+    let (catalog, catalog_file) = catalog(&api, raw.product, base)?;
+
+    let admin_key_source = secret_source(
+        "secrets.admin_key_env",
+        raw.secrets.admin_key_env,
+        "secrets.admin_key_file",
+        raw.secrets.admin_key_file,
+    )?;
+    let admin_key = read_secret(env, "secrets.admin_key", &admin_key_source)?;
+    let tenants = resellers(env, raw.resellers)?;
+    let limits = limits(raw.limits, &catalog)?;
+
+    let metrics_listen = match raw.metrics.listen.as_str() {
+        "" => None,
+        s => Some(parse_listen("metrics.listen", s)?),
+    };
+    if raw.access_log.mode == LogMode::File && raw.access_log.path.is_none() {
+        return Err(invalid(
+            "access_log.path",
+            "required when access_log.mode = \"file\"",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for a in listen.iter().chain(metrics_listen.iter()) {
+        if a.port() != 0 && !seen.insert(*a) {
+            return Err(invalid("listen", format!("address {a} is used twice")));
+        }
+    }
+
+    Ok(Settings {
+        source: path.map(Path::to_path_buf),
+        product: raw.product,
+        listen,
+        threads: raw.threads,
+        read_buffer_bytes: raw.read_buffer_bytes,
+        work_stealing: raw.work_stealing,
+        reply_mode: raw.reply_mode,
+        upstream,
+        max_body_bytes: api.max_body_bytes,
+        policy: Arc::new(Policy {
+            prefix,
+            allow_api: api.allow_api,
+            allow_get: api.allow_get,
+            verify_hash: api.verify_hash,
+            unknown_methods: api.unknown_methods,
+            rest_v2: api.rest_v2,
+            other_paths: api.other_paths,
+            admin_key,
+            resellers: tenants.resellers,
+            reseller_of: tenants.reseller_of,
+            reseller_by_uniquehash: tenants.by_uniquehash,
+            catalog,
+        }),
+        admin_key_source,
+        reseller_key_sources: tenants.sources,
+        catalog_file,
+        limits,
+        metrics_listen,
+        access_log: raw.access_log.mode,
+        access_log_path: raw.access_log.path,
+    })
+}

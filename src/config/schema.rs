@@ -1,0 +1,293 @@
+//! The configuration file as written: one struct per TOML table, unknown keys
+//! refused, one `Default` per section (the documented defaults of
+//! `config/gateway.toml`), durations written with a unit ("500ms", "30s").
+//! No I/O and no validation here: [`super::resolve`] does both.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::core::catalog::{MethodPatch, Product};
+use crate::core::limits::QuotaSpec;
+use crate::core::policy::PathPolicy;
+use crate::core::reply::ReplyMode;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Which product's catalogue entries are served.
+    #[serde(default = "mor")]
+    pub product: Product,
+    /// Gateway listen addresses.
+    pub listen: Vec<String>,
+    /// How refusals are answered.
+    #[serde(default = "mor_replies")]
+    pub reply_mode: ReplyMode,
+    /// Worker threads (absent: one per CPU).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Per-connection read buffer of the gateway listeners (0: unbuffered).
+    #[serde(default)]
+    pub read_buffer_bytes: usize,
+    /// Work-stealing tokio runtime.
+    #[serde(default)]
+    pub work_stealing: bool,
+    /// `[upstream]`.
+    pub upstream: Upstream,
+    /// `[api]`.
+    #[serde(default)]
+    pub api: Api,
+    /// `[secrets]`.
+    pub secrets: Secrets,
+    /// `[[resellers]]`.
+    #[serde(default)]
+    pub resellers: Vec<Reseller>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: Limits,
+    /// `[metrics]`.
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// `[access_log]`.
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+fn mor() -> Product {
+    Product::Mor
+}
+
+fn mor_replies() -> ReplyMode {
+    ReplyMode::Mor
+}
+
+/// How `X-Forwarded-For` is sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardedFor {
+    /// The client's address only: the gateway is the edge, anything the
+    /// client sent is dropped (it could be spoofed).
+    Replace,
+    /// Append the client's address to the incoming header (behind a trusted
+    /// load balancer that sets it).
+    Append,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// MOR servers, `host:port`.
+    pub servers: Vec<String>,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for each read from MOR.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Longest wait for each write to MOR.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Idle keep-alive connections to MOR are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle connections kept for reuse.
+    pub keepalive_pool_size: usize,
+    /// How often each server is probed (TCP connect).
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+    /// `X-Forwarded-For` handling.
+    pub x_forwarded_for: ForwardedFor,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            servers: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            keepalive_pool_size: 128,
+            health_check_interval: Duration::from_secs(5),
+            x_forwarded_for: ForwardedFor::Replace,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Api {
+    /// Path prefix of MOR's API.
+    pub prefix: String,
+    /// MOR's "Allow API".
+    pub allow_api: bool,
+    /// MOR's "Allow GET API".
+    pub allow_get: bool,
+    /// Verify hashes at the edge.
+    pub verify_hash: bool,
+    /// API methods not in the catalogue.
+    pub unknown_methods: PathPolicy,
+    /// `<prefix>/v2/...`.
+    pub rest_v2: PathPolicy,
+    /// Paths outside the prefix.
+    pub other_paths: PathPolicy,
+    /// Largest body buffered before the verdict.
+    pub max_body_bytes: usize,
+    /// A catalogue file that extends the built-in one.
+    pub catalog_file: Option<PathBuf>,
+    /// Extra legacy names: alias -> canonical method.
+    pub aliases: BTreeMap<String, String>,
+    /// Per-method patches of the catalogue.
+    pub methods: BTreeMap<String, MethodPatch>,
+}
+
+impl Default for Api {
+    fn default() -> Self {
+        Api {
+            prefix: "/billing/api".into(),
+            allow_api: true,
+            allow_get: false,
+            verify_hash: true,
+            unknown_methods: PathPolicy::Forward,
+            rest_v2: PathPolicy::Refuse,
+            other_paths: PathPolicy::Refuse,
+            max_body_bytes: 1024 * 1024,
+            catalog_file: None,
+            aliases: BTreeMap::new(),
+            methods: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[secrets]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Secrets {
+    /// Environment variable holding the admin key.
+    pub admin_key_env: Option<String>,
+    /// File holding the admin key.
+    pub admin_key_file: Option<PathBuf>,
+}
+
+/// One `[[resellers]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reseller {
+    /// The reseller's own username.
+    pub name: String,
+    /// Environment variable holding its key.
+    #[serde(default)]
+    pub key_env: Option<String>,
+    /// File holding its key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Usernames it owns.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Its uniquehash.
+    #[serde(default)]
+    pub uniquehash: Option<String>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Sources never limited (CIDRs or IPs).
+    pub exempt: Vec<String>,
+    /// Per client IP, before the hash.
+    pub per_ip: Option<QuotaSpec>,
+    /// Per verified user.
+    pub per_user: Option<QuotaSpec>,
+    /// Per method, all users together.
+    pub per_method: BTreeMap<String, QuotaSpec>,
+    /// Per method and user.
+    pub per_method_user: BTreeMap<String, QuotaSpec>,
+    /// Hard cap on tracked keys per keyed limiter.
+    pub max_tracked_keys: usize,
+    /// Send RateLimit-* headers on allowed calls.
+    pub headers: bool,
+    /// `[limits.lockout]`.
+    pub lockout: Option<Lockout>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            exempt: Vec::new(),
+            per_ip: None,
+            per_user: None,
+            per_method: BTreeMap::new(),
+            per_method_user: BTreeMap::new(),
+            max_tracked_keys: 100_000,
+            headers: false,
+            lockout: None,
+        }
+    }
+}
+
+/// `[limits.lockout]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lockout {
+    /// Failures that trip it.
+    pub failures: u32,
+    /// Window the failures are counted in.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long the pair is refused.
+    #[serde(with = "humantime_serde")]
+    pub cooloff: Duration,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Listener for /metrics, /healthz, /readyz ("" turns it off).
+    pub listen: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+/// Where the access log goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogMode {
+    /// No access log.
+    Off,
+    /// One JSON line per request on standard output.
+    Stdout,
+    /// One JSON line per request appended to `access_log.path`.
+    File,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// Where it goes.
+    pub mode: LogMode,
+    /// The file, with mode = "file".
+    pub path: Option<PathBuf>,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            mode: LogMode::Stdout,
+            path: None,
+        }
+    }
+}
