@@ -1,6 +1,14 @@
 //! Criterion microbenchmarks of the decision core: parse + normalise +
 //! verify + decide, for a GET, a form POST and a JSON POST, plus a bad hash.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 

@@ -8,6 +8,14 @@
 //! (VmHWM) growth and what a sweep gives back. Under `cargo test` it runs a
 //! 10,000-key smoke pass only.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;

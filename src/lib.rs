@@ -10,6 +10,6 @@
 
 pub mod config;
 pub mod core;
-pub mod edge;
+pub(crate) mod edge;
 pub mod ops;
 pub mod sim;

@@ -5,6 +5,14 @@
 //! examples are listed here by name, each with the reason, so a change of
 //! model that moves any example shows up.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 use mor_gateway::core::catalog::{Catalog, Product, EMBEDDED};
 use mor_gateway::core::params::Params;
 use mor_gateway::core::signature;

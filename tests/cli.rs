@@ -1,5 +1,13 @@
 //! The command line: `check` (like nginx -t), `sign`, and the shipped configs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 mod common;
 use common::{temp_dir, BIN};
 use std::process::{Command, Output};

@@ -12,6 +12,14 @@
 //! reseller itself with the admin key. Then every alias, and the groups MOR
 //! answers without a hash.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,14 @@
 //! loopback HTTP. Covers verification, policies, parameter views, path safety,
 //! aliases, replies, forwarding, timeouts and several upstreams.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 mod common;
 use common::*;
 

@@ -1,5 +1,13 @@
 //! Rate limits and the failed-hash lockout, end to end over real HTTP.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 mod common;
 use common::*;
 use std::time::{Duration, Instant};

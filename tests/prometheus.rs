@@ -35,6 +35,14 @@
 //! Without a `prometheus` binary the test fails when `CI` is set, and is
 //! skipped with a loud note otherwise.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 mod common;
 use common::*;
 

@@ -7,5 +7,5 @@ pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod reply;
-pub mod route;
+pub(crate) mod route;
 pub mod signature;

@@ -53,6 +53,10 @@ pub struct Metrics {
 }
 
 /// Registers a metric built from static definitions and returns it.
+#[allow(
+    clippy::expect_used,
+    reason = "static names and labels, fixed at build time and unit-tested; start-up only"
+)]
 fn reg<M: prometheus::core::Collector + Clone + 'static>(
     r: &Registry,
     m: prometheus::Result<M>,
@@ -84,6 +88,10 @@ pub const GIT_SHA: &str = match option_env!("MOR_GATEWAY_GIT_SHA") {
 
 impl Metrics {
     /// Creates and registers every metric.
+    #[allow(
+        clippy::expect_used,
+        reason = "a static prefix, unit-tested; start-up only"
+    )]
     pub fn new() -> Metrics {
         let r = Registry::new_custom(Some("mor_gateway".into()), None).expect("valid prefix");
         let m = Metrics {

@@ -188,6 +188,10 @@ pub fn route(path: &str, prefix: &str) -> Option<Target> {
 
 impl Simulator {
     /// A simulator with the seed dataset.
+    #[allow(
+        clippy::expect_used,
+        reason = "the facts are embedded at build time and unit-tested; start-up only"
+    )]
     pub fn new(settings: SimSettings) -> Simulator {
         let rules = Rules::embedded().expect("the embedded facts are valid (unit-tested)");
         Simulator {
