@@ -80,6 +80,43 @@ fn bench(c: &mut Criterion) {
             bad.as_bytes(),
         ),
     ];
+    // Pre-authentication work must be linear in the request size: a 1 MiB
+    // form of bracket keys over 1,000 bases costs what a plain 1 MiB form of
+    // as many pairs costs (both are parsed whole before the hash is checked).
+    let fill = |pair: &dyn Fn(usize) -> String| {
+        let mut out = format!("u=admin&user_id=123&hash={H}");
+        let mut i = 0;
+        while out.len() < 1024 * 1024 {
+            out.push('&');
+            out.push_str(&pair(i % 1000));
+            i += 1;
+        }
+        out
+    };
+    let plain = fill(&|i| format!("a{i}x=1"));
+    let brackets = fill(&|i| format!("k{i}[]=1"));
+    let post_form = Head {
+        method: "POST",
+        path: "/billing/api/user_details_get",
+        query: None,
+        content_type: Some("application/x-www-form-urlencoded"),
+        client_ip: ip,
+    };
+    let mut slow = c.benchmark_group("prehash_1MiB");
+    slow.sample_size(10);
+    for (name, body) in [("plain", &plain), ("brackets", &brackets)] {
+        slow.bench_function(name, |b| {
+            b.iter(|| {
+                decide(
+                    black_box(&s.policy),
+                    &Open,
+                    &post_form,
+                    black_box(body.as_bytes()),
+                )
+            })
+        });
+    }
+    slow.finish();
     for (name, head, body) in &cases {
         let v = decide(&s.policy, &Open, head, body);
         assert_eq!(

@@ -72,7 +72,7 @@ macro_rules! note {
 }
 
 /// The gateway's configuration body (tests/common adds the listen addresses
-/// and `[metrics]`). Durations are written in the new key form.
+/// and `[metrics]`).
 fn gateway_body(upstreams: &[SocketAddr]) -> String {
     let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
@@ -81,6 +81,7 @@ fn gateway_body(upstreams: &[SocketAddr]) -> String {
 servers = [{}]
 connect_timeout = "300ms"
 read_timeout = "700ms"
+pass_headers = ["X-Sim-Delay-Ms"]
 [secrets]
 admin_key_env = "GW_KEY"
 [access_log]

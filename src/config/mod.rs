@@ -97,6 +97,8 @@ pub struct Upstream {
     pub health_check_interval: Duration,
     /// `X-Forwarded-For` handling.
     pub x_forwarded_for: ForwardedFor,
+    /// Extra end-to-end request headers passed to MOR as sent.
+    pub pass_headers: Vec<http::HeaderName>,
 }
 
 /// The resolved, validated configuration.
@@ -120,6 +122,8 @@ pub struct Settings {
     pub upstream: Upstream,
     /// Largest request body buffered (413 beyond).
     pub max_body_bytes: usize,
+    /// All request bodies buffered before their verdicts, together (503 beyond).
+    pub max_buffered_bytes: usize,
     /// What the decision core reads: policies, keys, owners, catalogue.
     pub policy: Arc<Policy>,
     /// Where the admin key came from.

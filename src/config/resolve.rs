@@ -150,7 +150,45 @@ fn upstream(u: schema::Upstream) -> Result<Upstream, ConfigError> {
         keepalive_pool_size: u.keepalive_pool_size,
         health_check_interval: positive("upstream.health_check_interval", u.health_check_interval)?,
         x_forwarded_for: u.x_forwarded_for,
+        pass_headers: pass_headers(&u.pass_headers)?,
     })
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and the gateway's own: never passed.
+const NEVER_PASSED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "http2-settings",
+    "expect",
+];
+
+fn pass_headers(names: &[String]) -> Result<Vec<http::HeaderName>, ConfigError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let key = format!("upstream.pass_headers[{i}]");
+            let h = http::HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| invalid(&key, format!("'{n}' is not a header name")))?;
+            let lower = h.as_str();
+            if NEVER_PASSED.contains(&lower)
+                || crate::core::framing::PROTECTED.contains(&lower)
+                || lower.starts_with("x-forwarded")
+            {
+                return Err(invalid(
+                    key,
+                    format!("'{n}' is set by the gateway or hop-by-hop; it cannot be passed"),
+                ));
+            }
+            Ok(h)
+        })
+        .collect()
 }
 
 fn catalog(
@@ -363,6 +401,12 @@ pub fn resolve(
     if api.max_body_bytes == 0 {
         return Err(invalid("api.max_body_bytes", "must be at least 1"));
     }
+    if api.max_buffered_bytes < api.max_body_bytes {
+        return Err(invalid(
+            "api.max_buffered_bytes",
+            "must be at least api.max_body_bytes",
+        ));
+    }
     let (catalog, catalog_file) = catalog(&api, raw.product, base)?;
 
     let admin_key_source = secret_source(
@@ -402,6 +446,7 @@ pub fn resolve(
         reply_mode: raw.reply_mode,
         upstream,
         max_body_bytes: api.max_body_bytes,
+        max_buffered_bytes: api.max_buffered_bytes,
         policy: Arc::new(Policy {
             prefix,
             allow_api: api.allow_api,

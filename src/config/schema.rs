@@ -101,6 +101,8 @@ pub struct Upstream {
     pub health_check_interval: Duration,
     /// `X-Forwarded-For` handling.
     pub x_forwarded_for: ForwardedFor,
+    /// Extra end-to-end request headers passed to MOR as sent.
+    pub pass_headers: Vec<String>,
 }
 
 impl Default for Upstream {
@@ -114,6 +116,7 @@ impl Default for Upstream {
             keepalive_pool_size: 128,
             health_check_interval: Duration::from_secs(5),
             x_forwarded_for: ForwardedFor::Replace,
+            pass_headers: Vec::new(),
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct Api {
     pub other_paths: PathPolicy,
     /// Largest body buffered before the verdict.
     pub max_body_bytes: usize,
+    /// All bodies buffered before their verdicts, together.
+    pub max_buffered_bytes: usize,
     /// A catalogue file that extends the built-in one.
     pub catalog_file: Option<PathBuf>,
     /// Extra legacy names: alias -> canonical method.
@@ -157,6 +162,7 @@ impl Default for Api {
             rest_v2: PathPolicy::Refuse,
             other_paths: PathPolicy::Refuse,
             max_body_bytes: 1024 * 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
             catalog_file: None,
             aliases: BTreeMap::new(),
             methods: BTreeMap::new(),

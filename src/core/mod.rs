@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod decision;
+pub mod framing;
 pub mod limits;
 pub mod params;
 pub mod policy;

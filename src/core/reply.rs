@@ -45,6 +45,14 @@ pub enum Reason {
     NotFound,
     /// Body over `max_body_bytes`.
     BodyTooLarge,
+    /// Framing or headers that could be read two ways (always 400, closed).
+    BadFraming,
+    /// The bodies buffered before their verdict are at their global budget.
+    Overloaded,
+    /// The client stopped sending its request mid-way (never answered).
+    ClientClosed,
+    /// The client was too slow sending its request.
+    ClientTimeout,
     /// MOR could not be reached or failed mid-answer.
     UpstreamError,
     /// MOR did not answer within the timeout.
@@ -53,7 +61,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 18] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -66,6 +74,10 @@ impl Reason {
         Reason::MethodDisabled,
         Reason::NotFound,
         Reason::BodyTooLarge,
+        Reason::BadFraming,
+        Reason::Overloaded,
+        Reason::ClientClosed,
+        Reason::ClientTimeout,
         Reason::UpstreamError,
         Reason::UpstreamTimeout,
     ];
@@ -84,6 +96,10 @@ impl Reason {
             Reason::UsernameOnly | Reason::MethodDisabled => "Access Denied",
             Reason::NotFound => "Not found",
             Reason::BodyTooLarge => "Request body too large",
+            Reason::BadFraming => "Bad request",
+            Reason::Overloaded => "Server busy, try later",
+            Reason::ClientClosed => "Client closed the request",
+            Reason::ClientTimeout => "Request timeout",
             Reason::UpstreamError => "MOR server unavailable",
             Reason::UpstreamTimeout => "MOR server timed out",
         }
@@ -101,18 +117,29 @@ impl Reason {
             Reason::BadRequest => 400,
             Reason::UnknownMethod | Reason::NotFound => 404,
             Reason::BodyTooLarge => 413,
+            Reason::BadFraming => 400,
+            Reason::Overloaded => 503,
+            Reason::ClientClosed => 499,
+            Reason::ClientTimeout => 408,
             Reason::UpstreamError => 502,
             Reason::UpstreamTimeout => 504,
         }
     }
 
     /// Status actually sent in `mode`: MOR answers its own refusals with 200;
-    /// transport failures (413, 502, 504) keep their status in both modes.
+    /// transport and client faults (400 framing, 408, 413, 503, 502, 504) keep their status.
     pub fn status(self, mode: ReplyMode) -> u16 {
         match (mode, self) {
-            (_, Reason::BodyTooLarge | Reason::UpstreamError | Reason::UpstreamTimeout) => {
-                self.http_status()
-            }
+            (
+                _,
+                Reason::BodyTooLarge
+                | Reason::BadFraming
+                | Reason::Overloaded
+                | Reason::ClientClosed
+                | Reason::ClientTimeout
+                | Reason::UpstreamError
+                | Reason::UpstreamTimeout,
+            ) => self.http_status(),
             (ReplyMode::Mor, _) => 200,
             (ReplyMode::Http, _) => self.http_status(),
         }
@@ -122,7 +149,8 @@ impl Reason {
     /// (a forwarded call's outcome is `forwarded`).
     pub fn outcome(self) -> &'static str {
         match self {
-            Reason::Limited | Reason::LockedOut => "limited",
+            Reason::Limited | Reason::LockedOut | Reason::Overloaded => "limited",
+            Reason::ClientClosed | Reason::ClientTimeout => "client_error",
             Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
             _ => "refused",
         }
@@ -149,6 +177,10 @@ impl Reason {
             Reason::MethodDisabled => "method_disabled",
             Reason::NotFound => "not_found",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::BadFraming => "bad_framing",
+            Reason::Overloaded => "overloaded",
+            Reason::ClientClosed => "client_closed",
+            Reason::ClientTimeout => "client_timeout",
             Reason::UpstreamError => "upstream_error",
             Reason::UpstreamTimeout => "upstream_timeout",
         }

@@ -14,6 +14,7 @@ use pingora::{Error, ErrorType};
 
 use super::proxy::{timeout_kind, Ctx, Shared};
 use crate::config::ForwardedFor;
+use crate::core::decision::Signer;
 use crate::core::reply;
 
 /// Counts an upstream error by kind.
@@ -34,24 +35,57 @@ fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
     }
 }
 
-/// The request header sent upstream: the client's, with the canonical path,
-/// the gateway's client-address headers, and no `Expect` (the gateway
-/// answered any 100-continue itself).
-fn upstream_request(session: &Session, ctx: &Ctx) -> Result<RequestHeader> {
-    let mut req = session.req_header().clone();
-    if let Some(f) = &ctx.forward {
-        let uri: http::Uri = f
-            .path_and_query
-            .parse()
-            .map_err(|e| Error::because(ErrorType::InternalError, "forward uri", e))?;
-        req.set_uri(uri);
+/// End-to-end headers passed to MOR as the client sent them; everything
+/// else (hop-by-hop, `Connection`-nominated, client-address variants such as
+/// `Forwarded`, `Client-IP`, `True-Client-IP`, `X_Forwarded_For`) is dropped.
+const PASSED: &[header::HeaderName] = &[
+    header::HOST,
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+    header::ACCEPT_ENCODING,
+    header::USER_AGENT,
+];
+
+/// Also passed on paths forwarded without a hash check (REST v2, web UI).
+const PASSED_THROUGH: &[header::HeaderName] = &[header::AUTHORIZATION, header::COOKIE];
+
+/// The request sent upstream, rebuilt from the verified view: the method,
+/// the canonical path and query, the body's Content-Type exactly as it was
+/// verified and its real length, the allow-listed headers, and the gateway's
+/// own client-address headers.
+fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<RequestHeader> {
+    let client = session.req_header();
+    let f = ctx
+        .forward
+        .as_ref()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no verdict"))?;
+    let mut req =
+        RequestHeader::build(client.method.clone(), f.path_and_query.as_bytes(), Some(12))?;
+    let through = f.signer == Signer::PassThrough;
+    let extra = ctx
+        .state
+        .as_ref()
+        .map_or(&[][..], |s| &s.settings.upstream.pass_headers[..]);
+    let names = PASSED
+        .iter()
+        .chain(PASSED_THROUGH.iter().filter(|_| through))
+        .chain(extra)
+        .chain(std::iter::once(&header::CONTENT_TYPE));
+    for name in names {
+        // Framing checks left at most one Host and one Content-Type.
+        for v in client.headers.get_all(name) {
+            req.append_header(name.clone(), v.clone())?;
+        }
+    }
+    if body_len > 0 || client.method == http::Method::POST {
+        req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
     }
     let ip = ctx.ip.map(|i| i.to_string()).unwrap_or_default();
     let append = ctx
         .state
         .as_ref()
         .is_some_and(|s| s.settings.upstream.x_forwarded_for == ForwardedFor::Append);
-    let prev = req
+    let prev = client
         .headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
@@ -62,7 +96,6 @@ fn upstream_request(session: &Session, ctx: &Ctx) -> Result<RequestHeader> {
     };
     req.insert_header("X-Forwarded-For", xff)?;
     req.insert_header("X-Real-IP", ip)?;
-    req.remove_header(&header::EXPECT);
     Ok(req)
 }
 
@@ -105,14 +138,23 @@ pub async fn forward(
     up.set_write_timeout(peer.options.write_timeout);
     let sent = Instant::now();
     let answered = async {
-        up.write_request_header(Box::new(upstream_request(session, ctx)?))
+        up.write_request_header(Box::new(upstream_request(session, ctx, body.len())?))
             .await?;
         up.write_request_body(body, true).await?;
         up.finish_request_body().await?;
         up.read_response_header().await?;
-        up.response_header()
+        let resp = up
+            .response_header()
             .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no upstream header"))
+            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no upstream header"))?;
+        // The gateway never turns a connection into an unverified tunnel.
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "MOR answered 101 Switching Protocols",
+            ));
+        }
+        Ok(resp)
     }
     .await;
     let mut resp = match answered {

@@ -4,6 +4,7 @@
 //! every body size. Nothing reaches MOR before the verdict.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +22,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::config::Settings;
 use crate::core::catalog::Envelope;
 use crate::core::decision::{self, CallInfo, Forward, Head, Rejected, Signer, Verdict};
+use crate::core::framing;
 use crate::core::limits::Limits;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
 use crate::edge::upstreams::Upstreams;
@@ -46,6 +48,36 @@ pub struct Shared {
     /// Access log.
     pub access_log: AccessLog,
     pub(crate) connector: Connector,
+    /// Bytes of request bodies buffered before their verdicts, now.
+    buffered: Arc<AtomicUsize>,
+}
+
+/// A share of the global body budget, given back when the request ends.
+struct Reservation {
+    total: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Takes `more` bytes if the total stays within `limit`.
+    fn grow(&mut self, more: usize, limit: usize) -> bool {
+        let ok = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                t.checked_add(more).filter(|n| *n <= limit)
+            })
+            .is_ok();
+        if ok {
+            self.bytes += more;
+        }
+        ok
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -67,6 +99,7 @@ impl Shared {
             metrics,
             access_log,
             connector: Connector::new(None),
+            buffered: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -122,6 +155,7 @@ pub struct Ctx {
     pub(crate) tried: Vec<SocketAddr>,
     req_bytes: usize,
     counted: bool,
+    reserved: Option<Reservation>,
 }
 
 /// The gateway service.
@@ -160,7 +194,18 @@ fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
 
 enum BodyError {
     TooLarge,
+    /// The global budget of buffered bodies is spent.
+    Overloaded,
     Io(Box<Error>),
+}
+
+/// What a failed body read was: the client's fault in every case.
+fn body_fault(e: &Error) -> Reason {
+    match e.etype() {
+        ErrorType::ConnectionClosed | ErrorType::ReadError => Reason::ClientClosed,
+        ErrorType::ReadTimedout => Reason::ClientTimeout,
+        _ => Reason::BadFraming,
+    }
 }
 
 pub(crate) fn timeout_kind(e: &Error) -> bool {
@@ -185,7 +230,9 @@ impl Gateway {
     async fn read_body(
         &self,
         session: &mut Session,
+        ctx: &mut Ctx,
         max: usize,
+        budget: usize,
     ) -> std::result::Result<Bytes, BodyError> {
         let declared = session
             .req_header()
@@ -199,6 +246,14 @@ impl Gateway {
         let ds = session.as_downstream_mut();
         if ds.is_body_empty() {
             return Ok(Bytes::new());
+        }
+        let res = ctx.reserved.get_or_insert_with(|| Reservation {
+            total: self.shared.buffered.clone(),
+            bytes: 0,
+        });
+        // A declared length is reserved whole before a byte is read.
+        if !res.grow(declared.map_or(0, |n| n as usize), budget) {
+            return Err(BodyError::Overloaded);
         }
         let expects_continue = ds
             .req_header()
@@ -214,6 +269,9 @@ impl Gateway {
                 return Err(BodyError::TooLarge);
             }
             buf.extend_from_slice(&chunk);
+            if declared.is_none() && !res.grow(chunk.len(), budget) {
+                return Err(BodyError::Overloaded);
+            }
         }
         Ok(buf.freeze())
     }
@@ -259,6 +317,7 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             req_bytes: 0,
             counted: false,
+            reserved: None,
         }
     }
 
@@ -267,11 +326,27 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.shared.metrics.in_flight.inc();
         ctx.counted = true;
+        // Pipelined requests are answered one after the other, in order
+        // (pingora's default drops them with the connection).
+        session.as_downstream_mut().set_pipelining_enabled(true);
         let st = self.shared.state.load_full();
         ctx.state = Some(st.clone());
         let ip = client_ip(session);
         ctx.ip = Some(ip);
         let s = &st.settings;
+        let req = session.req_header();
+        let api = req.uri.path().starts_with(s.policy.prefix.as_str());
+        let headers = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+        if let Err(e) = framing::check(headers, api) {
+            session.set_keepalive(None);
+            self.refuse(
+                session,
+                ctx,
+                Refusal::with(Reason::BadFraming, e.to_string()),
+            )
+            .await?;
+            return Ok(true);
+        }
         let admitted = match decision::admit(&s.policy, &*st.limits, &head_of(session, ip)) {
             Ok(a) => a,
             Err(r) => {
@@ -281,15 +356,33 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        let body = match self.read_body(session, s.max_body_bytes).await {
+        let read = self
+            .read_body(session, ctx, s.max_body_bytes, s.max_buffered_bytes)
+            .await;
+        let body = match read {
             Ok(b) => b,
-            Err(BodyError::TooLarge) => {
+            Err(fault) => {
                 session.set_keepalive(None);
-                self.refuse(session, ctx, Refusal::new(Reason::BodyTooLarge))
-                    .await?;
+                let r = match fault {
+                    BodyError::TooLarge => Refusal::new(Reason::BodyTooLarge),
+                    BodyError::Overloaded => {
+                        let mut r = Refusal::new(Reason::Overloaded);
+                        r.retry_after = Some(std::time::Duration::from_secs(1));
+                        r
+                    }
+                    BodyError::Io(mut e) => match body_fault(&e) {
+                        Reason::ClientClosed => {
+                            // Nobody to answer: the connection is dropped.
+                            ctx.refused = Some(Reason::ClientClosed);
+                            e.as_down();
+                            return Err(e);
+                        }
+                        reason => Refusal::with(reason, "the request body could not be read"),
+                    },
+                };
+                self.refuse(session, ctx, r).await?;
                 return Ok(true);
             }
-            Err(BodyError::Io(e)) => return Err(e),
         };
         ctx.req_bytes = body.len();
         let verdict = decision::finish(
@@ -319,6 +412,21 @@ impl ProxyHttp for Gateway {
             ErrorType::InternalError,
             "the gateway forwards in request_filter",
         ))
+    }
+
+    /// What pingora's own error lines say of a request: method and path,
+    /// and the query with its secrets redacted (never the raw URI).
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        match req.uri.query() {
+            Some(q) => format!("{} {}?{}", req.method, req.uri.path(), redact_query(q)),
+            None => format!("{} {}", req.method, req.uri.path()),
+        }
+    }
+
+    /// A client that went away is not an error of the gateway's or MOR's.
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
+        ctx.refused == Some(Reason::ClientClosed)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

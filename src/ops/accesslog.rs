@@ -54,20 +54,34 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 /// A query string with the values of secret names replaced by `[redacted]`.
+/// Pairs are split on `&` and `;` as MOR splits them; a name is judged by its
+/// base (`p[]`, `hash[x]` are `p`, `hash`); a name that does not decode is
+/// treated as secret. Separators and the other pairs are kept as sent.
 pub fn redact_query(q: &str) -> String {
-    q.split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((k, _))
-                if is_secret_name(
-                    &crate::core::params::decode(k.as_bytes()).unwrap_or_default(),
-                ) =>
-            {
-                format!("{k}=[redacted]")
+    let mut out = String::with_capacity(q.len());
+    let mut rest = q;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        let name = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let secret = match crate::core::params::decode(name.as_bytes()) {
+            Ok(n) => is_secret_name(n.split('[').next().unwrap_or("")),
+            Err(_) => true,
+        };
+        if secret && pair.contains('=') {
+            out.push_str(name);
+            out.push_str("=[redacted]");
+        } else {
+            out.push_str(pair);
+        }
+        match rest[end..].chars().next() {
+            Some(sep) => {
+                out.push(sep);
+                rest = &rest[end + 1..];
             }
-            _ => pair.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+            None => return out,
+        }
+    }
 }
 
 /// Where records go.
@@ -121,5 +135,15 @@ mod tests {
             r,
             "u=admin&p=[redacted]&hash=[redacted]&user_id=5&pswd=[redacted]&new_password=[redacted]&api_secret=[redacted]&h%61sh=[redacted]"
         );
+    }
+
+    #[test]
+    fn redacts_list_forms_semicolons_and_undecodable_names() {
+        assert_eq!(
+            redact_query("p[]=pw&hash[x]=h;u=a;p=q&%ZZ=v&%FF=w&user_id=1"),
+            "p[]=[redacted]&hash[x]=[redacted];u=a;p=[redacted]&%ZZ=[redacted]&%FF=[redacted]&user_id=1"
+        );
+        assert_eq!(redact_query(""), "");
+        assert_eq!(redact_query("&&hash"), "&&hash");
     }
 }

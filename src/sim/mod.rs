@@ -16,7 +16,8 @@
 //!
 //! Test hooks: `GET /_sim/requests` lists what it received (JSON),
 //! `POST /_sim/reset` clears that list, and a request header
-//! `X-Sim-Delay-Ms: N` delays the answer (timeout tests).
+//! `X-Sim-Delay-Ms: N` delays the answer (timeout tests), `X-Sim-Status: N`
+//! answers with that status and no body.
 
 pub mod data;
 pub mod json;
@@ -90,6 +91,8 @@ pub struct Seen {
     pub x_real_ip: Option<String>,
     /// Content-Type.
     pub content_type: Option<String>,
+    /// Every header as received, names lower-case, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// The simulator app.
@@ -312,6 +315,7 @@ impl ServeHttp for Simulator {
                 .map(str::to_string)
         };
         let delay = hv("x-sim-delay-ms").and_then(|v| v.parse::<u64>().ok());
+        let forced = hv("x-sim-status").and_then(|v| v.parse::<u16>().ok());
         let method = req.method.as_str().to_string();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
@@ -325,10 +329,28 @@ impl ServeHttp for Simulator {
                 x_forwarded_for: hv("x-forwarded-for"),
                 x_real_ip: hv("x-real-ip"),
                 content_type: content_type.clone(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect(),
             });
         }
         if let Some(ms) = delay {
             tokio::time::sleep(Duration::from_millis(ms.min(120_000))).await;
+        }
+        // Test hook: answer with this status and no body (e.g. 101).
+        if let Some(code) = forced {
+            let mut r = Response::new(Vec::new());
+            if let Ok(st) = http::StatusCode::from_u16(code) {
+                *r.status_mut() = st;
+            }
+            return r;
         }
         self.handle(
             &method,

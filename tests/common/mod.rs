@@ -28,12 +28,17 @@ impl Proc {
         let _ = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.pid().to_string())
+            .stderr(Stdio::null())
             .status();
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Already reaped: its pid may belong to another process by now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
@@ -115,6 +120,62 @@ pub struct Gw {
     pub config: PathBuf,
 }
 
+/// Secrets that must never appear in a gateway's logs: the keys the tests
+/// use, and any run of 40 hex digits (a hash, valid or not).
+pub fn secrets_in(text: &str) -> Vec<String> {
+    let mut found: Vec<String> = [KEY, "resellerkey", "s3cr3t-pw"]
+        .iter()
+        .filter(|k| text.contains(*k))
+        .map(|k| k.to_string())
+        .collect();
+    let b = text.as_bytes();
+    let mut run = 0;
+    for (i, c) in b.iter().enumerate() {
+        run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+        if run == 40 {
+            found.push(String::from_utf8_lossy(&b[i + 1 - 40..=i]).into_owned());
+        }
+    }
+    found
+}
+
+/// Every log a gateway wrote (stderr, access logs) is checked for secrets
+/// when the gateway is stopped: a test that leaks one fails.
+impl Drop for Gw {
+    fn drop(&mut self) {
+        if let Ok(None) = self.proc.child.try_wait() {
+            self.proc.signal("TERM");
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.proc.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if std::thread::panicking() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let leaked = secrets_in(&text);
+            assert!(
+                leaked.is_empty(),
+                "{} holds secrets {leaked:?}:\n{}",
+                path.display(),
+                &text[..text.len().min(2000)]
+            );
+        }
+    }
+}
+
 impl Gw {
     pub fn send(&self, raw: &str) -> Resp {
         send(self.addr, raw.as_bytes())
@@ -149,7 +210,7 @@ fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
 pub fn body_for(upstreams: &[SocketAddr], top: &str, tables: &str) -> String {
     let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout = \"500ms\"\nread_timeout = \"3s\"\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\nmode = \"off\"\n\n{tables}\n",
+        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout = \"500ms\"\nread_timeout = \"3s\"\npass_headers = [\"X-Sim-Delay-Ms\", \"X-Sim-Status\"]\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\nmode = \"off\"\n\n{tables}\n",
         ups.join(", ")
     )
 }
