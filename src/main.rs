@@ -32,6 +32,11 @@ enum Cmd {
         /// Config file (see config/gateway.toml).
         #[arg(short, long)]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets over from the
+        /// running gateway (via `upgrade_sock`), then send the old process
+        /// SIGQUIT; it stops accepting and finishes its calls in flight.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Validate a config file and print what would be served (like nginx -t).
     Check {
@@ -232,6 +237,7 @@ Ctrl-C stops the demo."#,
         settings: Arc::new(settings),
         config_path: None,
         sim: Some((SocketAddr::from(([127, 0, 0, 1], sim)), sim_settings)),
+        upgrade: false,
     })
     .map_err(|e| e.to_string())
 }
@@ -248,17 +254,21 @@ fn main() -> ExitCode {
         )
         .try_init();
     let result = match cli.cmd {
-        Cmd::Run { config } => Settings::load(&config)
+        Cmd::Run { config, upgrade } => Settings::load(&config)
             .map_err(|e| format!("{}: {e}", config.display()))
             .and_then(|s| {
                 server::run(Plan {
                     settings: Arc::new(s),
                     config_path: Some(config),
                     sim: None,
+                    upgrade,
                 })
                 .map_err(|e| e.to_string())
             }),
-        Cmd::Check { config, method } => match Settings::load(&config) {
+        Cmd::Check { config, method } => match Settings::load(&config)
+            .map_err(|e| e.to_string())
+            .and_then(|s| server::check(&s).map(|()| s).map_err(|e| e.to_string()))
+        {
             Ok(s) => {
                 match method {
                     Some(m) => print!("{}", s.policy.catalog.describe(&m)),

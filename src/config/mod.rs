@@ -101,6 +101,17 @@ pub struct Upstream {
     pub pass_headers: Vec<http::HeaderName>,
 }
 
+/// How client connections are treated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// Balancers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Longest wait for each read of a request (408 beyond).
+    pub read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    pub keepalive_timeout: Duration,
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -116,6 +127,12 @@ pub struct Settings {
     pub read_buffer_bytes: usize,
     /// Work-stealing tokio runtime (false: pingora's per-thread runtimes).
     pub work_stealing: bool,
+    /// How long calls in flight may take to finish after SIGTERM or an upgrade.
+    pub shutdown_grace: Duration,
+    /// Where a `run --upgrade` process receives the listening sockets.
+    pub upgrade_sock: PathBuf,
+    /// Client connections: trusted balancers, timeouts.
+    pub client: ClientSettings,
     /// Reply mode.
     pub reply_mode: ReplyMode,
     /// Upstream MOR servers and timeouts.
@@ -202,6 +219,16 @@ impl Settings {
             p.allow_api, p.allow_get, p.verify_hash, p.unknown_methods, p.rest_v2, p.other_paths
         );
         let _ = writeln!(s, "reply mode     {:?}", self.reply_mode);
+        let c = &self.client;
+        let _ = writeln!(
+            s,
+            "clients        read timeout {:?}, keep-alive {:?}, {} trusted balancer(s); shutdown grace {:?}; upgrade socket {}",
+            c.read_timeout,
+            c.keepalive_timeout,
+            c.trusted_proxies.len(),
+            self.shutdown_grace,
+            self.upgrade_sock.display()
+        );
         let _ = writeln!(s, "max body       {} bytes", self.max_body_bytes);
         let _ = writeln!(
             s,

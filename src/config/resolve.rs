@@ -13,7 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::schema::{self, LogMode};
-use super::{invalid, ConfigError, SecretSource, Settings, Upstream};
+use super::{invalid, ClientSettings, ConfigError, SecretSource, Settings, Upstream};
 use crate::core::catalog::Catalog;
 use crate::core::limits::{LimitSettings, Lockout, QuotaSpec};
 use crate::core::policy::{Policy, Reseller, Secret};
@@ -288,20 +288,27 @@ fn resellers(env: &dyn Env, raw: Vec<schema::Reseller>) -> Result<Tenants, Confi
     Ok(t)
 }
 
+fn cidrs(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| invalid(format!("{key}[{i}]"), format!("'{s}' is not a CIDR or IP")))
+        })
+        .collect()
+}
+
+fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
+    Ok(ClientSettings {
+        trusted_proxies: cidrs("client.trusted_proxies", &c.trusted_proxies)?,
+        read_timeout: positive("client.read_timeout", c.read_timeout)?,
+        keepalive_timeout: positive("client.keepalive_timeout", c.keepalive_timeout)?,
+    })
+}
+
 fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigError> {
-    let mut exempt = Vec::new();
-    for (i, s) in l.exempt.iter().enumerate() {
-        let net = s
-            .parse::<IpNet>()
-            .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                invalid(
-                    format!("limits.exempt[{i}]"),
-                    format!("'{s}' is not a CIDR or IP"),
-                )
-            })?;
-        exempt.push(net);
-    }
+    let exempt = cidrs("limits.exempt", &l.exempt)?;
     if let Some(q) = &l.per_ip {
         quota_ok("limits.per_ip", q)?;
     }
@@ -443,6 +450,9 @@ pub fn resolve(
         threads: raw.threads,
         read_buffer_bytes: raw.read_buffer_bytes,
         work_stealing: raw.work_stealing,
+        shutdown_grace: raw.shutdown_grace,
+        upgrade_sock: raw.upgrade_sock,
+        client: client(raw.client)?,
         reply_mode: raw.reply_mode,
         upstream,
         max_body_bytes: api.max_body_bytes,

@@ -35,6 +35,15 @@ pub struct File {
     /// Work-stealing tokio runtime.
     #[serde(default)]
     pub work_stealing: bool,
+    /// How long calls in flight may take to finish after SIGTERM or an upgrade.
+    #[serde(default = "grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// The socket a `run --upgrade` process receives the listeners on.
+    #[serde(default = "upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+    /// `[client]`.
+    #[serde(default)]
+    pub client: Client,
     /// `[upstream]`.
     pub upstream: Upstream,
     /// `[api]`.
@@ -58,6 +67,38 @@ pub struct File {
 
 fn mor() -> Product {
     Product::Mor
+}
+
+fn grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/mor-gateway-upgrade.sock")
+}
+
+/// `[client]`: how the gateway treats client connections.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Client {
+    /// Balancers whose `X-Forwarded-For` is believed (CIDRs or IPs).
+    pub trusted_proxies: Vec<String>,
+    /// Longest wait for each read of a request's header or body (408 beyond).
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Client {
+            trusted_proxies: Vec::new(),
+            read_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+        }
+    }
 }
 
 fn mor_replies() -> ReplyMode {

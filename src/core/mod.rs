@@ -2,6 +2,7 @@
 //! I/O. [`decision`] is its entry point; the rest are its parts.
 
 pub mod catalog;
+pub mod client;
 pub mod decision;
 pub mod framing;
 pub mod limits;

@@ -164,18 +164,20 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
 }
 
-fn client_ip(session: &Session) -> IpAddr {
-    session
+/// The client's address: the peer, or behind a trusted balancer the
+/// right-most untrusted `X-Forwarded-For` address.
+fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
+    let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
-        .map(|a| match a.ip() {
-            IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(v6)),
-            v4 => v4,
-        })
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let xff = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    crate::core::client::address(peer, xff, &settings.client.trusted_proxies)
 }
 
 fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
@@ -331,9 +333,12 @@ impl ProxyHttp for Gateway {
         session.as_downstream_mut().set_pipelining_enabled(true);
         let st = self.shared.state.load_full();
         ctx.state = Some(st.clone());
-        let ip = client_ip(session);
-        ctx.ip = Some(ip);
         let s = &st.settings;
+        let ip = client_ip(session, s);
+        ctx.ip = Some(ip);
+        let ds = session.as_downstream_mut();
+        ds.set_read_timeout(Some(s.client.read_timeout));
+        ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
         let req = session.req_header();
         let api = req.uri.path().starts_with(s.policy.prefix.as_str());
         let headers = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));

@@ -33,6 +33,14 @@ pub enum ServerError {
     /// The upstream set could not be built.
     #[error("upstreams: {0}")]
     Upstreams(std::io::Error),
+    /// A listener cannot bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// What to serve.
@@ -43,6 +51,51 @@ pub struct Plan {
     pub config_path: Option<PathBuf>,
     /// Embedded simulator: where it listens and how it behaves.
     pub sim: Option<(SocketAddr, SimSettings)>,
+    /// Take the listening sockets over from a running gateway (zero-downtime
+    /// upgrade: start this, then send the old process SIGQUIT).
+    pub upgrade: bool,
+}
+
+/// Every address this plan listens on.
+fn addresses(plan: &Plan) -> Vec<SocketAddr> {
+    let s = &plan.settings;
+    s.listen
+        .iter()
+        .chain(s.metrics_listen.iter())
+        .chain(plan.sim.iter().map(|(a, _)| a))
+        .copied()
+        .collect()
+}
+
+/// Fails at once, naming the address, when a listener cannot bind (pingora
+/// would bind later, in a service thread, and leave a half-serving process).
+fn probe_binds(addrs: &[SocketAddr]) -> Result<(), ServerError> {
+    for &addr in addrs {
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    }
+    Ok(())
+}
+
+/// True when something accepts a TCP connection on every gateway listener.
+async fn listeners_serving(listen: &[SocketAddr]) -> bool {
+    for a in listen {
+        let mut target = *a;
+        if target.ip().is_unspecified() {
+            target.set_ip(match a {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let connected = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(target),
+        )
+        .await;
+        if !matches!(connected, Ok(Ok(_))) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz`.
@@ -71,7 +124,10 @@ impl ServeHttp for MetricsApp {
             }
             "/healthz" => text_response(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.shared.state.load().upstreams.any_up() {
+                let st = self.shared.state.load_full();
+                if !listeners_serving(&st.settings.listen).await {
+                    text_response(503, "text/plain", b"a listener is not serving\n".to_vec())
+                } else if st.upstreams.any_up() {
                     text_response(200, "text/plain", b"ready\n".to_vec())
                 } else {
                     text_response(503, "text/plain", b"no upstream is up\n".to_vec())
@@ -92,39 +148,44 @@ pub struct Housekeeping {
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Housekeeping {
+    /// Re-reads the config file. Any failure, even a panic while building
+    /// the new state, is a counted failed reload: the running configuration
+    /// stays and housekeeping goes on.
     fn reload(&self) {
         let Some(path) = &self.config_path else {
             tracing::warn!("SIGHUP ignored: no config file to reload");
             return;
         };
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let new = Settings::load(path).map_err(|e| e.to_string())?;
+            let old = self.shared.state.load();
+            let o = &old.settings;
+            if new.listen != o.listen
+                || new.metrics_listen != o.metrics_listen
+                || new.threads != o.threads
+                || new.shutdown_grace != o.shutdown_grace
+                || new.upgrade_sock != o.upgrade_sock
+            {
+                tracing::warn!(
+                    "listen, metrics.listen, threads, shutdown_grace or upgrade_sock changed in {}: \
+                     they take effect on restart",
+                    path.display()
+                );
+            }
+            self.shared.reload(Arc::new(new)).map_err(|e| e.to_string())
+        }));
         let m = &self.shared.metrics;
-        match Settings::load(path) {
-            Ok(new) => {
-                let old = self.shared.state.load();
-                if new.listen != old.settings.listen
-                    || new.metrics_listen != old.settings.metrics_listen
-                {
-                    tracing::warn!(
-                        "listen addresses changed in {}: they take effect on restart",
-                        path.display()
-                    );
-                }
-                match self.shared.reload(Arc::new(new)) {
-                    Ok(()) => {
-                        m.reloads.with_label_values(&["ok"]).inc();
-                        tracing::info!("configuration reloaded from {}", path.display());
-                    }
-                    Err(e) => {
-                        m.reloads.with_label_values(&["failed"]).inc();
-                        tracing::error!("reload refused, keeping the running configuration: {e}");
-                    }
-                }
+        let why = match attempt {
+            Ok(Ok(())) => {
+                m.reloads.with_label_values(&["ok"]).inc();
+                tracing::info!("configuration reloaded from {}", path.display());
+                return;
             }
-            Err(e) => {
-                m.reloads.with_label_values(&["failed"]).inc();
-                tracing::error!("reload refused, keeping the running configuration: {e}");
-            }
-        }
+            Ok(Err(e)) => e,
+            Err(_) => "building the new configuration panicked".to_string(),
+        };
+        m.reloads.with_label_values(&["failed"]).inc();
+        tracing::error!("reload refused, keeping the running configuration: {why}");
     }
 }
 
@@ -166,9 +227,23 @@ fn base_conf(threads: usize) -> ServerConf {
     }
 }
 
+/// Builds everything `run` builds from `settings` except the listeners
+/// (limiters, the upstream set, the access log file), so that a
+/// configuration `check` accepts also starts (`mor-gateway check`).
+pub fn check(settings: &Settings) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new());
+    let log = AccessLog::open(settings.access_log, settings.access_log_path.as_deref())
+        .map_err(ServerError::AccessLog)?;
+    Shared::new(Arc::new(settings.clone()), metrics, log).map_err(ServerError::Upstreams)?;
+    Ok(())
+}
+
 /// Builds and runs the server until SIGTERM/SIGINT. Blocks.
 pub fn run(plan: Plan) -> Result<(), ServerError> {
     let s = plan.settings.clone();
+    if !plan.upgrade {
+        probe_binds(&addresses(&plan))?;
+    }
     let metrics = Arc::new(Metrics::new());
     let log = AccessLog::open(s.access_log, s.access_log_path.as_deref())
         .map_err(ServerError::AccessLog)?;
@@ -177,12 +252,20 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     let conf = ServerConf {
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
         work_stealing: s.work_stealing,
+        // SIGTERM/SIGQUIT: listeners close at once, calls in flight get the grace.
+        grace_period_seconds: Some(s.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
         ..base_conf(
             s.threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         )
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade: plan.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let mut proxy = http_proxy_service(

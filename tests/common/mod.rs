@@ -202,7 +202,13 @@ impl Gw {
 
 fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
     // `body` holds [upstream], [api], ... ; the listen keys go first.
-    format!("listen = [\"{gw}\"]\nthreads = 1\n{body}\n[metrics]\nlisten = \"{metrics}\"\n")
+    // No grace by default, so that stopping a test's gateway is quick.
+    let grace = if body.contains("shutdown_grace") {
+        ""
+    } else {
+        "shutdown_grace = \"0s\"\n"
+    };
+    format!("listen = [\"{gw}\"]\nthreads = 1\n{grace}{body}\n[metrics]\nlisten = \"{metrics}\"\n")
 }
 
 /// A gateway config body in front of `upstreams`: `top` holds top-level
