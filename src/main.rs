@@ -89,6 +89,12 @@ enum Cmd {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -296,6 +302,8 @@ fn main() -> ExitCode {
             no_get,
             fixed_reply,
             threads,
+            tls_cert,
+            tls_key,
         } => (|| {
             let mut st = SimSettings::new(&env_key(&key_env)?);
             st.allow_get = !no_get;
@@ -306,8 +314,12 @@ fn main() -> ExitCode {
                     .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
                 st.resellers.push((name.to_string(), env_key(var)?));
             }
-            server::run_simulator(listen, st, threads);
-            Ok(())
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err("--tls-cert and --tls-key go together".to_string()),
+            };
+            server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
         })(),
     };
     match result {

@@ -7,6 +7,7 @@
 pub mod resolve;
 pub mod schema;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 pub use resolve::{Env, ProcessEnv};
 pub use schema::{ForwardedFor, LogMode};
+
+use pingora::tls::pkey::{PKey, Private};
+use pingora::tls::x509::X509;
 
 use crate::core::catalog::{Auth, CatalogError, Product};
 use crate::core::limits::LimitSettings;
@@ -99,6 +103,67 @@ pub struct Upstream {
     pub x_forwarded_for: ForwardedFor,
     /// Extra end-to-end request headers passed to MOR as sent.
     pub pass_headers: Vec<http::HeaderName>,
+    /// Servers reached over TLS, with the name they are verified by (SNI).
+    pub tls_servers: HashMap<SocketAddr, String>,
+    /// CA certificates `https://` servers are verified against (None: system store).
+    pub ca: Option<CaBundle>,
+}
+
+/// CA certificates loaded from a file.
+#[derive(Clone)]
+pub struct CaBundle {
+    /// The file.
+    pub path: PathBuf,
+    /// Its certificates.
+    pub certs: Arc<Box<[X509]>>,
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.certs.len() == other.certs.len()
+    }
+}
+
+impl fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
+    }
+}
+
+/// A certificate chain and its private key, as loaded (never printed).
+pub struct CertKey {
+    /// Leaf first.
+    pub chain: Vec<X509>,
+    /// The private key.
+    pub key: PKey<Private>,
+}
+
+impl fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CertKey({} certificates, key redacted)",
+            self.chain.len()
+        )
+    }
+}
+
+/// HTTPS listeners and their certificate.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// Addresses served with TLS.
+    pub listen: Vec<SocketAddr>,
+    /// Certificate chain file.
+    pub cert_file: PathBuf,
+    /// Private key file.
+    pub key_file: PathBuf,
+    /// What was loaded from them.
+    pub material: Arc<CertKey>,
 }
 
 /// How client connections are treated.
@@ -119,8 +184,10 @@ pub struct Settings {
     pub source: Option<PathBuf>,
     /// Product whose catalogue entries are served.
     pub product: Product,
-    /// Gateway listen addresses.
+    /// Gateway listen addresses (plain HTTP).
     pub listen: Vec<SocketAddr>,
+    /// HTTPS listeners (None: no TLS).
+    pub tls: Option<TlsListen>,
     /// Worker threads (None: one per CPU).
     pub threads: Option<usize>,
     /// Per-connection L4 read buffer of the gateway listeners (0: unbuffered).
@@ -199,6 +266,29 @@ impl Settings {
         };
         let _ = writeln!(s, "product        {:?}", self.product);
         let _ = writeln!(s, "listen         {}", list(&self.listen));
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "tls listen     {} (TLS 1.2/1.3, certificate {}, key {}; reloaded on SIGHUP)",
+                list(&t.listen),
+                t.cert_file.display(),
+                t.key_file.display()
+            );
+        }
+        if !self.upstream.tls_servers.is_empty() {
+            let _ = writeln!(
+                s,
+                "upstream tls   {} server(s) over HTTPS, verified against {}",
+                self.upstream.tls_servers.len(),
+                self.upstream
+                    .ca
+                    .as_ref()
+                    .map_or("the system store".to_string(), |c| c
+                        .path
+                        .display()
+                        .to_string())
+            );
+        }
         let _ = writeln!(
             s,
             "upstreams      {} (round-robin)",

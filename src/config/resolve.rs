@@ -13,7 +13,13 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::schema::{self, LogMode};
-use super::{invalid, ClientSettings, ConfigError, SecretSource, Settings, Upstream};
+use pingora::tls::pkey::PKey;
+use pingora::tls::x509::X509;
+
+use super::{
+    invalid, CaBundle, CertKey, ClientSettings, ConfigError, SecretSource, Settings, TlsListen,
+    Upstream,
+};
 use crate::core::catalog::Catalog;
 use crate::core::limits::{LimitSettings, Lockout, QuotaSpec};
 use crate::core::policy::{Policy, Reseller, Secret};
@@ -132,15 +138,83 @@ fn upstream(u: schema::Upstream) -> Result<Upstream, ConfigError> {
         ));
     }
     let mut servers = Vec::new();
+    let mut tls_servers = HashMap::new();
     for (i, s) in u.servers.iter().enumerate() {
         let key = format!("upstream.servers[{i}]");
-        let addr = s
+        // "https://host[:port]" is TLS (443 by default), "http://host[:port]"
+        // or "host:port" plain.
+        let (tls, rest) = match s.split_once("://") {
+            Some(("https", r)) => (true, r),
+            Some(("http", r)) => (false, r),
+            Some((scheme, _)) => {
+                return Err(invalid(
+                    &key,
+                    format!("scheme '{scheme}' is not http or https"),
+                ))
+            }
+            None => (false, s.as_str()),
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(invalid(
+                &key,
+                format!("'{s}' must be host[:port], without a path"),
+            ));
+        }
+        let has_port = rest
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !rest.ends_with(']');
+        let hostport = if has_port {
+            rest.to_string()
+        } else {
+            format!("{rest}:{}", if tls { 443 } else { 80 })
+        };
+        let addr = hostport
             .to_socket_addrs()
             .map_err(|e| invalid(&key, format!("'{s}' does not resolve: {e}")))?
             .next()
             .ok_or_else(|| invalid(&key, format!("'{s}' resolves to no address")))?;
+        if servers.contains(&addr) {
+            return Err(invalid(&key, format!("'{s}' is listed twice")));
+        }
+        if tls {
+            let host = hostport
+                .rsplit_once(':')
+                .map_or(hostport.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            tls_servers.insert(addr, host.to_string());
+        }
         servers.push(addr);
     }
+    let ca = match &u.ca_file {
+        None => None,
+        Some(p) => {
+            let pem = std::fs::read(p).map_err(|e| {
+                invalid(
+                    "upstream.ca_file",
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            let certs = X509::stack_from_pem(&pem).map_err(|e| {
+                invalid(
+                    "upstream.ca_file",
+                    format!("{}: not PEM certificates: {e}", p.display()),
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(invalid(
+                    "upstream.ca_file",
+                    format!("{} holds no certificate", p.display()),
+                ));
+            }
+            Some(CaBundle {
+                path: p.clone(),
+                certs: Arc::new(certs.into_boxed_slice()),
+            })
+        }
+    };
     Ok(Upstream {
         servers,
         connect_timeout: positive("upstream.connect_timeout", u.connect_timeout)?,
@@ -151,7 +225,86 @@ fn upstream(u: schema::Upstream) -> Result<Upstream, ConfigError> {
         health_check_interval: positive("upstream.health_check_interval", u.health_check_interval)?,
         x_forwarded_for: u.x_forwarded_for,
         pass_headers: pass_headers(&u.pass_headers)?,
+        tls_servers,
+        ca,
     })
+}
+
+/// Loads and checks the HTTPS listeners' certificate and key.
+fn tls(t: schema::Tls) -> Result<Option<TlsListen>, ConfigError> {
+    if t.listen.is_empty() {
+        if t.cert_file.is_some() || t.key_file.is_some() {
+            return Err(invalid(
+                "tls.listen",
+                "cert_file and key_file need at least one address",
+            ));
+        }
+        return Ok(None);
+    }
+    let listen = t
+        .listen
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_listen(&format!("tls.listen[{i}]"), s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (Some(cert_file), Some(key_file)) = (t.cert_file, t.key_file) else {
+        return Err(invalid(
+            "tls.cert_file",
+            "TLS listeners need cert_file and key_file",
+        ));
+    };
+    let material = load_cert_key(&cert_file, &key_file)?;
+    Ok(Some(TlsListen {
+        listen,
+        cert_file,
+        key_file,
+        material: Arc::new(material),
+    }))
+}
+
+/// Reads a PEM chain and key and checks that they belong together.
+pub fn load_cert_key(cert_file: &Path, key_file: &Path) -> Result<CertKey, ConfigError> {
+    let pem = std::fs::read(cert_file).map_err(|e| {
+        invalid(
+            "tls.cert_file",
+            format!("cannot read {}: {e}", cert_file.display()),
+        )
+    })?;
+    let chain = X509::stack_from_pem(&pem)
+        .map_err(|e| invalid("tls.cert_file", format!("{}: {e}", cert_file.display())))?;
+    let leaf = chain.first().ok_or_else(|| {
+        invalid(
+            "tls.cert_file",
+            format!("{} holds no certificate", cert_file.display()),
+        )
+    })?;
+    let kpem = std::fs::read(key_file).map_err(|e| {
+        invalid(
+            "tls.key_file",
+            format!("cannot read {}: {e}", key_file.display()),
+        )
+    })?;
+    let key = PKey::private_key_from_pem(&kpem).map_err(|_| {
+        invalid(
+            "tls.key_file",
+            format!("{}: not a PEM private key", key_file.display()),
+        )
+    })?;
+    let matches = leaf
+        .public_key()
+        .map(|p| key.public_eq(&p))
+        .unwrap_or(false);
+    if !matches {
+        return Err(invalid(
+            "tls.key_file",
+            format!(
+                "{} is not the key of {}",
+                key_file.display(),
+                cert_file.display()
+            ),
+        ));
+    }
+    Ok(CertKey { chain, key })
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and the gateway's own: never passed.
@@ -370,9 +523,6 @@ pub fn resolve(
     env: &dyn Env,
 ) -> Result<Settings, ConfigError> {
     let base = path.and_then(Path::parent).unwrap_or(Path::new("."));
-    if raw.listen.is_empty() {
-        return Err(invalid("listen", "at least one address is required"));
-    }
     let listen = raw
         .listen
         .iter()
@@ -389,6 +539,13 @@ pub fn resolve(
         ));
     }
     let upstream = upstream(raw.upstream)?;
+    let tls = tls(raw.tls)?;
+    if listen.is_empty() && tls.is_none() {
+        return Err(invalid(
+            "listen",
+            "at least one address is required (here or in tls.listen)",
+        ));
+    }
 
     let api = raw.api;
     let prefix = api.prefix.trim_end_matches('/').to_string();
@@ -437,7 +594,8 @@ pub fn resolve(
         ));
     }
     let mut seen = HashSet::new();
-    for a in listen.iter().chain(metrics_listen.iter()) {
+    let tls_listen = tls.as_ref().map_or(&[][..], |t| &t.listen[..]);
+    for a in listen.iter().chain(tls_listen).chain(metrics_listen.iter()) {
         if a.port() != 0 && !seen.insert(*a) {
             return Err(invalid("listen", format!("address {a} is used twice")));
         }
@@ -447,6 +605,7 @@ pub fn resolve(
         source: path.map(Path::to_path_buf),
         product: raw.product,
         listen,
+        tls,
         threads: raw.threads,
         read_buffer_bytes: raw.read_buffer_bytes,
         work_stealing: raw.work_stealing,

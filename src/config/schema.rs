@@ -21,7 +21,8 @@ pub struct File {
     /// Which product's catalogue entries are served.
     #[serde(default = "mor")]
     pub product: Product,
-    /// Gateway listen addresses.
+    /// Gateway listen addresses (plain HTTP).
+    #[serde(default)]
     pub listen: Vec<String>,
     /// How refusals are answered.
     #[serde(default = "mor_replies")]
@@ -46,6 +47,9 @@ pub struct File {
     pub client: Client,
     /// `[upstream]`.
     pub upstream: Upstream,
+    /// `[tls]`.
+    #[serde(default)]
+    pub tls: Tls,
     /// `[api]`.
     #[serde(default)]
     pub api: Api,
@@ -144,6 +148,21 @@ pub struct Upstream {
     pub x_forwarded_for: ForwardedFor,
     /// Extra end-to-end request headers passed to MOR as sent.
     pub pass_headers: Vec<String>,
+    /// CA certificates (PEM) that `https://` servers are verified against
+    /// (absent: the system store).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[tls]`: HTTPS listeners.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// Addresses served with TLS.
+    pub listen: Vec<String>,
+    /// Certificate chain, PEM, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Private key, PEM.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for Upstream {
@@ -158,6 +177,7 @@ impl Default for Upstream {
             health_check_interval: Duration::from_secs(5),
             x_forwarded_for: ForwardedFor::Replace,
             pass_headers: Vec::new(),
+            ca_file: None,
         }
     }
 }

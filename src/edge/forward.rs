@@ -118,7 +118,13 @@ pub async fn forward(
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no MOR upstream"))?;
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let sni = u.tls_servers.get(&addr);
+        let mut peer = HttpPeer::new(addr, sni.is_some(), sni.cloned().unwrap_or_default());
+        if sni.is_some() {
+            peer.options.verify_cert = true;
+            peer.options.verify_hostname = true;
+            peer.options.ca = u.ca.as_ref().map(|c| c.certs.clone());
+        }
         peer.options.connection_timeout = Some(u.connect_timeout);
         peer.options.read_timeout = Some(u.read_timeout);
         peer.options.write_timeout = Some(u.write_timeout);

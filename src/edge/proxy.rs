@@ -19,7 +19,7 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::Settings;
+use crate::config::{CertKey, Settings};
 use crate::core::catalog::Envelope;
 use crate::core::decision::{self, CallInfo, Forward, Head, Rejected, Signer, Verdict};
 use crate::core::framing;
@@ -50,6 +50,30 @@ pub struct Shared {
     pub(crate) connector: Connector,
     /// Bytes of request bodies buffered before their verdicts, now.
     buffered: Arc<AtomicUsize>,
+    /// The HTTPS listeners' certificate, swapped on reload.
+    pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
+}
+
+/// Hands the current certificate to each TLS handshake, so that a reload
+/// replaces it without touching open connections.
+pub(crate) struct CertCallback(pub(crate) Arc<ArcSwap<CertKey>>);
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for CertCallback {
+    async fn certificate_callback(&self, ssl: &mut pingora::protocols::tls::TlsRef) {
+        use pingora::tls::ext::{ssl_add_chain_cert, ssl_use_certificate, ssl_use_private_key};
+        let ck = self.0.load();
+        if let Some((leaf, rest)) = ck.chain.split_first() {
+            let mut ok = ssl_use_certificate(ssl, leaf).is_ok();
+            for c in rest {
+                ok &= ssl_add_chain_cert(ssl, c).is_ok();
+            }
+            ok &= ssl_use_private_key(ssl, &ck.key).is_ok();
+            if !ok {
+                tracing::error!("the TLS certificate could not be used for a handshake");
+            }
+        }
+    }
 }
 
 /// A share of the global body budget, given back when the request ends.
@@ -89,6 +113,10 @@ impl Shared {
     ) -> std::io::Result<Shared> {
         let limits = Limits::new(&settings.limits);
         let upstreams = Upstreams::new(&settings.upstream, metrics.clone())?;
+        let settings_certs = settings
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(ArcSwap::new(t.material.clone())));
         register_settings(&metrics, &settings);
         Ok(Shared {
             state: ArcSwap::from_pointee(State {
@@ -100,6 +128,7 @@ impl Shared {
             access_log,
             connector: Connector::new(None),
             buffered: Arc::new(AtomicUsize::new(0)),
+            certs: settings_certs,
         })
     }
 
@@ -113,6 +142,9 @@ impl Shared {
             Arc::new(Upstreams::new(&settings.upstream, self.metrics.clone())?)
         };
         let limits = old.limits.reconfigure(&settings.limits);
+        if let (Some(swap), Some(t)) = (&self.certs, &settings.tls) {
+            swap.store(t.material.clone());
+        }
         register_settings(&self.metrics, &settings);
         self.state.store(Arc::new(State {
             settings,

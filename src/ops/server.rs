@@ -33,6 +33,9 @@ pub enum ServerError {
     /// The upstream set could not be built.
     #[error("upstreams: {0}")]
     Upstreams(std::io::Error),
+    /// The TLS listeners could not be set up.
+    #[error("tls: {0}")]
+    Tls(String),
     /// A listener cannot bind its address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -61,6 +64,7 @@ fn addresses(plan: &Plan) -> Vec<SocketAddr> {
     let s = &plan.settings;
     s.listen
         .iter()
+        .chain(s.tls.iter().flat_map(|t| t.listen.iter()))
         .chain(s.metrics_listen.iter())
         .chain(plan.sim.iter().map(|(a, _)| a))
         .copied()
@@ -282,6 +286,18 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
             }),
         );
     }
+    if let (Some(t), Some(certs)) = (&s.tls, &shared.certs) {
+        for a in &t.listen {
+            // TLS 1.2 and 1.3 (Mozilla's intermediate profile); the
+            // certificate comes from `certs` at each handshake.
+            let mut tls = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(
+                crate::edge::proxy::CertCallback(certs.clone()),
+            ))
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+            tls.set_alpn(pingora::protocols::ALPN::H1);
+            proxy.add_tls_with_settings(&a.to_string(), None, tls);
+        }
+    }
     server.add_service(proxy);
 
     if let Some(addr) = s.metrics_listen {
@@ -316,15 +332,31 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Runs only the simulator (for tests, benchmarks and manual work). Blocks.
-pub fn run_simulator(addr: SocketAddr, sim: SimSettings, threads: usize) {
+/// Runs only the simulator (for tests, benchmarks and manual work), over
+/// TLS when `tls` names a certificate and key file. Blocks.
+pub fn run_simulator(
+    addr: SocketAddr,
+    sim: SimSettings,
+    threads: usize,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> Result<(), ServerError> {
     let mut server = Server::new_with_opt_and_conf(None, base_conf(threads));
     server.bootstrap();
     let mut svc = Service::new(
         "mor-simulator".to_string(),
         HttpServer::new_app(Simulator::new(sim)),
     );
-    svc.add_tcp(&addr.to_string());
+    match tls {
+        Some((cert, key)) => svc
+            .add_tls(
+                &addr.to_string(),
+                &cert.display().to_string(),
+                &key.display().to_string(),
+            )
+            .map_err(|e| ServerError::Tls(e.to_string()))?,
+        None => svc.add_tcp(&addr.to_string()),
+    }
     server.add_service(svc);
     server.run(RunArgs::default());
+    Ok(())
 }

@@ -1,0 +1,326 @@
+//! TLS both ways, with certificates generated for the test by the `openssl`
+//! command: an HTTPS listener (TLS 1.2/1.3) whose certificate is replaced on
+//! SIGHUP without dropping an open connection, and `https://` upstreams
+//! verified against a CA file (a wrong CA is refused: 502). `check` refuses
+//! what `run` could not serve.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
+use openssl::x509::X509;
+
+const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl command (Debian: openssl)");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA and a server certificate for localhost/127.0.0.1 signed by it:
+/// (ca.pem, NAME.pem, NAME.key).
+fn certs(dir: &Path, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = format!("{ca}.key");
+    let ca_pem = format!("{ca}.pem");
+    if !dir.join(&ca_pem).exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca_pem,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+            ],
+        );
+    }
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    (dir.join(ca_pem), dir.join(pem), dir.join(key))
+}
+
+/// A TLS client trusting `ca`, connected to `a`.
+fn tls_connect(a: SocketAddr, ca: &Path, max: Option<SslVersion>) -> SslStream<TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.set_verify(SslVerifyMode::PEER);
+    b.set_max_proto_version(max).unwrap();
+    let tcp = TcpStream::connect(a).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.build().connect("localhost", tcp).expect("TLS handshake")
+}
+
+fn call(keep_alive: bool) -> String {
+    let body = format!("u=admin&user_id=123&hash={H_123}");
+    format!(
+        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    )
+}
+
+/// Reads one response with a Content-Length body from a kept-alive stream.
+fn read_one(s: &mut impl Read) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+fn leaf_cn(s: &SslStream<TcpStream>) -> String {
+    let cert: X509 = s.ssl().peer_certificate().unwrap();
+    let entry = cert.subject_name().entries().next().unwrap();
+    String::from_utf8_lossy(entry.data().as_slice()).into_owned()
+}
+
+#[test]
+fn https_listener_and_certificate_reload_without_dropping_connections() {
+    let dir = temp_dir();
+    let (ca, pem, key) = certs(&dir, "ca", "gw", "gateway-one");
+    let cert_file = dir.join("cert.pem");
+    let key_file = dir.join("key.pem");
+    std::fs::copy(&pem, &cert_file).unwrap();
+    std::fs::copy(&key, &key_file).unwrap();
+    let tls_port = free_port();
+    let tls_addr = addr(tls_port);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[tls]\nlisten = [\"{tls_addr}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    );
+    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    wait_listening(tls_addr, "TLS listener");
+    // TLS 1.3 and 1.2 both work; the plain listener still serves too.
+    for max in [Some(SslVersion::TLS1_3), Some(SslVersion::TLS1_2)] {
+        let mut s = tls_connect(tls_addr, &ca, max);
+        s.write_all(call(false).as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.contains("client123"), "{out}");
+    }
+    assert!(gw
+        .post(
+            "/billing/api/user_details_get",
+            &format!("u=admin&user_id=123&hash={H_123}")
+        )
+        .text()
+        .contains("client123"));
+    // A kept-alive TLS connection, opened before the reload.
+    let mut open = tls_connect(tls_addr, &ca, None);
+    assert_eq!(leaf_cn(&open), "gateway-one");
+    open.write_all(call(true).as_bytes()).unwrap();
+    assert!(read_one(&mut open).contains("client123"));
+    // New certificate files, SIGHUP: new handshakes get the new certificate.
+    let (_, pem2, key2) = certs(&dir, "ca", "gw2", "gateway-two");
+    std::fs::copy(&pem2, &cert_file).unwrap();
+    std::fs::copy(&key2, &key_file).unwrap();
+    gw.proc.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = tls_connect(tls_addr, &ca, None);
+        if leaf_cn(&s) == "gateway-two" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the certificate was not reloaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...and the connection opened before the reload still works.
+    open.write_all(call(true).as_bytes()).unwrap();
+    assert!(read_one(&mut open).contains("client123"));
+}
+
+fn start_tls_sim(cert: &Path, key: &Path) -> (Proc, SocketAddr) {
+    let a = addr(free_port());
+    let child = Command::new(BIN)
+        .args([
+            "sim",
+            "--listen",
+            &a.to_string(),
+            "--key-env",
+            "SIM_KEY",
+            "--tls-cert",
+        ])
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .env("SIM_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let p = Proc {
+        child,
+        name: "tls sim".into(),
+    };
+    wait_listening(a, "TLS simulator");
+    (p, a)
+}
+
+#[test]
+fn https_upstreams_verified_against_the_ca_file() {
+    let dir = temp_dir();
+    let (ca, pem, key) = certs(&dir, "ca", "mor", "localhost");
+    let (other_ca, _, _) = certs(&dir, "otherca", "x", "x");
+    let (_sim, sa) = start_tls_sim(&pem, &key);
+    let https = format!("https://localhost:{}", sa.port());
+    let body = |ca_file: &Path| {
+        body_for(&[], "", "").replace(
+            "servers = []",
+            &format!(
+                "servers = [\"{https}\"]\nca_file = \"{}\"",
+                ca_file.display()
+            ),
+        )
+    };
+    let gw = start_gateway(&body(&ca));
+    let r = gw.post(
+        "/billing/api/user_details_get",
+        &format!("u=admin&user_id=123&hash={H_123}"),
+    );
+    assert!(r.text().contains("client123"), "{}", r.text());
+    // A MOR whose certificate the CA file does not vouch for: nothing is sent.
+    let bad = start_gateway(&body(&other_ca));
+    let r = bad.post(
+        "/billing/api/user_details_get",
+        &format!("u=admin&user_id=123&hash={H_123}"),
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+}
+
+#[test]
+fn check_refuses_tls_it_could_not_serve() {
+    let dir = temp_dir();
+    let (_, pem, key) = certs(&dir, "ca", "a", "a");
+    let (_, _, other_key) = certs(&dir, "ca", "b", "b");
+    let cfg = dir.join("gw.toml");
+    let check = |tls: &str, upstream: &str| {
+        std::fs::write(
+            &cfg,
+            format!("listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"{upstream}\"]\n[secrets]\nadmin_key_env = \"GW_KEY\"\n{tls}"),
+        )
+        .unwrap();
+        let o = Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(&cfg)
+            .env("GW_KEY", KEY)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let tls = |c: &Path, k: &Path| {
+        format!(
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            c.display(),
+            k.display()
+        )
+    };
+    let (ok, out) = check(&tls(&pem, &key), "https://localhost:1");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("tls listen") && out.contains("over HTTPS"),
+        "{out}"
+    );
+    let (ok, out) = check(&tls(&pem, &other_key), "127.0.0.1:1");
+    assert!(
+        !ok && out.contains("tls.key_file") && out.contains("is not the key"),
+        "{out}"
+    );
+    let (ok, out) = check(&tls(&dir.join("missing.pem"), &key), "127.0.0.1:1");
+    assert!(!ok && out.contains("tls.cert_file"), "{out}");
+    let (ok, out) = check("", "ftp://localhost:1");
+    assert!(!ok && out.contains("upstream.servers[0]"), "{out}");
+    let (ok, out) = check("[upstream.x]\n", "127.0.0.1:1");
+    assert!(!ok, "{out}");
+}
