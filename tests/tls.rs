@@ -324,3 +324,74 @@ fn check_refuses_tls_it_could_not_serve() {
     let (ok, out) = check("[upstream.x]\n", "127.0.0.1:1");
     assert!(!ok, "{out}");
 }
+
+/// A TLS connection that first sends `preamble` in the clear (a PROXY header).
+fn tls_after(a: SocketAddr, ca: &Path, preamble: &[u8]) -> Result<SslStream<TcpStream>, String> {
+    let mut tcp = TcpStream::connect(a).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(preamble).unwrap();
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.build()
+        .connect("localhost", tcp)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn proxy_protocol_before_tls_names_the_client() {
+    let dir = temp_dir();
+    let (ca, pem, key) = certs(&dir, "ca", "gw", "gw");
+    let tls_addr = addr(free_port());
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[tls]\nlisten = [\"{tls_addr}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\nproxy_protocol = true\n\n[client]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        pem.display(),
+        key.display()
+    );
+    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    wait_listening(tls_addr, "TLS listener");
+    let ask = |s: &mut SslStream<TcpStream>| {
+        s.write_all(call(false).as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    // v1
+    let mut s = tls_after(
+        tls_addr,
+        &ca,
+        b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n",
+    )
+    .unwrap();
+    assert!(ask(&mut s).contains("client123"));
+    // v2, IPv4
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[203, 0, 113, 5, 127, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb]);
+    let mut s = tls_after(tls_addr, &ca, &v2).unwrap();
+    assert!(ask(&mut s).contains("client123"));
+    let seen = sim_seen(sa);
+    assert_eq!(seen[0]["x_real_ip"], "198.51.100.7");
+    assert_eq!(seen[1]["x_real_ip"], "203.0.113.5");
+    // No header: the connection is dropped before any TLS.
+    assert!(tls_after(tls_addr, &ca, b"").is_err());
+    // A header from a peer that is not a trusted balancer is not believed.
+    let mut tcp = connect_from("127.0.0.2", tls_addr);
+    tcp.write_all(b"PROXY TCP4 6.6.6.6 127.0.0.1 1 443\r\n")
+        .unwrap();
+    let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+    b.set_ca_file(&ca).unwrap();
+    assert!(b.build().connect("localhost", tcp).is_err());
+    assert_eq!(sim_seen(sa).len(), 2);
+    drop(gw);
+}
+
+/// A blocking TCP connection from a chosen loopback source address.
+fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.connect(&to.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}

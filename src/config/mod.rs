@@ -164,6 +164,8 @@ pub struct TlsListen {
     pub key_file: PathBuf,
     /// What was loaded from them.
     pub material: Arc<CertKey>,
+    /// A PROXY protocol header precedes the TLS handshake.
+    pub proxy_protocol: bool,
 }
 
 /// How client connections are treated.

@@ -259,6 +259,7 @@ fn tls(t: schema::Tls) -> Result<Option<TlsListen>, ConfigError> {
         cert_file,
         key_file,
         material: Arc::new(material),
+        proxy_protocol: t.proxy_protocol,
     }))
 }
 
@@ -540,6 +541,12 @@ pub fn resolve(
     }
     let upstream = upstream(raw.upstream)?;
     let tls = tls(raw.tls)?;
+    if tls.as_ref().is_some_and(|t| t.proxy_protocol) && raw.client.trusted_proxies.is_empty() {
+        return Err(invalid(
+            "tls.proxy_protocol",
+            "needs client.trusted_proxies: the balancers whose PROXY headers are believed",
+        ));
+    }
     if listen.is_empty() && tls.is_none() {
         return Err(invalid(
             "listen",

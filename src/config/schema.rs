@@ -163,6 +163,8 @@ pub struct Tls {
     pub cert_file: Option<PathBuf>,
     /// Private key, PEM.
     pub key_file: Option<PathBuf>,
+    /// The TLS listeners expect a PROXY protocol header (v1 or v2) first.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Upstream {

@@ -2,4 +2,5 @@
 
 pub mod forward;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod upstreams;

@@ -297,6 +297,14 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
             tls.set_alpn(pingora::protocols::ALPN::H1);
             proxy.add_tls_with_settings(&a.to_string(), None, tls);
         }
+        if t.proxy_protocol {
+            // pingora runs this hook on TLS listeners, before the handshake.
+            proxy.endpoints().set_pre_tls_callback(Arc::new(
+                crate::edge::proxy_protocol::ProxyProtocol {
+                    trusted: s.client.trusted_proxies.clone(),
+                },
+            ));
+        }
     }
     server.add_service(proxy);
 
