@@ -39,30 +39,14 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v wrk >/dev/null 2>&1 || need+=(wrk)
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-if [ "${#need[@]}" -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. benches/lib.sh
+need_apt nginx wrk cmake
 if [ "${#VARIANTS[@]}" -eq 0 ]; then
   cargo build --release --quiet
   VARIANTS=("gw=target/release/mor-gateway")
 fi
 ulimit -n 65536 2>/dev/null || true
 
-W=$(mktemp -d /tmp/morgw-bench.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 UP=$(free_port); NGX=$(free_port)
 KEY=456789
 CLK=$(getconf CLK_TCK)
@@ -114,6 +98,7 @@ start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
   {
     echo "listen = [\"127.0.0.1:$GW\"]"
     echo "threads = 1"
+    echo "shutdown_grace = \"0s\""
     tr ';' '\n' <<<"$extra"
     cat <<EOF
 [upstream]
@@ -134,7 +119,6 @@ EOF
   sleep 0.5
 }
 
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 wait_port "$UP"; wait_port "$NGX"
 
 # --- request scripts -----------------------------------------------------------

@@ -28,28 +28,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-need=()
-command -v nginx >/dev/null 2>&1 || need+=(nginx)
-command -v slowhttptest >/dev/null 2>&1 || need+=(slowhttptest)
-command -v curl >/dev/null 2>&1 || need+=(curl)
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "benches/slow.sh: installing ${need[*]} (Debian packages)"
-  apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. benches/lib.sh
+need_apt nginx slowhttptest curl
 [ -x "$BIN" ] || cargo build --release --quiet
 ulimit -n 65536 2>/dev/null || true
 
-W=$(mktemp -d /tmp/morgw-slow.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 SIM=$(free_port); NGX=$(free_port); GW=$(free_port); MET=$(free_port)
 KEY=456789
 H=$(printf '%s' "123$KEY" | sha1sum | cut -d' ' -f1)
@@ -72,6 +55,7 @@ nginx -p "$W/ngx" -c "$W/ngx/nginx.conf" & NGX_PID=$!; PIDS+=($NGX_PID)
 cat > "$W/gw.toml" <<EOF
 listen = ["127.0.0.1:$GW"]
 threads = 1
+shutdown_grace = "0s"
 [upstream]
 servers = ["127.0.0.1:$SIM"]
 [secrets]
