@@ -240,13 +240,7 @@ const DEMO_KEY_RES: &[u8] = DEMO_RESELLER_KEY.as_bytes();
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOR_GATEWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mor_gateway=info")),
-        )
-        .try_init();
+    mor_gateway::ops::logging::init();
     let result = match cli.cmd {
         Cmd::Run { config } => Settings::load(&config)
             .map_err(|e| format!("{}: {e}", config.display()))
