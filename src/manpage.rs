@@ -83,7 +83,7 @@ with secrets redacted, \fBapi_method\fR, \fBalias\fR, \fBuser\fR,
 \fBupstream\fR, \fBsigner\fR). Rotated by
 \fI/etc/logrotate.d/mor\-gateway\fR with SIGUSR1.
 .TP
-\fI/lib/systemd/system/mor\-gateway.service\fR, \fImor\-gateway@.service\fR
+\fI/usr/lib/systemd/system/mor\-gateway.service\fR, \fImor\-gateway@.service\fR
 The service, and the upgrade slots \fBmor\-gateway@a\fR, \fBmor\-gateway@b\fR
 that take the listeners over with \fBrun \-\-upgrade\fR."#,
     ),
@@ -107,20 +107,23 @@ fn man(cmd: Command) -> Man {
         .manual("System Administration")
 }
 
-/// The main page: clap's sections, then [`EXTRA`].
+/// The main page: clap's page with [`EXTRA`] before its VERSION section.
 pub fn main_page(cmd: Command, w: &mut dyn Write) -> std::io::Result<()> {
-    let m = man(cmd);
-    m.render_title(w)?;
-    m.render_name_section(w)?;
-    m.render_synopsis_section(w)?;
-    m.render_description_section(w)?;
-    m.render_options_section(w)?;
-    m.render_subcommands_section(w)?;
+    let mut page = Vec::new();
+    man(cmd).render(&mut page)?;
+    let page = String::from_utf8_lossy(&page);
+    let (head, tail) = page
+        .split_once("\n.SH VERSION\n")
+        .map_or((page.as_ref(), None), |(h, t)| (h, Some(t)));
+    writeln!(w, "{head}")?;
     for (heading, body) in EXTRA {
         writeln!(w, ".SH \"{heading}\"")?;
         writeln!(w, "{body}")?;
     }
-    m.render_version_section(w)
+    if let Some(t) = tail {
+        write!(w, ".SH VERSION\n{t}")?;
+    }
+    Ok(())
 }
 
 /// Writes `mor-gateway.8` and one page per visible command into `dir`;
