@@ -1,6 +1,7 @@
 //! The process's own log on stderr: the level from `MOR_GATEWAY_LOG`
 //! (`tracing_subscriber::EnvFilter` syntax), colour only when stderr is a
-//! terminal (never in files or journald), and pingora's expected
+//! terminal (never in files or journald), no timestamp of its own when
+//! stderr is the journal (journald stamps each line), and pingora's expected
 //! connection-pool races kept out.
 //!
 //! pingora logs through the `log` crate; tracing-subscriber's `try_init`
@@ -99,6 +100,21 @@ pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> b
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// True when stderr is the journal: systemd sets `JOURNAL_STREAM` to the
+/// `device:inode` of the stream it connected (a child whose stderr was
+/// redirected elsewhere inherits the variable, so the two are compared).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2")
+        .is_ok_and(|m| dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()))
+}
+
 /// Installs the stderr logger (once; later calls do nothing).
 pub fn init() {
     let filter = EnvFilter::try_from_env(ENV).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -106,15 +122,15 @@ pub fn init() {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(PoolNoise)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi),
-        )
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter).with(PoolNoise);
+    let _ = if stderr_is_journal() {
+        registry.with(fmt.without_time()).try_init()
+    } else {
+        registry.with(fmt).try_init()
+    };
 }
 
 #[cfg(test)]
