@@ -8,7 +8,8 @@
 //! installs tracing-log's `LogTracer`, which turns each record into an event
 //! of target `log` with the real target in its `log.target` field. The
 //! [`PoolNoise`] layer reads that field and the message and drops exactly the
-//! lines listed in [`NOISE`], counting them in
+//! lines listed in [`NOISE`] (connection-pool races, upgrade hand-off
+//! retries), counting them in
 //! `mor_gateway_log_suppressed_total`.
 
 use std::fmt;
@@ -28,17 +29,29 @@ pub const ENV: &str = "MOR_GATEWAY_LOG";
 /// The filter when `MOR_GATEWAY_LOG` is unset or invalid.
 pub const DEFAULT_FILTER: &str = "warn,mor_gateway=info";
 
-/// pingora lines that healthy keep-alive traffic produces, as (target
-/// prefix, message prefix). Both are races of its upstream connection pool
-/// that end in a new connection, not in an error:
-/// - an idle connection is taken while its idle watcher still holds it;
-/// - the pool's LRU evicts a connection its group already dropped.
+/// pingora lines that healthy operation produces, as (target prefix,
+/// message prefix):
+/// - races of its upstream connection pool that end in a new connection,
+///   not in an error: an idle connection taken while its idle watcher still
+///   holds it; the pool's LRU evicting a connection its group already
+///   dropped;
+/// - the retries of a zero-downtime upgrade while the old and the new
+///   process find each other (a hand-off that fails for good is still
+///   logged: "Bootstrap failed", "Max retry ... reached").
 pub const NOISE: &[(&str, &str)] = &[
     (
         "pingora_core::connectors",
         "failed to acquire reusable stream",
     ),
     ("pingora_pool", "Fail to get pool node"),
+    (
+        "pingora_core::server::transfer_fd",
+        "No incoming socket transfer, sleep",
+    ),
+    (
+        "pingora_core::server::transfer_fd",
+        "server not ready, will try again",
+    ),
 ];
 
 /// True when a line of `target` saying `message` is expected noise.
@@ -153,6 +166,14 @@ mod tests {
             "failed to acquire reusable stream"
         ));
         assert!(!is_noise("mor_gateway::ops::server", "reload refused"));
+        assert!(is_noise(
+            "pingora_core::server::transfer_fd",
+            "No incoming socket transfer, sleep 1s and try again"
+        ));
+        assert!(!is_noise(
+            "pingora_core::server::transfer_fd",
+            "Max retry: 5 reached. Giving up sending socket to: /tmp/x"
+        ));
     }
 
     #[test]

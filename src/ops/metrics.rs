@@ -26,13 +26,13 @@ pub(crate) static ACCESS_LOG_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(||
     ))
 });
 
-/// pingora log lines of expected healthy-traffic noise (a connection-pool
-/// race) that were not written to stderr. Process-wide, like
+/// pingora log lines of expected noise of healthy operation (connection-pool
+/// races, upgrade hand-off retries) that were not written to stderr. Process-wide, like
 /// [`ACCESS_LOG_DROPPED`].
 pub(crate) static LOG_SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
     static_metric(IntCounter::new(
         "log_suppressed_total",
-        "pingora log lines of expected connection-pool races, not written to stderr.",
+        "pingora log lines of expected noise (connection-pool races, upgrade retries), not written to stderr.",
     ))
 });
 
