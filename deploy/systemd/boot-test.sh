@@ -37,7 +37,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-fail() { echo "boot-test: FAILED: $*" >&2; [ -n "${IN:-}" ] && $IN journalctl --no-pager -n 60 -o short-monotonic >&2 || true; exit 1; }
+fail() {
+  if [ -n "${IN:-}" ]; then $IN journalctl --no-pager -n 60 -o short-monotonic >&2 || true; fi
+  echo "boot-test: FAILED: $*" >&2
+  exit 1
+}
 cannot_boot() { echo "boot-test: NOT RUN: $*" >&2; tail -n 20 "$work/console.log" >&2 || true; exit 3; }
 
 # An OS tree of nothing but the host's /usr.
@@ -65,11 +69,22 @@ systemd-nspawn --quiet --directory="$root" --volatile=yes --private-network \
   --boot systemd.firstboot=off systemd.unit=basic.target >"$work/console.log" 2>&1 &
 nspawn_pid=$!
 
-# The container's init is nspawn's child.
+# The container's init: nspawn's child that is PID 1 in its own namespace
+# (an intermediate child may show up first and exit).
+find_init() {
+  local p
+  for p in $(pgrep -P "$nspawn_pid"); do
+    if grep -qE '^NSpid:.*[[:space:]]1$' "/proc/$p/status" 2>/dev/null; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
 init=""
 for _ in $(seq 1 100); do
-  init=$(pgrep -P "$nspawn_pid" | head -n 1 || true)
-  [ -n "$init" ] && break
+  init=$(find_init) && break
+  kill -0 "$nspawn_pid" 2>/dev/null || break
   sleep 0.1
 done
 [ -n "$init" ] || cannot_boot "the container did not start"
