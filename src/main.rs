@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use mor_gateway::config::Settings;
 use mor_gateway::core::catalog::{Catalog, Product, EMBEDDED};
@@ -14,11 +14,18 @@ use mor_gateway::core::signature;
 use mor_gateway::ops::server::{self, Plan};
 use mor_gateway::sim::SimSettings;
 
+mod manpage;
+
 #[derive(Parser)]
 #[command(
     name = "mor-gateway",
     version,
-    about = "Verifying API gateway for Kolmisoft MOR"
+    about = "Verifying API gateway for Kolmisoft MOR",
+    long_about = "A reverse proxy in front of a Kolmisoft MOR billing server. It re-verifies \
+MOR's SHA1 request hash as MOR X8 does, enforces MOR's API policies, refuses ambiguous \
+requests, rate-limits, rewrites legacy method names, and forwards only what passed, answering \
+refusals in MOR's own XML. Prometheus metrics and health checks are served on the metrics \
+listener; one JSON access-log line is written per request."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -95,6 +102,13 @@ enum Cmd {
         /// The certificate's private key (PEM).
         #[arg(long)]
         tls_key: Option<PathBuf>,
+    },
+    /// Print the manual page (roff), or write every page into --dir.
+    #[command(hide = true)]
+    Manpage {
+        /// Write mor-gateway.8 and one page per command into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -252,13 +266,7 @@ const DEMO_KEY_RES: &[u8] = DEMO_RESELLER_KEY.as_bytes();
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOR_GATEWAY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mor_gateway=info")),
-        )
-        .try_init();
+    mor_gateway::ops::logging::init();
     let result = match cli.cmd {
         Cmd::Run { config, upgrade } => Settings::load(&config)
             .map_err(|e| format!("{}: {e}", config.display()))
@@ -295,6 +303,15 @@ fn main() -> ExitCode {
             call,
         } => sign(&key_env, config, &base, &call),
         Cmd::Demo { port } => demo(port),
+        Cmd::Manpage { dir } => match dir {
+            Some(d) => manpage::write_all(Cli::command(), &d).map(|files| {
+                for f in files {
+                    println!("{}", f.display());
+                }
+            }),
+            None => manpage::main_page(Cli::command(), &mut std::io::stdout().lock()),
+        }
+        .map_err(|e| format!("manpage: {e}")),
         Cmd::Sim {
             listen,
             key_env,

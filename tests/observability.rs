@@ -57,7 +57,10 @@ fn access_log_file_has_one_redacted_json_line_per_request() {
     assert_eq!(ok["client_ip"], "127.0.0.1");
     assert_eq!(ok["upstream"], sa.to_string());
     assert_eq!(ok["signer"], "admin");
-    assert!(ok["latency_ms"].as_f64().is_some_and(|l| l > 0.0));
+    assert!(ok["latency_us"].as_u64().is_some_and(|l| l > 0));
+    assert!(ok["ts"]
+        .as_str()
+        .is_some_and(|t| t.ends_with('Z') && t.contains('T')));
     let bad = &lines[1];
     assert_eq!(bad["verdict"], "refused");
     assert_eq!(bad["reason"], "bad_hash");

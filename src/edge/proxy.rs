@@ -26,7 +26,7 @@ use crate::core::framing;
 use crate::core::limits::Limits;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
 use crate::edge::upstreams::Upstreams;
-use crate::ops::accesslog::{redact_query, AccessLog, Record};
+use crate::ops::accesslog::{micros, redact_query, AccessLog, Record, Timestamp};
 use crate::ops::metrics::Metrics;
 
 /// Settings, limiter state and upstreams, swapped together on reload.
@@ -134,6 +134,8 @@ impl Shared {
 
     /// Installs new settings, keeping limiter buckets whose quotas did not
     /// change and the upstream set (with its health) when it did not change.
+    /// The access log is reopened with the new mode and path; if it cannot
+    /// be opened, nothing changes.
     pub fn reload(&self, settings: Arc<Settings>) -> std::io::Result<()> {
         let old = self.state.load();
         let upstreams = if old.upstreams.settings == settings.upstream {
@@ -141,6 +143,9 @@ impl Shared {
         } else {
             Arc::new(Upstreams::new(&settings.upstream, self.metrics.clone())?)
         };
+        self.access_log
+            .configure(settings.access_log, settings.access_log_path.as_deref())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
         let limits = old.limits.reconfigure(&settings.limits);
         if let (Some(swap), Some(t)) = (&self.certs, &settings.tls) {
             swap.store(t.material.clone());
@@ -520,7 +525,7 @@ impl ProxyHttp for Gateway {
             Signer::PassThrough => "pass_through".to_string(),
         });
         log.write(&Record {
-            ts: unix_now(),
+            ts: Timestamp::now(),
             client_ip: ctx.ip.map(|i| i.to_string()).unwrap_or_default(),
             http_method,
             path: req.uri.path(),
@@ -531,7 +536,7 @@ impl ProxyHttp for Gateway {
             verdict,
             reason: (!reason.is_empty()).then_some(reason),
             status,
-            latency_ms: elapsed.as_secs_f64() * 1000.0,
+            latency_us: micros(elapsed),
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
         });

@@ -1,19 +1,54 @@
-//! The access log: one JSON line per request, secrets redacted.
+//! The access log: one JSON line per request, secrets redacted. Lines go
+//! through a bounded queue to a writer thread, so a request never waits for
+//! the disk (nor for a lock): when the queue is full the line is dropped and
+//! counted (`mor_gateway_access_log_dropped_total{reason="queue_full"}`).
+//! The file is reopened on SIGUSR1 (logrotate's `postrotate`) and on every
+//! reload, which also applies a changed `access_log.mode` or `path`.
 
-use std::fs::OpenOptions;
-use std::io::{LineWriter, Write};
-use std::path::Path;
-use std::sync::Mutex;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::config::LogMode;
+use crate::ops::metrics::ACCESS_LOG_DROPPED;
+
+/// Lines the queue to the writer thread holds; a line beyond is dropped.
+pub const QUEUE_LINES: usize = 16_384;
+
+/// A wall-clock time, serialised as RFC 3339 in UTC with microseconds
+/// (`2026-01-31T12:00:00.123456Z`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(SystemTime);
+
+impl Timestamp {
+    /// Now.
+    pub fn now() -> Timestamp {
+        Timestamp(SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+/// A duration in whole microseconds (saturating).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 /// One access-log record.
 #[derive(Debug, Serialize)]
 pub struct Record<'a> {
-    /// Unix time, seconds with milliseconds.
-    pub ts: f64,
+    /// When the request finished: RFC 3339, UTC, microseconds.
+    pub ts: Timestamp,
     /// Client IP.
     pub client_ip: String,
     /// HTTP method.
@@ -34,8 +69,9 @@ pub struct Record<'a> {
     pub reason: Option<&'a str>,
     /// HTTP status sent.
     pub status: u16,
-    /// Gateway latency in milliseconds.
-    pub latency_ms: f64,
+    /// Time at the gateway, from the request's arrival to the end of the
+    /// response, in whole microseconds.
+    pub latency_us: u64,
     /// Upstream used, if any.
     pub upstream: Option<String>,
     /// Key that signed (admin, reseller:NAME, unchecked).
@@ -84,48 +120,346 @@ pub fn redact_query(q: &str) -> String {
     }
 }
 
-/// Where records go.
+/// Where the lines of one configuration go.
+enum Sink {
+    Off,
+    Stdout(BufWriter<std::io::Stdout>),
+    File(BufWriter<File>),
+}
+
+impl Sink {
+    /// Opens the sink for `mode` (appending to `path` in file mode).
+    fn open(mode: LogMode, path: Option<&Path>) -> std::io::Result<Sink> {
+        Ok(match (mode, path) {
+            (LogMode::Off, _) | (LogMode::File, None) => Sink::Off,
+            (LogMode::Stdout, _) => Sink::Stdout(BufWriter::new(std::io::stdout())),
+            (LogMode::File, Some(p)) => Sink::File(BufWriter::with_capacity(
+                64 * 1024,
+                OpenOptions::new().create(true).append(true).open(p)?,
+            )),
+        })
+    }
+
+    fn writer(&mut self) -> Option<&mut dyn Write> {
+        match self {
+            Sink::Off => None,
+            Sink::Stdout(w) => Some(w),
+            Sink::File(w) => Some(w),
+        }
+    }
+}
+
+/// What the request path sends to the writer thread.
+enum Msg {
+    /// One JSON line, newline included.
+    Line(Vec<u8>),
+    /// Look at the pending sink now.
+    Wake,
+}
+
+/// State shared by the request path, the signal handlers and the writer.
+struct Control {
+    /// A sink to switch to before the next line (reopen or reconfigure).
+    pending: Mutex<Option<Sink>>,
+    /// Set when `pending` holds a sink.
+    switch: AtomicBool,
+    /// Lines queued (accepted by the queue).
+    queued: AtomicU64,
+    /// Lines the writer has written and flushed, or counted as dropped.
+    done: AtomicU64,
+}
+
+/// The access log: a handle to the queue and to what it is configured for.
 pub struct AccessLog {
-    out: Option<Mutex<Box<dyn Write + Send>>>,
+    tx: SyncSender<Msg>,
+    control: Arc<Control>,
+    enabled: AtomicBool,
+    /// The mode and path in force (read only by reopen and reconfigure).
+    target: Mutex<(LogMode, Option<PathBuf>)>,
 }
 
 impl AccessLog {
-    /// Opens the log for `mode` (appending to `path` for file mode).
+    /// Opens the log for `mode` (appending to `path` for file mode) and
+    /// starts its writer thread.
     pub fn open(mode: LogMode, path: Option<&Path>) -> std::io::Result<AccessLog> {
-        let out: Option<Box<dyn Write + Send>> = match (mode, path) {
-            (LogMode::Off, _) => None,
-            (LogMode::Stdout, _) => Some(Box::new(LineWriter::new(std::io::stdout()))),
-            (LogMode::File, Some(p)) => Some(Box::new(LineWriter::new(
-                OpenOptions::new().create(true).append(true).open(p)?,
-            ))),
-            (LogMode::File, None) => None,
-        };
+        AccessLog::with_queue(mode, path, QUEUE_LINES)
+    }
+
+    fn with_queue(mode: LogMode, path: Option<&Path>, lines: usize) -> std::io::Result<AccessLog> {
+        let sink = Sink::open(mode, path)?;
+        let (tx, rx) = sync_channel(lines);
+        let control = Arc::new(Control {
+            pending: Mutex::new(None),
+            switch: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        });
+        let c = control.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, sink, &c))?;
         Ok(AccessLog {
-            out: out.map(Mutex::new),
+            tx,
+            control,
+            enabled: AtomicBool::new(enabled(mode, path)),
+            target: Mutex::new((mode, path.map(Path::to_path_buf))),
         })
     }
 
     /// True when records are written somewhere.
     pub fn enabled(&self) -> bool {
-        self.out.is_some()
+        self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Writes one record (errors are dropped: logging never fails a request).
+    /// Queues one record; never blocks. A full queue drops the line and
+    /// counts it.
     pub fn write(&self, rec: &Record<'_>) {
-        if let Some(out) = &self.out {
-            if let Ok(mut line) = serde_json::to_vec(rec) {
-                line.push(b'\n');
-                if let Ok(mut w) = out.lock() {
-                    let _ = w.write_all(&line);
-                }
+        if !self.enabled() {
+            return;
+        }
+        let Ok(mut line) = serde_json::to_vec(rec) else {
+            return;
+        };
+        line.push(b'\n');
+        match self.tx.try_send(Msg::Line(line)) {
+            Ok(()) => {
+                self.control.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                ACCESS_LOG_DROPPED.with_label_values(&["queue_full"]).inc();
             }
         }
+    }
+
+    /// Reopens the file in force (SIGUSR1, after logrotate renamed it).
+    /// On error the old file stays in use.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let (mode, path) = match self.target.lock() {
+            Ok(t) => t.clone(),
+            Err(_) => return Ok(()),
+        };
+        self.configure(mode, path.as_deref())
+    }
+
+    /// Switches to `mode`/`path` (a reload; also reopens an unchanged
+    /// file). The new file is opened here, so an error is the caller's and
+    /// the old sink stays; lines queued before the switch may land in
+    /// either file, none is lost.
+    pub fn configure(&self, mode: LogMode, path: Option<&Path>) -> std::io::Result<()> {
+        let sink = Sink::open(mode, path)?;
+        if let Ok(mut t) = self.target.lock() {
+            *t = (mode, path.map(Path::to_path_buf));
+        }
+        if let Ok(mut p) = self.control.pending.lock() {
+            *p = Some(sink);
+        }
+        self.control.switch.store(true, Ordering::Release);
+        // Lines logged from now on go to the new sink; a full queue means
+        // the writer is busy and sees the switch before its next line.
+        let _ = self.tx.try_send(Msg::Wake);
+        self.enabled.store(enabled(mode, path), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits until every line queued so far is written and flushed, or
+    /// `limit` passed (at shutdown). True when everything was written.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let want = self.control.queued.load(Ordering::Acquire);
+        let deadline = Instant::now() + limit;
+        while self.control.done.load(Ordering::Acquire) < want {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+}
+
+fn enabled(mode: LogMode, path: Option<&Path>) -> bool {
+    match mode {
+        LogMode::Off => false,
+        LogMode::Stdout => true,
+        LogMode::File => path.is_some(),
+    }
+}
+
+/// The writer thread: takes lines off the queue, writes them in batches,
+/// flushes when the queue is empty, and switches sinks between lines.
+fn writer(rx: Receiver<Msg>, mut sink: Sink, control: &Control) {
+    let mut unflushed = 0u64;
+    let mut failing = false;
+    loop {
+        let msg = if unflushed == 0 {
+            rx.recv().ok()
+        } else {
+            match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    finish(&mut sink, &mut unflushed, &mut failing, control);
+                    continue;
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
+            }
+        };
+        if control.switch.swap(false, Ordering::AcqRel) {
+            if let Some(new) = control.pending.lock().ok().and_then(|mut p| p.take()) {
+                finish(&mut sink, &mut unflushed, &mut failing, control);
+                sink = new;
+            }
+        }
+        match msg {
+            Some(Msg::Line(line)) => {
+                match sink.writer().map(|w| w.write_all(&line)) {
+                    Some(Ok(())) | None => {}
+                    Some(Err(e)) => {
+                        write_failed(&mut failing, &e);
+                        ACCESS_LOG_DROPPED.with_label_values(&["write_error"]).inc();
+                    }
+                }
+                unflushed += 1;
+            }
+            Some(Msg::Wake) => {}
+            None => {
+                finish(&mut sink, &mut unflushed, &mut failing, control);
+                return;
+            }
+        }
+    }
+}
+
+/// Flushes the sink and marks the lines since the last flush as done. A
+/// failed flush keeps its bytes in the buffer for the next one.
+fn finish(sink: &mut Sink, unflushed: &mut u64, failing: &mut bool, control: &Control) {
+    match sink.writer().map(|w| w.flush()) {
+        Some(Err(e)) => write_failed(failing, &e),
+        _ if *failing => {
+            tracing::info!("access log writes succeed again");
+            *failing = false;
+        }
+        _ => {}
+    }
+    control.done.fetch_add(*unflushed, Ordering::Release);
+    *unflushed = 0;
+}
+
+fn write_failed(failing: &mut bool, e: &std::io::Error) {
+    if !*failing {
+        tracing::error!("access log write failed, lines are dropped until it succeeds: {e}");
+        *failing = true;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(path: &str) -> Record<'_> {
+        Record {
+            ts: Timestamp::now(),
+            client_ip: "127.0.0.1".into(),
+            http_method: "POST",
+            path,
+            query: None,
+            api_method: None,
+            alias: None,
+            user: None,
+            verdict: "forwarded",
+            reason: None,
+            status: 200,
+            latency_us: micros(Duration::from_micros(1234)),
+            upstream: None,
+            signer: None,
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("morgw-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn lines(p: &Path) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rfc3339_timestamps_and_integer_microseconds() {
+        let v: serde_json::Value = serde_json::to_value(rec("/x")).unwrap();
+        let ts = v["ts"].as_str().unwrap();
+        assert_eq!(ts.len(), "2026-01-31T12:00:00.123456Z".len(), "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+        assert!(humantime::parse_rfc3339(ts).is_ok(), "{ts}");
+        assert_eq!(v["latency_us"], 1234);
+        assert!(v.get("latency_ms").is_none());
+    }
+
+    #[test]
+    fn reopen_after_rename_loses_nothing_and_reconfigure_switches() {
+        let d = temp("reopen");
+        let (live, old) = (d.join("access.log"), d.join("access.log.1"));
+        let log = AccessLog::open(LogMode::File, Some(&live)).unwrap();
+        for _ in 0..100 {
+            log.write(&rec("/a"));
+        }
+        assert!(log.flush(Duration::from_secs(5)));
+        std::fs::rename(&live, &old).unwrap();
+        for _ in 0..50 {
+            log.write(&rec("/b")); // still the renamed file, until the reopen
+        }
+        log.reopen().unwrap();
+        for _ in 0..70 {
+            log.write(&rec("/c"));
+        }
+        assert!(log.flush(Duration::from_secs(5)));
+        let (o, n) = (lines(&old), lines(&live));
+        assert_eq!(o.len() + n.len(), 220);
+        assert!(o.len() >= 100 && n.iter().all(|l| l["path"] != "/a"));
+
+        // Reload to off, then to another file.
+        log.configure(LogMode::Off, None).unwrap();
+        assert!(!log.enabled());
+        log.write(&rec("/off"));
+        let other = d.join("other.log");
+        log.configure(LogMode::File, Some(&other)).unwrap();
+        log.write(&rec("/d"));
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(lines(&other).len(), 1);
+        assert_eq!(lines(&live).len(), n.len());
+        // A file that cannot be opened is an error, and the old one stays.
+        assert!(log
+            .configure(LogMode::File, Some(&d.join("no/such/dir/x.log")))
+            .is_err());
+        log.write(&rec("/e"));
+        assert!(log.flush(Duration::from_secs(5)));
+        assert_eq!(lines(&other).len(), 2);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let d = temp("full");
+        let log = AccessLog::with_queue(LogMode::File, Some(&d.join("a.log")), 1).unwrap();
+        let dropped = || ACCESS_LOG_DROPPED.with_label_values(&["queue_full"]).get();
+        let before = dropped();
+        // Stall the writer: it takes the pending lock before its next line.
+        let guard = log.control.pending.lock().unwrap();
+        log.control.switch.store(true, Ordering::Release);
+        let t = Instant::now();
+        for _ in 0..10 {
+            log.write(&rec("/x"));
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "write never waits");
+        assert!(dropped() - before >= 8, "{} dropped", dropped() - before);
+        drop(guard);
+        assert!(log.flush(Duration::from_secs(5)));
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn redacts_secrets_keeps_rest() {

@@ -2,14 +2,48 @@
 //! catalogue names or `other`, never usernames or raw paths.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::core::decision::CallInfo;
 use crate::core::reply::Reason;
+
+/// Access-log lines not written, by reason: `queue_full` (the writer's
+/// queue was full; a request never waits for the disk) or `write_error`.
+/// Process-wide: the access log's writer thread counts here, and every
+/// [`Metrics`] registry exports it.
+pub(crate) static ACCESS_LOG_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    static_metric(IntCounterVec::new(
+        Opts::new(
+            "access_log_dropped_total",
+            "Access-log lines not written, by reason (queue_full, write_error).",
+        ),
+        &["reason"],
+    ))
+});
+
+/// pingora log lines of expected noise of healthy operation (connection-pool
+/// races, upgrade hand-off retries) that were not written to stderr. Process-wide, like
+/// [`ACCESS_LOG_DROPPED`].
+pub(crate) static LOG_SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    static_metric(IntCounter::new(
+        "log_suppressed_total",
+        "pingora log lines of expected noise (connection-pool races, upgrade retries), not written to stderr.",
+    ))
+});
+
+/// A metric from a static definition.
+#[allow(
+    clippy::expect_used,
+    reason = "static names and labels, fixed at build time and unit-tested"
+)]
+fn static_metric<M>(m: prometheus::Result<M>) -> M {
+    m.expect("static metric definition")
+}
 
 /// Latency buckets for MOR: 1 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -189,6 +223,11 @@ impl Metrics {
             ),
             registry: r,
         };
+        reg(&m.registry, Ok(ACCESS_LOG_DROPPED.clone()));
+        reg(&m.registry, Ok(LOG_SUPPRESSED.clone()));
+        for reason in ["queue_full", "write_error"] {
+            ACCESS_LOG_DROPPED.with_label_values(&[reason]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_SHA])
             .set(1);
@@ -314,5 +353,11 @@ mod tests {
             text.contains(r#"mor_gateway_hash_failures_total{api_method="user_details_get"} 1"#)
         );
         assert!(text.contains("mor_gateway_build_info{"));
+        assert!(text.contains(r#"mor_gateway_access_log_dropped_total{reason="queue_full"}"#));
+        assert!(text.contains("mor_gateway_log_suppressed_total "));
+        // Process-wide counters are shared by every registry.
+        assert!(String::from_utf8(Metrics::new().render())
+            .unwrap()
+            .contains("mor_gateway_log_suppressed_total "));
     }
 }

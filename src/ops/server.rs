@@ -1,6 +1,7 @@
 //! Assembles the pingora server: the gateway proxy service, the metrics and
 //! health listener, the optional embedded simulator, and housekeeping
-//! (SIGHUP reload, limiter sweeps, upstream health checks).
+//! (SIGHUP reload, SIGUSR1 access-log reopen, limiter sweeps, upstream
+//! health checks).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::Settings;
 use crate::edge::proxy::{Gateway, Shared};
@@ -142,7 +144,8 @@ impl ServeHttp for MetricsApp {
     }
 }
 
-/// SIGHUP reloads, limiter sweeps and upstream health checks.
+/// SIGHUP reloads, SIGUSR1 access-log reopens (SIGUSR2 is ignored), limiter
+/// sweeps and upstream health checks.
 pub struct Housekeeping {
     shared: Arc<Shared>,
     config_path: Option<PathBuf>,
@@ -193,6 +196,35 @@ impl Housekeeping {
     }
 }
 
+/// Watches `kind`; None (logged) when the handler cannot be installed.
+fn watch(kind: SignalKind, name: &str) -> Option<Signal> {
+    match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!("cannot watch {name}: {e}");
+            None
+        }
+    }
+}
+
+/// The next delivery of a watched signal (never, if not watched).
+async fn next(s: &mut Option<Signal>) -> Option<()> {
+    match s.as_mut() {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGUSR1: reopen the access log (after logrotate renamed it).
+fn reopen_access_log(shared: &Shared) {
+    match shared.access_log.reopen() {
+        Ok(()) => tracing::info!("SIGUSR1: access log reopened"),
+        Err(e) => {
+            tracing::error!("SIGUSR1: cannot reopen the access log, keeping the old file: {e}")
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -203,11 +235,15 @@ impl BackgroundService for Housekeeping {
                 None
             }
         };
+        let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1 (access-log reopen)");
+        let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => self.reload(),
+                Some(()) = next(&mut usr1) => reopen_access_log(&self.shared),
+                Some(()) = next(&mut usr2) => tracing::info!("SIGUSR2 ignored (SIGUSR1 reopens the access log, SIGHUP reloads)"),
                 _ = sweep.tick() => self.shared.state.load().limits.sweep(),
                 _ = tokio::time::sleep_until(next_check) => {
                     let st = self.shared.state.load_full();
@@ -331,12 +367,14 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     server.add_service(background_service(
         "housekeeping",
         Housekeeping {
-            shared,
+            shared: shared.clone(),
             config_path: plan.config_path,
         },
     ));
     tracing::info!("mor-gateway listening on {:?}", s.listen);
     server.run(RunArgs::default());
+    // The last lines of calls that finished during the shutdown.
+    shared.access_log.flush(Duration::from_secs(2));
     Ok(())
 }
 

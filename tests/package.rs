@@ -1,0 +1,236 @@
+//! What the Debian package ships agrees with itself: the two units, the
+//! logrotate snippet, the shipped config, the man pages, Cargo.toml's asset
+//! list and the LICENSE. (.ci/run builds the package, installs it and runs
+//! systemd-analyze and logrotate on what was installed.)
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// The lines of `[section]` (comments and blank lines left out).
+fn section(unit: &str, name: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for l in unit.lines().map(str::trim) {
+        if l.starts_with('[') {
+            inside = l == format!("[{name}]");
+        } else if inside && !l.is_empty() && !l.starts_with('#') {
+            out.push(l.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_slot_unit_is_the_service_but_for_run_upgrade() {
+    let main = read("deploy/systemd/mor-gateway.service");
+    let slot = read("deploy/systemd/mor-gateway@.service");
+    let (ms, ss) = (section(&main, "Service"), section(&slot, "Service"));
+    let start = |s: &[String]| s.iter().find(|l| l.starts_with("ExecStart=")).cloned();
+    assert_eq!(
+        start(&ms)
+            .unwrap()
+            .replace(" run -c ", " run --upgrade -c "),
+        start(&ss).unwrap()
+    );
+    let rest = |s: &[String]| -> Vec<String> {
+        s.iter()
+            .filter(|l| !l.starts_with("ExecStart="))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(rest(&ms), rest(&ss), "[Service] sections differ");
+    for needed in [
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "SystemCallFilter=@system-service",
+        "LogsDirectory=mor-gateway",
+        "EnvironmentFile=-/etc/mor-gateway/secrets.env",
+    ] {
+        assert!(ms.iter().any(|l| l == needed), "missing {needed}");
+    }
+    // Both share /tmp, where the upgrade socket is, with whichever runs.
+    for u in [&main, &slot] {
+        let joins = section(u, "Unit")
+            .into_iter()
+            .find(|l| l.starts_with("JoinsNamespaceOf="))
+            .unwrap();
+        for other in ["mor-gateway@a.service", "mor-gateway@b.service"] {
+            assert!(joins.contains(other), "{joins}");
+        }
+    }
+    assert!(section(&main, "Install").contains(&"WantedBy=multi-user.target".to_string()));
+    assert!(
+        section(&slot, "Install").is_empty(),
+        "slots are not enabled"
+    );
+}
+
+#[test]
+fn logrotate_signals_every_unit_that_can_run_the_gateway() {
+    let lr = read("deploy/logrotate/mor-gateway");
+    let config = read("deploy/etc/gateway.toml");
+    assert!(config.contains("path = \"/var/log/mor-gateway/access.log\""));
+    assert!(lr.starts_with('#') && lr.contains("/var/log/mor-gateway/*.log {"));
+    for needed in [
+        "--signal=USR1",
+        "mor-gateway.service mor-gateway@a.service mor-gateway@b.service",
+        "nocreate",
+        "sharedscripts",
+    ] {
+        assert!(lr.contains(needed), "missing {needed}");
+    }
+    assert!(!lr.lines().any(|l| l.trim() == "copytruncate"));
+}
+
+#[test]
+fn the_shipped_config_checks_with_the_secret_in_the_environment() {
+    let config = Path::new(ROOT).join("deploy/etc/gateway.toml");
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(BIN);
+        c.args(["check", "-c"])
+            .arg(&config)
+            .env_remove("MOR_API_SECRET");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let ok = run(&[("MOR_API_SECRET", "check-only")]);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("listen         0.0.0.0:80"), "{out}");
+    assert!(!out.contains("check-only"), "the secret is not printed");
+    let missing = run(&[]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("MOR_API_SECRET"));
+}
+
+#[test]
+fn man_pages_come_from_the_cli_and_document_the_daemon() {
+    let dir = temp_dir();
+    let out = Command::new(BIN)
+        .args(["manpage", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    assert_eq!(
+        pages,
+        [
+            "mor-gateway-check.8",
+            "mor-gateway-demo.8",
+            "mor-gateway-run.8",
+            "mor-gateway-sign.8",
+            "mor-gateway-sim.8",
+            "mor-gateway.8"
+        ]
+    );
+    let main = std::fs::read_to_string(dir.join("mor-gateway.8")).unwrap();
+    assert_eq!(main.matches(".TH ").count(), 1, "one roff page");
+    assert!(main.contains("\n.SH VERSION\n"));
+    for needed in [
+        ".TH mor-gateway 8",
+        ".SH \"ENVIRONMENT\"",
+        "MOR_GATEWAY_LOG",
+        "warn,mor_gateway=info",
+        ".SH \"SIGNALS\"",
+        "SIGUSR1",
+        "SIGUSR2",
+        "latency_us",
+        "mor\\-gateway\\-run(8)",
+    ] {
+        assert!(main.contains(needed), "missing {needed}:\n{main}");
+    }
+    assert!(!main.contains("manpage"), "the generator is hidden");
+    let stdout = Command::new(BIN).arg("manpage").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&stdout.stdout), main);
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("manpage"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_packaged_file_exists_and_the_license_is_apache_2() {
+    let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let pkg = &cargo["package"];
+    assert_eq!(pkg["license"].as_str(), Some("Apache-2.0"));
+    let deb = &pkg["metadata"]["deb"];
+    assert_eq!(deb["license-file"][0].as_str(), Some("LICENSE"));
+    let assets = deb["assets"].as_array().unwrap();
+    for a in assets {
+        let src = a[0].as_str().unwrap();
+        if src.starts_with("target/release/") {
+            continue; // built by .ci/run
+        }
+        let (dir, pattern) = src.rsplit_once('/').unwrap_or((".", src));
+        let found = std::fs::read_dir(Path::new(ROOT).join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+            .any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                match pattern.split_once('*') {
+                    Some((pre, post)) => name.starts_with(pre) && name.ends_with(post),
+                    None => name == pattern,
+                }
+            });
+        assert!(found, "asset {src} matches no file");
+    }
+    let dests: Vec<&str> = assets.iter().map(|a| a[1].as_str().unwrap()).collect();
+    for d in [
+        "usr/bin/",
+        "etc/mor-gateway/gateway.toml",
+        "etc/logrotate.d/mor-gateway",
+        "usr/share/man/man8/",
+    ] {
+        assert!(dests.contains(&d), "no asset goes to {d}");
+    }
+    assert_eq!(
+        deb["systemd-units"]["unit-scripts"].as_str(),
+        Some("deploy/systemd/")
+    );
+    for script in ["postinst", "postrm", "prerm"] {
+        assert!(read(&format!("deploy/debian/{script}")).contains("#DEBHELPER#"));
+    }
+    let license = read("LICENSE");
+    for needed in [
+        "Apache License",
+        "Version 2.0, January 2004",
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ] {
+        assert!(license.contains(needed), "LICENSE lacks {needed}");
+    }
+    assert_eq!(license.lines().count(), 202, "the full standard text");
+}
