@@ -105,7 +105,23 @@ fn logrotate_signals_every_unit_that_can_run_the_gateway() {
 
 #[test]
 fn the_shipped_config_checks_with_the_secret_in_the_environment() {
-    let config = Path::new(ROOT).join("deploy/etc/gateway.toml");
+    // `check` opens the access log as `run` would: /var/log/mor-gateway is
+    // made by the package (postinst, LogsDirectory=), so the source tree's
+    // copy is checked with the log in a temporary directory.
+    let shipped = std::fs::read_to_string(Path::new(ROOT).join("deploy/etc/gateway.toml")).unwrap();
+    let dir = std::env::temp_dir().join(format!("morgw-package-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    let log = dir.join("access.log");
+    assert!(shipped.contains("/var/log/mor-gateway/access.log"));
+    std::fs::write(
+        &config,
+        shipped.replace(
+            "/var/log/mor-gateway/access.log",
+            &log.display().to_string(),
+        ),
+    )
+    .unwrap();
     let run = |env: &[(&str, &str)]| {
         let mut c = Command::new(BIN);
         c.args(["check", "-c"])
