@@ -228,20 +228,14 @@ fn reopen_access_log(shared: &Shared) {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!("cannot watch SIGHUP, reload disabled: {e}");
-                None
-            }
-        };
+        let mut hup = watch(SignalKind::hangup(), "SIGHUP (reload)");
         let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1 (access-log reopen)");
         let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut next_check = tokio::time::Instant::now();
         loop {
             tokio::select! {
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => self.reload(),
+                Some(()) = next(&mut hup) => self.reload(),
                 Some(()) = next(&mut usr1) => reopen_access_log(&self.shared),
                 Some(()) = next(&mut usr2) => tracing::info!("SIGUSR2 ignored (SIGUSR1 reopens the access log, SIGHUP reloads)"),
                 _ = sweep.tick() => self.shared.state.load().limits.sweep(),
