@@ -15,7 +15,6 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -242,39 +241,7 @@ fn keepalive_client(a: SocketAddr, n: usize) {
 /// A gateway with two worker threads (the harness's have one): pingora's
 /// pool races need two.
 fn start_two_thread_gateway(sa: SocketAddr) -> Gw {
-    let dir = temp_dir();
-    let (a, m) = (addr(free_port()), addr(free_port()));
-    let config = dir.join("gateway.toml");
-    let body = body_for(&[sa], "", "");
-    std::fs::write(
-        &config,
-        format!("listen = [\"{a}\"]\nthreads = 2\n{body}\n[metrics]\nlisten = \"{m}\"\n"),
-    )
-    .unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("GW_KEY", KEY)
-        .env_remove("MOR_GATEWAY_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("stderr.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
-    let proc = Proc {
-        child,
-        name: "gateway".into(),
-    };
-    wait_listening(a, "gateway");
-    wait_listening(m, "metrics listener");
-    Gw {
-        proc,
-        addr: a,
-        metrics: m,
-        dir,
-        config,
-    }
+    start_gateway(&body_for(&[sa], "threads = 2", ""))
 }
 
 #[test]

@@ -202,13 +202,19 @@ impl Gw {
 
 fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
     // `body` holds [upstream], [api], ... ; the listen keys go first.
-    // No grace by default, so that stopping a test's gateway is quick.
+    // One worker and no grace unless the body says otherwise (stopping a
+    // test's gateway is then quick).
+    let threads = if body.contains("threads =") {
+        ""
+    } else {
+        "threads = 1\n"
+    };
     let grace = if body.contains("shutdown_grace") {
         ""
     } else {
         "shutdown_grace = \"0s\"\n"
     };
-    format!("listen = [\"{gw}\"]\nthreads = 1\n{grace}{body}\n[metrics]\nlisten = \"{metrics}\"\n")
+    format!("listen = [\"{gw}\"]\n{threads}{grace}{body}\n[metrics]\nlisten = \"{metrics}\"\n")
 }
 
 /// A gateway config body in front of `upstreams`: `top` holds top-level
@@ -238,6 +244,8 @@ pub fn start_gateway_env(body: &str, env: &[(&str, &str)]) -> Gw {
         .arg(&config)
         .env("GW_KEY", KEY)
         .env("GW_RESELLER_KEY", "resellerkey")
+        // The default log filter, whatever the test runner's environment.
+        .env_remove("MOR_GATEWAY_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::from(
             std::fs::File::create(dir.join("stderr.log")).expect("log file"),
