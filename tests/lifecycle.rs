@@ -129,34 +129,13 @@ fn a_listener_that_cannot_bind_ends_the_process_naming_it() {
 
 #[test]
 fn sigterm_lets_the_slow_call_in_flight_finish_and_stops_accepting() {
-    let (sim, sa) = start_sim(KEY, &[]);
-    let gw = start_gateway(&body_for(&[sa], "", ""));
+    let (_sim, sa) = start_sim(KEY, &[]);
     // The common config has no grace; this gateway gets 3 s.
-    let text = std::fs::read_to_string(&gw.config)
-        .unwrap()
-        .replace("shutdown_grace = \"0s\"", "shutdown_grace = \"3s\"");
-    drop(gw);
-    let _ = &text;
-    let dir = temp_dir();
-    let cfg = dir.join("gw.toml");
-    std::fs::write(&cfg, &text).unwrap();
-    let addr: SocketAddr = text.split('"').nth(1).unwrap().parse().unwrap();
-    let child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .env("GW_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gw = Proc {
-        child,
-        name: "gateway".into(),
-    };
-    wait_listening(addr, "gateway");
+    let mut gw = start_gateway(&body_for(&[sa], "shutdown_grace = \"3s\"", ""));
+    let addr = gw.addr;
     let slow = std::thread::spawn(move || send(addr, slow_call(1500).as_bytes()));
     std::thread::sleep(Duration::from_millis(300));
-    gw.signal("TERM");
+    gw.proc.signal("TERM");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
@@ -171,9 +150,8 @@ fn sigterm_lets_the_slow_call_in_flight_finish_and_stops_accepting() {
     );
     let deadline = Instant::now() + Duration::from_secs(8);
     while Instant::now() < deadline {
-        if let Ok(Some(st)) = gw.child.try_wait() {
+        if let Ok(Some(st)) = gw.proc.child.try_wait() {
             assert!(st.success(), "{st:?}");
-            drop(sim);
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
