@@ -59,6 +59,8 @@ const TRAFFIC: &str = r#"
     mor_gateway_ratelimit_decisions_total{layer="user", decision="limited"}
     mor_gateway_ratelimit_decisions_total{layer="method", decision="limited"}
     mor_gateway_lockouts_active
+    mor_gateway_shared_limits_up
+    mor_gateway_shared_limits_duration_seconds_count
     mor_gateway_config_reloads_total{result="ok"}
     mor_gateway_config_reloads_total{result="failed"}
 "#;
@@ -73,7 +75,7 @@ macro_rules! note {
 
 /// The gateway's configuration body (tests/common adds the listen addresses
 /// and `[metrics]`).
-fn gateway_body(upstreams: &[SocketAddr]) -> String {
+fn gateway_body(upstreams: &[SocketAddr], redis: SocketAddr) -> String {
     let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
         r#"reply_mode = "mor"
@@ -97,6 +99,10 @@ user_details_get = {{ per_second = 1000, burst = 1000 }}
 failures = 3
 window = "60s"
 cooloff = "300s"
+[limits.shared]
+url = "redis://{redis}"
+timeout = "100ms"
+retry_interval = "500ms"
 "#,
         ups.join(", ")
     )
@@ -233,9 +239,12 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
     let board = dashboard();
     let (_sim, sim_addr) = start_sim(KEY, &[]);
     let dead = addr(free_port());
-    let body = gateway_body(&[sim_addr, dead]);
+    // Shared limits: a live Redis for one gateway, none for the other.
+    let redis_port = free_port();
+    let _redis = start_redis(redis_port, &[]);
+    let body = gateway_body(&[sim_addr, dead], addr(redis_port));
     let gw = start_gateway(&body);
-    let gw_dead = start_gateway(&gateway_body(&[dead]));
+    let gw_dead = start_gateway(&gateway_body(&[dead], dead));
     assert!(
         ![gw.addr, gw.metrics, gw_dead.addr, gw_dead.metrics, sim_addr].contains(&dead),
         "the dead upstream's port was reused by a live listener; rerun"

@@ -179,6 +179,35 @@ pub struct ClientSettings {
     pub keepalive_timeout: Duration,
 }
 
+/// Where and how the limits are shared (`[limits.shared]`).
+#[derive(Clone)]
+pub struct SharedLimitSettings {
+    /// The Redis client (address, credentials, TLS roots; connects lazily).
+    pub client: redis::Client,
+    /// The URL as configured (it never holds the password).
+    pub url: String,
+    /// Prefix of every key.
+    pub key_prefix: String,
+    /// Longest wait per decision.
+    pub timeout: Duration,
+    /// Decisions stay local this long after a failure.
+    pub retry_interval: Duration,
+    /// The per-IP layer is shared too.
+    pub per_ip: bool,
+}
+
+impl fmt::Debug for SharedLimitSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedLimitSettings")
+            .field("url", &self.url)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("retry_interval", &self.retry_interval)
+            .field("per_ip", &self.per_ip)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -220,6 +249,8 @@ pub struct Settings {
     pub catalog_file: Option<PathBuf>,
     /// Rate limits.
     pub limits: LimitSettings,
+    /// Limits shared through Redis (`[limits.shared]`), if on.
+    pub shared_limits: Option<SharedLimitSettings>,
     /// Metrics listener (None: off).
     pub metrics_listen: Option<SocketAddr>,
     /// Access log mode.
@@ -380,6 +411,13 @@ impl Settings {
             by_rule(Auth::Unsigned)
         );
         let l = &self.limits;
+        if let Some(sh) = &self.shared_limits {
+            let _ = writeln!(
+                s,
+                "shared limits  {} prefix={:?} timeout={:?} retry_interval={:?} per_ip shared={}",
+                sh.url, sh.key_prefix, sh.timeout, sh.retry_interval, sh.per_ip
+            );
+        }
         let _ = writeln!(
             s,
             "limits         per_ip={:?} per_user={:?} per_method={} per_method_user={} exempt={} lockout={:?} max_tracked_keys={}",
@@ -509,5 +547,69 @@ users = ["a"]
         ))
         .unwrap();
         assert!(s.limits.per_method.contains_key("user_calls_get"));
+    }
+
+    #[test]
+    fn shared_limits_are_checked_and_never_show_the_password() {
+        let env = std::collections::HashMap::from([
+            ("MORGW_TEST_KEY", "456789"),
+            ("MORGW_REDIS_PW", "redis-pw-123"),
+        ]);
+        let s = Settings::from_toml(
+            &base("[limits.shared]\nurl = \"redis://10.0.0.5:6380/2\"\npassword_env = \"MORGW_REDIS_PW\"\n"),
+            None,
+            &env,
+        )
+        .unwrap();
+        let sh = s.shared_limits.as_ref().unwrap();
+        assert_eq!(sh.url, "redis://10.0.0.5:6380/2");
+        assert_eq!(sh.key_prefix, "mor-gateway:");
+        assert_eq!(sh.timeout, Duration::from_millis(50));
+        assert_eq!(sh.retry_interval, Duration::from_secs(1));
+        assert!(!sh.per_ip);
+        let shown = format!("{s:?}{}", s.summary());
+        assert!(shown.contains("redis://10.0.0.5:6380/2"), "{shown}");
+        assert!(!shown.contains("redis-pw-123"), "{shown}");
+        assert!(
+            load(&base("")).unwrap().shared_limits.is_none(),
+            "off by default"
+        );
+
+        for (table, key) in [
+            ("url = \"http://x\"", "limits.shared.url"),
+            ("url = \"redis://:pw@h:1\"", "limits.shared.url"),
+            ("url = \"redis://u:pw@h:1\"", "limits.shared.url"),
+            (
+                "url = \"redis://h\"\ntimeout = \"0s\"",
+                "limits.shared.timeout",
+            ),
+            (
+                "url = \"redis://h\"\nretry_interval = \"0s\"",
+                "limits.shared.retry_interval",
+            ),
+            (
+                "url = \"redis://h\"\npassword_env = \"UNSET_VAR_X\"",
+                "limits.shared.password",
+            ),
+            (
+                "url = \"redis://h\"\nca_file = \"/etc/hostname\"",
+                "limits.shared.ca_file",
+            ),
+            (
+                "url = \"rediss://h\"\nca_file = \"/no/such.pem\"",
+                "limits.shared.ca_file",
+            ),
+            (
+                "url = \"redis://h\"\nkey_prefix = \"{}\"",
+                "limits.shared.key_prefix",
+            ),
+            ("url = \"redis://h\"\nno_such_key = 1", "no_such_key"),
+        ] {
+            let table = table.replace("{}", &"x".repeat(65));
+            let msg = load(&base(&format!("[limits.shared]\n{table}\n")))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{table}: {msg}");
+        }
     }
 }

@@ -17,8 +17,8 @@ use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
 
 use super::{
-    invalid, CaBundle, CertKey, ClientSettings, ConfigError, SecretSource, Settings, TlsListen,
-    Upstream,
+    invalid, CaBundle, CertKey, ClientSettings, ConfigError, SecretSource, Settings,
+    SharedLimitSettings, TlsListen, Upstream,
 };
 use crate::core::catalog::Catalog;
 use crate::core::limits::{LimitSettings, Lockout, QuotaSpec};
@@ -461,6 +461,102 @@ fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
     })
 }
 
+/// `[limits.shared]`: the Redis client is built here (address, password,
+/// CA bundle), so what `check` accepts connects the same way in `run`.
+fn shared_limits(
+    env: &dyn Env,
+    sh: schema::SharedLimits,
+) -> Result<SharedLimitSettings, ConfigError> {
+    use redis::IntoConnectionInfo;
+    const KEY: &str = "limits.shared.url";
+    if !(sh.url.starts_with("redis://") || sh.url.starts_with("rediss://")) {
+        return Err(invalid(KEY, "must start with redis:// or rediss:// (TLS)"));
+    }
+    let info = sh
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| invalid(KEY, format!("not a Redis URL: {e}")))?;
+    if info.redis_settings().password().is_some() || info.redis_settings().username().is_some() {
+        return Err(invalid(
+            KEY,
+            "no credentials in the URL: use limits.shared.username and password_env or password_file",
+        ));
+    }
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(u) = &sh.username {
+        redis_info = redis_info.set_username(u);
+    }
+    let password = match (sh.password_env, sh.password_file) {
+        (None, None) => None,
+        (env_var, file) => {
+            let source = secret_source(
+                "limits.shared.password_env",
+                env_var,
+                "limits.shared.password_file",
+                file,
+            )?;
+            Some(read_secret(env, "limits.shared.password", &source)?)
+        }
+    };
+    if let Some(p) = &password {
+        let text = std::str::from_utf8(p.expose()).map_err(|_| {
+            invalid(
+                "limits.shared.password",
+                "the Redis password is not UTF-8 text",
+            )
+        })?;
+        redis_info = redis_info.set_password(text);
+    }
+    let info = info.set_redis_settings(redis_info);
+    let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+    let client = match &sh.ca_file {
+        Some(_) if !tls => {
+            return Err(invalid(
+                "limits.shared.ca_file",
+                "only used with a rediss:// URL",
+            ))
+        }
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid(
+                    "limits.shared.ca_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            X509::stack_from_pem(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    invalid(
+                        "limits.shared.ca_file",
+                        format!("{} holds no PEM certificate", path.display()),
+                    )
+                })?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+        None => redis::Client::open(info),
+    }
+    .map_err(|e| invalid(KEY, format!("cannot use this Redis address: {e}")))?;
+    if sh.key_prefix.len() > 64 {
+        return Err(invalid("limits.shared.key_prefix", "at most 64 bytes"));
+    }
+    Ok(SharedLimitSettings {
+        client,
+        url: sh.url,
+        key_prefix: sh.key_prefix,
+        timeout: positive("limits.shared.timeout", sh.timeout)?,
+        retry_interval: positive("limits.shared.retry_interval", sh.retry_interval)?,
+        per_ip: sh.per_ip,
+    })
+}
+
 fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigError> {
     let exempt = cidrs("limits.exempt", &l.exempt)?;
     if let Some(q) = &l.per_ip {
@@ -519,7 +615,7 @@ fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigE
 /// Checks `raw` and builds the runtime settings; `path` is the file it came
 /// from (messages, and the base of a relative `catalog_file`).
 pub fn resolve(
-    raw: schema::File,
+    mut raw: schema::File,
     path: Option<&Path>,
     env: &dyn Env,
 ) -> Result<Settings, ConfigError> {
@@ -588,6 +684,10 @@ pub fn resolve(
     )?;
     let admin_key = read_secret(env, "secrets.admin_key", &admin_key_source)?;
     let tenants = resellers(env, raw.resellers)?;
+    let shared_limits = match raw.limits.shared.take() {
+        Some(sh) => Some(shared_limits(env, sh)?),
+        None => None,
+    };
     let limits = limits(raw.limits, &catalog)?;
 
     let metrics_listen = match raw.metrics.listen.as_str() {
@@ -641,6 +741,7 @@ pub fn resolve(
         reseller_key_sources: tenants.sources,
         catalog_file,
         limits,
+        shared_limits,
         metrics_listen,
         access_log: raw.access_log.mode,
         access_log_path: raw.access_log.path,

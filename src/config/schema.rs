@@ -283,6 +283,8 @@ pub struct Limits {
     pub headers: bool,
     /// `[limits.lockout]`.
     pub lockout: Option<Lockout>,
+    /// `[limits.shared]`: decide the limits in Redis, shared by gateways.
+    pub shared: Option<SharedLimits>,
 }
 
 impl Default for Limits {
@@ -296,6 +298,7 @@ impl Default for Limits {
             max_tracked_keys: 100_000,
             headers: false,
             lockout: None,
+            shared: None,
         }
     }
 }
@@ -312,6 +315,46 @@ pub struct Lockout {
     /// How long the pair is refused.
     #[serde(with = "humantime_serde")]
     pub cooloff: Duration,
+}
+
+/// `[limits.shared]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedLimits {
+    /// `redis://host[:port][/db]` or `rediss://` (TLS); no password in it.
+    pub url: String,
+    /// ACL user name (Redis 6+), if any.
+    pub username: Option<String>,
+    /// Environment variable holding the Redis password.
+    pub password_env: Option<String>,
+    /// File holding the Redis password.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA bundle for `rediss://` (default: the system store).
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of every key the gateway writes.
+    #[serde(default = "shared_prefix")]
+    pub key_prefix: String,
+    /// Longest wait for Redis per decision before the local limiters decide.
+    #[serde(default = "shared_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// After a failure, how long decisions stay local before Redis is tried again.
+    #[serde(default = "shared_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// Share the per-IP layer too (default: it stays local).
+    #[serde(default)]
+    pub per_ip: bool,
+}
+
+fn shared_prefix() -> String {
+    "mor-gateway:".to_string()
+}
+
+fn shared_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn shared_retry() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// `[metrics]`.

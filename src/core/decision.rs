@@ -286,6 +286,110 @@ fn keys_for(s: &Policy, m: Option<&Method>, params: &Params) -> Result<Keys, Par
     )
 }
 
+/// How the hash comparison of a call came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashCheck {
+    /// No hash was compared (no hash needed): the lockout does not apply.
+    Skipped,
+    /// The hash matched.
+    Good,
+    /// The hash did not match.
+    Bad,
+}
+
+/// A call whose parameters and hash were checked, waiting for the limit
+/// layers (lockout, then user and method quotas). The local limiters
+/// settle it with [`Pending::settle`]; a shared store asks the same
+/// questions ([`Pending::ip`], [`Pending::user`], [`Pending::method`],
+/// [`Pending::hash`]) and gives its answer to [`Pending::conclude`].
+#[derive(Debug, Clone)]
+pub struct Pending {
+    info: CallInfo,
+    ip: IpAddr,
+    hash: HashCheck,
+    forward: Forward,
+}
+
+/// The outcome of stage two before the limit layers.
+#[derive(Debug, Clone)]
+pub enum Checked {
+    /// Decided already (refused, or a pass-through forward).
+    Done(Verdict),
+    /// Waiting for the limit layers.
+    Pending(Pending),
+}
+
+impl Pending {
+    /// Client address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+    /// `u`, when given as a single value.
+    pub fn user(&self) -> Option<&str> {
+        self.info.user.as_deref()
+    }
+    /// The method's bounded label (canonical name or `other`).
+    pub fn method(&self) -> &str {
+        self.info.label()
+    }
+    /// How the hash comparison came out.
+    pub fn hash(&self) -> HashCheck {
+        self.hash
+    }
+
+    /// Asks `gate` in MOR's order: lockout, hash record, then the user and
+    /// method layers.
+    pub fn settle<G: Gate + ?Sized>(self, gate: &G) -> Verdict {
+        let mut trace = self.info.limits;
+        let answer = self.ask(gate, &mut trace);
+        self.conclude(answer, trace)
+    }
+
+    fn ask<G: Gate + ?Sized>(
+        &self,
+        gate: &G,
+        trace: &mut LimitTrace,
+    ) -> Result<Option<Allowance>, Refusal> {
+        if self.hash != HashCheck::Skipped {
+            let who = self.user().unwrap_or("");
+            gate.check_lockout(self.ip, who)?;
+            gate.record_hash(self.ip, who, self.hash == HashCheck::Good);
+            if self.hash == HashCheck::Bad {
+                return Err(Refusal::new(Reason::BadHash));
+            }
+        }
+        gate.check_call(self.ip, self.user(), self.method(), trace)
+    }
+
+    /// The verdict once the limit layers answered: `answer` is the tightest
+    /// allowance or the refusal, `trace` the layers that decided (it
+    /// replaces the call's trace, so it starts from [`Pending::trace`]).
+    pub fn conclude(
+        self,
+        answer: Result<Option<Allowance>, Refusal>,
+        trace: LimitTrace,
+    ) -> Verdict {
+        let Pending {
+            mut info,
+            mut forward,
+            ..
+        } = self;
+        info.limits = trace;
+        match answer {
+            Err(r) => Verdict::Refuse(r, info),
+            Ok(a) => {
+                forward.allowance = Allowance::tighter(forward.allowance, a);
+                Verdict::Forward(forward, info)
+            }
+        }
+    }
+
+    /// The layers that decided so far (the per-IP layer).
+    pub fn trace(&self) -> LimitTrace {
+        self.info.limits
+    }
+}
+
 /// Stage two, with the whole body: everything else.
 pub fn finish<G: Gate + ?Sized>(
     s: &Policy,
@@ -294,6 +398,15 @@ pub fn finish<G: Gate + ?Sized>(
     admitted: Admitted,
     body: &[u8],
 ) -> Verdict {
+    match verify(s, head, admitted, body) {
+        Checked::Done(v) => v,
+        Checked::Pending(p) => p.settle(gate),
+    }
+}
+
+/// Stage two up to the limit layers: parameter view, caller, keys, hash,
+/// the path to forward to. Pure: no limiter is touched.
+pub fn verify(s: &Policy, head: &Head<'_>, admitted: Admitted, body: &[u8]) -> Checked {
     let (call, ip_allowance) = match admitted {
         Admitted::PassThrough(a, info) => {
             let mut pq = head.path.to_string();
@@ -301,14 +414,14 @@ pub fn finish<G: Gate + ?Sized>(
                 pq.push('?');
                 pq.push_str(q);
             }
-            return Verdict::Forward(
+            return Checked::Done(Verdict::Forward(
                 Forward {
                     path_and_query: pq,
                     signer: Signer::PassThrough,
                     allowance: a,
                 },
                 info,
-            );
+            ));
         }
         Admitted::Api(call, a) => (call, a),
     };
@@ -319,7 +432,10 @@ pub fn finish<G: Gate + ?Sized>(
     } = call;
     let method = method.and_then(|i| s.catalog.get(i));
     let bad = |e: &dyn std::fmt::Display, info: CallInfo| {
-        Verdict::Refuse(Refusal::with(Reason::BadRequest, e.to_string()), info)
+        Checked::Done(Verdict::Refuse(
+            Refusal::with(Reason::BadRequest, e.to_string()),
+            info,
+        ))
     };
     let params = match view(head, &api, body) {
         Ok(p) => p,
@@ -329,12 +445,11 @@ pub fn finish<G: Gate + ?Sized>(
         Ok(u) => u.map(str::to_string),
         Err(e) => return bad(&e, info),
     };
-    info.user = user.clone();
-    let ip = head.client_ip;
+    info.user = user;
 
     let auth = method.map_or(Auth::Global, |m| m.auth);
-    let signer = if !auth.hashed() || !s.verify_hash {
-        Signer::Unchecked
+    let (signer, hash) = if !auth.hashed() || !s.verify_hash {
+        (Signer::Unchecked, HashCheck::Skipped)
     } else {
         let checked = (|| {
             let keys = keys_for(s, method, &params)?;
@@ -343,13 +458,11 @@ pub fn finish<G: Gate + ?Sized>(
         })();
         let (keys, parts, given) = match checked {
             Ok((k, p, Some(h))) => (k, p, h),
-            Ok((_, _, None)) => return Verdict::Refuse(Refusal::new(Reason::BadHash), info),
+            Ok((_, _, None)) => {
+                return Checked::Done(Verdict::Refuse(Refusal::new(Reason::BadHash), info))
+            }
             Err(e) => return bad(&e, info),
         };
-        let who = user.as_deref().unwrap_or("");
-        if let Err(r) = gate.check_lockout(ip, who) {
-            return Verdict::Refuse(r, info);
-        }
         let admin_allowed = !matches!(keys, Keys::Reseller(_));
         let reseller = match keys {
             Keys::Admin => None,
@@ -361,24 +474,13 @@ pub fn finish<G: Gate + ?Sized>(
             signature::digest(&parts, s.admin_key.expose()).matches(given) & admin_allowed;
         let reseller_ok =
             reseller.is_some_and(|r| signature::digest(&parts, r.key.expose()).matches(given));
-        let ok = admin_ok | reseller_ok;
-        gate.record_hash(ip, who, ok);
-        if !ok {
-            return Verdict::Refuse(Refusal::new(Reason::BadHash), info);
-        }
         match reseller {
-            Some(r) if !admin_ok => Signer::Reseller(r.name.clone()),
-            _ => Signer::Admin,
+            _ if !(admin_ok | reseller_ok) => (Signer::Unchecked, HashCheck::Bad),
+            Some(r) if !admin_ok => (Signer::Reseller(r.name.clone()), HashCheck::Good),
+            _ => (Signer::Admin, HashCheck::Good),
         }
     };
 
-    let mut trace = std::mem::take(&mut info.limits);
-    let checked = gate.check_call(ip, user.as_deref(), info.label(), &mut trace);
-    info.limits = trace;
-    let call_allowance = match checked {
-        Ok(a) => a,
-        Err(r) => return Verdict::Refuse(r, info),
-    };
     // MOR routes `/<id>` only under the requested legacy name; everything
     // else goes to the canonical name.
     let name = match (&api.id, method) {
@@ -390,14 +492,16 @@ pub fn finish<G: Gate + ?Sized>(
         pq.push('?');
         pq.push_str(q);
     }
-    Verdict::Forward(
-        Forward {
+    Checked::Pending(Pending {
+        info,
+        ip: head.client_ip,
+        hash,
+        forward: Forward {
             path_and_query: pq,
             signer,
-            allowance: Allowance::tighter(ip_allowance, call_allowance),
+            allowance: ip_allowance,
         },
-        info,
-    )
+    })
 }
 
 /// Both stages at once (tests, fuzzing, benchmarks).

@@ -84,6 +84,17 @@ impl Default for LimitSettings {
     }
 }
 
+impl LimitSettings {
+    /// Whether `ip` (IPv4-mapped IPv6 taken as IPv4) skips the rate layers.
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.exempt.iter().any(|n: &IpNet| n.contains(&ip))
+    }
+}
+
 /// The layers that decided about one call, in order (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitTrace {
@@ -92,7 +103,8 @@ pub struct LimitTrace {
 }
 
 impl LimitTrace {
-    fn push(&mut self, layer: &'static str, allowed: bool) {
+    /// Records one layer's decision (at most four are kept).
+    pub fn push(&mut self, layer: &'static str, allowed: bool) {
         if let Some(slot) = self.items.get_mut(self.n) {
             *slot = (layer, allowed);
             self.n += 1;
@@ -216,6 +228,22 @@ impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for CappedStore<K> {
 type Keyed<K> = RateLimiter<K, CappedStore<K>, DefaultClock, StateInformationMiddleware>;
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
+/// The refusal of a call over the quota of `layer`, free again after `retry`.
+pub fn limited(layer: &'static str, retry: Duration) -> Refusal {
+    let mut r = Refusal::new(Reason::Limited);
+    r.retry_after = Some(retry);
+    r.layer = Some(layer);
+    r
+}
+
+/// The refusal of a locked-out (IP, user) pair, free again after `retry`.
+pub fn locked_out(retry: Duration) -> Refusal {
+    let mut r = Refusal::new(Reason::LockedOut);
+    r.retry_after = Some(retry);
+    r.layer = Some("lockout");
+    r
+}
+
 /// A governor quota from the config's rate and burst.
 pub fn quota(q: &QuotaSpec) -> Quota {
     let period = Duration::from_secs_f64(1.0 / q.per_second).max(Duration::from_nanos(1));
@@ -337,11 +365,7 @@ impl Limits {
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.settings.exempt.iter().any(|n: &IpNet| n.contains(&ip))
+        self.settings.is_exempt(ip)
     }
 
     fn refusal(
@@ -349,10 +373,7 @@ impl Limits {
         layer: &'static str,
         nu: &governor::NotUntil<governor::clock::QuantaInstant>,
     ) -> Refusal {
-        let mut r = Refusal::new(Reason::Limited);
-        r.retry_after = Some(nu.wait_time_from(self.clock.now()));
-        r.layer = Some(layer);
-        r
+        limited(layer, nu.wait_time_from(self.clock.now()))
     }
 
     fn check_keyed<K: Hash + Eq + Clone>(
@@ -438,10 +459,7 @@ impl Gate for Limits {
             .and_then(|f| f.locked_until)
             .filter(|t| *t > now)
         {
-            let mut r = Refusal::new(Reason::LockedOut);
-            r.retry_after = Some(until - now);
-            r.layer = Some("lockout");
-            return Err(r);
+            return Err(locked_out(until - now));
         }
         Ok(())
     }

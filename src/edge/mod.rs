@@ -3,4 +3,5 @@
 pub mod forward;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod shared_limits;
 pub mod upstreams;

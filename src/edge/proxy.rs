@@ -21,10 +21,11 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::{CertKey, Settings};
 use crate::core::catalog::Envelope;
-use crate::core::decision::{self, CallInfo, Forward, Head, Rejected, Signer, Verdict};
+use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Signer, Verdict};
 use crate::core::framing;
-use crate::core::limits::Limits;
+use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::edge::shared_limits::{DecidedIp, SharedLimits};
 use crate::edge::upstreams::Upstreams;
 use crate::ops::accesslog::{micros, redact_query, AccessLog, Record, Timestamp};
 use crate::ops::metrics::Metrics;
@@ -37,6 +38,8 @@ pub struct State {
     pub limits: Arc<Limits>,
     /// Its MOR servers.
     pub upstreams: Arc<Upstreams>,
+    /// The limits shared through Redis, when `[limits.shared]` is on.
+    pub shared_limits: Option<Arc<SharedLimits>>,
 }
 
 /// State shared by every request.
@@ -118,11 +121,13 @@ impl Shared {
             .as_ref()
             .map(|t| Arc::new(ArcSwap::new(t.material.clone())));
         register_settings(&metrics, &settings);
+        let shared_limits = shared_limits(&settings, &metrics);
         Ok(Shared {
             state: ArcSwap::from_pointee(State {
                 settings,
                 limits: Arc::new(limits),
                 upstreams: Arc::new(upstreams),
+                shared_limits,
             }),
             metrics,
             access_log,
@@ -151,13 +156,25 @@ impl Shared {
             swap.store(t.material.clone());
         }
         register_settings(&self.metrics, &settings);
+        // A new Redis client each time: the address or password may have changed.
+        let shared_limits = shared_limits(&settings, &self.metrics);
         self.state.store(Arc::new(State {
             settings,
             limits: Arc::new(limits),
             upstreams,
+            shared_limits,
         }));
         Ok(())
     }
+}
+
+/// The Redis side of the limits, when the settings turn it on.
+fn shared_limits(settings: &Settings, metrics: &Arc<Metrics>) -> Option<Arc<SharedLimits>> {
+    metrics.share_limits(settings.shared_limits.is_some());
+    settings
+        .shared_limits
+        .clone()
+        .map(|cfg| Arc::new(SharedLimits::new(cfg, metrics.clone())))
 }
 
 /// Pre-creates the series of a configuration's methods and stamps its load time.
@@ -389,7 +406,15 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        let admitted = match decision::admit(&s.policy, &*st.limits, &head_of(session, ip)) {
+        let admitted = match &st.shared_limits {
+            Some(sh) if sh.per_ip() => {
+                let mut trace = LimitTrace::default();
+                let answer = sh.check_ip(ip, &st.limits, &mut trace).await;
+                decision::admit(&s.policy, &DecidedIp(answer, trace), &head_of(session, ip))
+            }
+            _ => decision::admit(&s.policy, &*st.limits, &head_of(session, ip)),
+        };
+        let admitted = match admitted {
             Ok(a) => a,
             Err(r) => {
                 let Rejected { refusal, info } = *r;
@@ -427,13 +452,13 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.req_bytes = body.len();
-        let verdict = decision::finish(
-            &s.policy,
-            &*st.limits,
-            &head_of(session, ip),
-            admitted,
-            &body,
-        );
+        let verdict = match decision::verify(&s.policy, &head_of(session, ip), admitted, &body) {
+            Checked::Done(v) => v,
+            Checked::Pending(p) => match &st.shared_limits {
+                Some(sh) => sh.settle(p, &st.limits).await,
+                None => p.settle(&*st.limits),
+            },
+        };
         match verdict {
             Verdict::Refuse(r, info) => {
                 ctx.info = info;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::core::decision::CallInfo;
@@ -50,6 +50,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
 ];
 
+/// Round-trip buckets for Redis: 100 µs to 250 ms.
+pub const SHARED_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
 /// Every metric the gateway exports.
 #[derive(Clone)]
 pub struct Metrics {
@@ -84,6 +89,14 @@ pub struct Metrics {
     pub config_loaded: Gauge,
     /// Build information (always 1).
     pub build_info: IntGaugeVec,
+    /// Shared limits: 1 when Redis answered the last decision or probe, 0
+    /// while decisions fall back to the local limiters (absent when off).
+    pub shared_limits_up: IntGauge,
+    /// Decisions settled by the local limiters because Redis was not
+    /// usable, by reason (timeout, error, down).
+    pub shared_limits_fallbacks: IntCounterVec,
+    /// Round trip of one shared-limit decision to Redis.
+    pub shared_limits_duration: Histogram,
 }
 
 /// Registers a metric built from static definitions and returns it.
@@ -221,6 +234,27 @@ impl Metrics {
                     &["version", "git_sha"],
                 ),
             ),
+            // Registered only while shared limits are on (see `share_limits`).
+            shared_limits_up: static_metric(IntGauge::new(
+                "shared_limits_up",
+                "1 when Redis answered the last shared-limit decision or probe; 0 while the local limiters decide.",
+            )),
+            shared_limits_fallbacks: counter(
+                &r,
+                "shared_limits_fallbacks_total",
+                "Limit decisions settled by the local limiters because Redis was not usable, by reason (timeout, error, down).",
+                &["reason"],
+            ),
+            shared_limits_duration: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "shared_limits_duration_seconds",
+                        "Round trip of one shared-limit decision to Redis.",
+                    )
+                    .buckets(SHARED_BUCKETS.to_vec()),
+                ),
+            ),
             registry: r,
         };
         reg(&m.registry, Ok(ACCESS_LOG_DROPPED.clone()));
@@ -235,6 +269,24 @@ impl Metrics {
             m.reloads.with_label_values(&[result]);
         }
         m
+    }
+
+    /// Exports `shared_limits_up` while shared limits are on, and not at all
+    /// when they are off (so its alert cannot fire for a single gateway).
+    pub fn share_limits(&self, on: bool) {
+        if on {
+            // Already registered after a reload: nothing to do.
+            let _ = self
+                .registry
+                .register(Box::new(self.shared_limits_up.clone()));
+            for reason in ["timeout", "error", "down"] {
+                self.shared_limits_fallbacks.with_label_values(&[reason]);
+            }
+        } else {
+            let _ = self
+                .registry
+                .unregister(Box::new(self.shared_limits_up.clone()));
+        }
     }
 
     /// Pre-creates series for configured upstreams so they show from the start.

@@ -124,8 +124,13 @@ impl ServeHttp for MetricsApp {
         match session.req_header().uri.path() {
             "/metrics" => {
                 let m = &self.shared.metrics;
-                m.lockouts_active
-                    .set(self.shared.state.load().limits.active_lockouts() as i64);
+                let st = self.shared.state.load_full();
+                let shared = match &st.shared_limits {
+                    Some(sh) => sh.active_lockouts().await,
+                    None => None,
+                };
+                let n = shared.unwrap_or_else(|| st.limits.active_lockouts());
+                m.lockouts_active.set(i64::try_from(n).unwrap_or(i64::MAX));
                 text_response(200, "text/plain; version=0.0.4; charset=utf-8", m.render())
             }
             "/healthz" => text_response(200, "text/plain", b"ok\n".to_vec()),
@@ -233,6 +238,7 @@ impl BackgroundService for Housekeeping {
         let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut next_check = tokio::time::Instant::now();
+        let mut next_probe = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 Some(()) = next(&mut hup) => self.reload(),
@@ -243,6 +249,19 @@ impl BackgroundService for Housekeeping {
                     let st = self.shared.state.load_full();
                     st.upstreams.check().await;
                     next_check = tokio::time::Instant::now() + st.settings.upstream.health_check_interval;
+                }
+                _ = tokio::time::sleep_until(next_probe) => {
+                    // Shared limits: Redis is pinged every retry_interval, so
+                    // the gauge is true without traffic and recovery is prompt.
+                    let st = self.shared.state.load_full();
+                    let every = match &st.shared_limits {
+                        Some(sh) => {
+                            sh.probe().await;
+                            sh.retry_interval()
+                        }
+                        None => Duration::from_secs(1),
+                    };
+                    next_probe = tokio::time::Instant::now() + every;
                 }
                 _ = shutdown.changed() => break,
             }

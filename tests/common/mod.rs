@@ -413,3 +413,41 @@ pub fn send_from(src: &str, a: SocketAddr, raw: &[u8]) -> Resp {
     parse(&buf)
         .unwrap_or_else(|| panic!("unparseable response: {:?}", String::from_utf8_lossy(&buf)))
 }
+
+/// A redis-server of our own on `port` (no persistence), and its pid.
+pub fn start_redis(port: u16, extra: &[&str]) -> Proc {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (Debian package redis-server; .ci/run installs it)");
+    let p = Proc {
+        child,
+        name: "redis".into(),
+    };
+    wait_listening(addr(port), "redis-server");
+    p
+}
+
+/// Runs redis-cli against our server.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,266 @@
+//! Limits shared through Redis (`[limits.shared]`): two gateway processes
+//! and one real redis-server (started here on a free port, stopped by its
+//! pid), end to end over HTTP.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // user_id=123, key 456789
+const BAD: &str = "0000000000000000000000000000000000000000";
+
+fn details(user: &str) -> String {
+    format!("u={user}&user_id=123&hash={H_123}")
+}
+
+fn bad_details(user: &str) -> String {
+    format!("u={user}&user_id=123&hash={BAD}")
+}
+
+fn ok(r: &Resp) -> bool {
+    r.status == 200 && r.text().contains("client123")
+}
+
+fn limited(r: &Resp) -> bool {
+    r.text() == mor_error("Too many requests")
+}
+
+fn locked(r: &Resp) -> bool {
+    r.text() == mor_error("Too many failed attempts, try later")
+}
+
+fn shared_table(port: u16, extra: &str) -> String {
+    format!(
+        "[limits.shared]\nurl = \"redis://127.0.0.1:{port}\"\nkey_prefix = \"t:\"\ntimeout = \"200ms\"\nretry_interval = \"300ms\"\n{extra}\n"
+    )
+}
+
+fn metric(gw: &Gw, line_start: &str) -> Option<f64> {
+    gw.metrics_text()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn two_gateways_enforce_one_quota_and_one_lockout() {
+    let rp = free_port();
+    let _redis = start_redis(rp, &[]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[limits]\nheaders = true\nper_user = {{ per_second = 0.01, burst = 4 }}\n\n[limits.lockout]\nfailures = 3\nwindow = \"60s\"\ncooloff = \"30s\"\n\n{}",
+        shared_table(rp, "")
+    );
+    let body = body_for(&[sa], "", &tables);
+    let (a, b) = (start_gateway(&body), start_gateway(&body));
+
+    // One quota of 4 for alice, whichever gateway she calls.
+    let mut verdicts = Vec::new();
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let r = gw.post("/billing/api/user_details_get", &details("alice"));
+        assert!(ok(&r) || limited(&r), "{}", r.text());
+        verdicts.push(ok(&r));
+        if ok(&r) {
+            assert_eq!(r.header("ratelimit-limit"), Some("4"));
+        }
+    }
+    assert_eq!(
+        verdicts,
+        [true, true, true, true, false, false, false, false]
+    );
+    // Another user has her own quota.
+    assert!(ok(&b.post("/billing/api/user_details_get", &details("bob"))));
+
+    // One lockout: three bad hashes for carol spread over both gateways
+    // lock the pair on both, even with a good hash.
+    for gw in [&a, &b, &a] {
+        let r = gw.post("/billing/api/user_details_get", &bad_details("carol"));
+        assert_eq!(r.text(), mor_error("Incorrect hash"));
+    }
+    for gw in [&a, &b] {
+        let r = gw.post("/billing/api/user_details_get", &details("carol"));
+        assert!(locked(&r), "{}", r.text());
+        let ra: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((28..=30).contains(&ra), "Retry-After {ra}");
+    }
+
+    // Every key the gateways wrote expires by itself.
+    let keys = redis_cli(rp, &["--scan", "--pattern", "t:*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(keys.contains(&"t:q:user|alice"), "{keys:?}");
+    assert!(keys.contains(&"t:lo:l|127.0.0.1|carol"), "{keys:?}");
+    for k in &keys {
+        let ttl: i64 = redis_cli(rp, &["PTTL", k]).parse().unwrap();
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
+    for gw in [&a, &b] {
+        assert_eq!(metric(gw, "mor_gateway_shared_limits_up "), Some(1.0));
+        assert_eq!(
+            metric(gw, "mor_gateway_lockouts_active "),
+            Some(1.0),
+            "cluster-wide"
+        );
+        let m = gw.metrics_text();
+        assert!(
+            m.contains(r#"mor_gateway_shared_limits_fallbacks_total{reason="timeout"} 0"#)
+                && m.contains(r#"mor_gateway_shared_limits_fallbacks_total{reason="error"} 0"#),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn redis_down_falls_back_to_local_limits_and_recovers() {
+    let rp = free_port();
+    let redis = start_redis(rp, &[]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[limits]\nper_user = {{ per_second = 0.01, burst = 3 }}\n\n{}",
+        shared_table(rp, "")
+    );
+    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    assert!(ok(
+        &gw.post("/billing/api/user_details_get", &details("alice"))
+    ));
+    assert_eq!(redis_cli(rp, &["EXISTS", "t:q:user|alice"]), "1");
+
+    // Redis gone: the local limiters decide, nothing fails beyond the quota.
+    drop(redis);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let r = gw.post("/billing/api/user_details_get", &details("dave"));
+        assert!(
+            ok(&r) || limited(&r),
+            "a failed call: {} {}",
+            r.status,
+            r.text()
+        );
+        seen.push(ok(&r));
+    }
+    assert_eq!(
+        seen,
+        [true, true, true, false, false],
+        "the local quota of 3"
+    );
+    wait_for("shared_limits_up 0", || {
+        metric(&gw, "mor_gateway_shared_limits_up ") == Some(0.0)
+    });
+    let fallbacks: f64 = ["error", "timeout", "down"]
+        .iter()
+        .filter_map(|r| {
+            metric(
+                &gw,
+                &format!("mor_gateway_shared_limits_fallbacks_total{{reason=\"{r}\"}}"),
+            )
+        })
+        .sum();
+    assert!(fallbacks >= 5.0, "fallbacks counted: {fallbacks}");
+
+    // Redis back (empty): shared again, without a restart or a reload.
+    let _redis = start_redis(rp, &[]);
+    wait_for("shared_limits_up 1", || {
+        metric(&gw, "mor_gateway_shared_limits_up ") == Some(1.0)
+    });
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let r = gw.post("/billing/api/user_details_get", &details("erin"));
+        seen.push(ok(&r));
+    }
+    assert_eq!(seen, [true, true, true, false]);
+    assert_eq!(
+        redis_cli(rp, &["EXISTS", "t:q:user|erin"]),
+        "1",
+        "decided in Redis"
+    );
+}
+
+#[test]
+fn per_ip_layer_is_local_unless_shared_and_a_password_is_used() {
+    let rp = free_port();
+    let _redis = start_redis(rp, &["--requirepass", "s3cret-redis"]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let per_ip = "[limits]\nper_ip = { per_second = 0.01, burst = 2 }\n\n";
+    // Local per-IP layer (the default): each gateway has its own burst of 2.
+    let local = body_for(
+        &[sa],
+        "",
+        &format!(
+            "{per_ip}{}",
+            shared_table(rp, "password_env = \"REDIS_PW\"\n")
+        ),
+    );
+    let env = [("REDIS_PW", "s3cret-redis")];
+    let (a, b) = (
+        start_gateway_env(&local, &env),
+        start_gateway_env(&local, &env),
+    );
+    let n = |gw: &Gw| {
+        (0..3)
+            .filter(|_| ok(&gw.post("/billing/api/user_details_get", &details("alice"))))
+            .count()
+    };
+    assert_eq!((n(&a), n(&b)), (2, 2));
+    assert_eq!(
+        redis_cli(
+            rp,
+            &[
+                "-a",
+                "s3cret-redis",
+                "--no-auth-warning",
+                "EXISTS",
+                "t:q:ip|127.0.0.1"
+            ]
+        ),
+        "0"
+    );
+    drop((a, b));
+
+    // per_ip = true: one burst of 2 for 127.0.0.1 across both.
+    let shared = body_for(
+        &[sa],
+        "",
+        &format!(
+            "{per_ip}{}",
+            shared_table(rp, "password_env = \"REDIS_PW\"\nper_ip = true\n")
+        ),
+    );
+    let (a, b) = (
+        start_gateway_env(&shared, &env),
+        start_gateway_env(&shared, &env),
+    );
+    assert_eq!(n(&a) + n(&b), 2);
+    assert_eq!(metric(&a, "mor_gateway_shared_limits_up "), Some(1.0));
+
+    // A wrong password: Redis refuses, the local limiters decide, counted.
+    let wrong = start_gateway_env(&shared, &[("REDIS_PW", "not-the-pw-77")]);
+    assert_eq!(n(&wrong), 2, "local burst");
+    assert_eq!(metric(&wrong, "mor_gateway_shared_limits_up "), Some(0.0));
+    for gw in [&a, &b, &wrong] {
+        let log = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap();
+        assert!(
+            !log.contains("s3cret-redis") && !log.contains("not-the-pw-77"),
+            "{log}"
+        );
+    }
+}
