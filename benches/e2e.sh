@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
 #
-#   benches/e2e.sh [--duration S] [--connections N]
+#   benches/e2e.sh [--duration S] [--connections N] [--redis]
 #                  [--variant LABEL=BINARY[,toml-line;toml-line...]]...
 #
 # Without --variant the release build is measured as "gw". Each variant is
@@ -9,6 +9,9 @@
 #   --variant sys=target/release/mor-gateway
 #   --variant mimalloc=target/mimalloc/release/mor-gateway
 #   --variant rb64k=target/release/mor-gateway,read_buffer_bytes=65536
+# --redis starts a redis-server of its own (on CPU 1, no persistence);
+# "{REDIS}" in a variant's lines is its port, and each row then also shows
+# Redis' CPU per request and the memory its keys take (benches/shared.sh).
 #
 # One run measures, against the same upstream (nginx `return 200` with a
 # MOR-like XML page) and the same wrk load, on loopback:
@@ -30,17 +33,20 @@ cd "$(dirname "$0")/.."
 DURATION=10
 CONNS=32
 VARIANTS=()
+REDIS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
     --variant) VARIANTS+=("$2"); shift 2 ;;
+    --redis) REDIS=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
 
 . benches/lib.sh
 need_apt nginx wrk cmake
+if [ -n "$REDIS" ]; then need_apt redis-server; fi
 if [ "${#VARIANTS[@]}" -eq 0 ]; then
   cargo build --release --quiet
   VARIANTS=("gw=target/release/mor-gateway")
@@ -69,6 +75,14 @@ http {
 }
 EOF
 taskset -c 1 nginx -p "$W/up" -c "$W/up/nginx.conf" & PIDS+=($!)
+
+REDIS_PID=""
+if [ -n "$REDIS" ]; then
+  REDIS=$(free_port)
+  taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
+    --protected-mode no >"$W/redis.log" 2>&1 & REDIS_PID=$!; PIDS+=($REDIS_PID)
+  wait_port "$REDIS"
+fi
 
 # --- plain nginx reverse proxy (the baseline) --------------------------------
 cat > "$W/px/nginx.conf" <<EOF
@@ -99,7 +113,7 @@ start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
     echo "listen = [\"127.0.0.1:$GW\"]"
     echo "threads = 1"
     echo "shutdown_grace = \"0s\""
-    tr ';' '\n' <<<"$extra"
+    tr ';' '\n' <<<"${extra//\{REDIS\}/$REDIS}"
     cat <<EOF
 [upstream]
 servers = ["127.0.0.1:$UP"]
@@ -151,8 +165,10 @@ run() {
   # warm-up (keep-alive pools, page faults)
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$W/$script.lua" "http://127.0.0.1:$port" >/dev/null
   local t0=0; [ "$pid" != "-" ] && t0=$(cpu_ticks "$pid")
+  local r0=0; [ -n "$REDIS_PID" ] && r0=$(cpu_ticks "$REDIS_PID")
   local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$W/$script.lua" "http://127.0.0.1:$port")
   local t1=0; [ "$pid" != "-" ] && t1=$(cpu_ticks "$pid")
+  local r1=0; [ -n "$REDIS_PID" ] && r1=$(cpu_ticks "$REDIS_PID")
   local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   local rps; rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
   local p50; p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -162,7 +178,8 @@ run() {
   if [ "$pid" != "-" ]; then
     us=$(python3 -c "print(f'{($t1-$t0)/$CLK*1e6/$reqs:.1f}')")
   fi
-  ROWS+=("$name|$reqs|$rps|$p50|$p99|$non2xx|$us")
+  local rus; rus=$(python3 -c "print(f'{($r1-$r0)/$CLK*1e6/$reqs:.1f}')")
+  ROWS+=("$name|$reqs|$rps|$p50|$p99|$non2xx|$us|$rus")
 }
 
 run direct "$UP" good -
@@ -170,6 +187,11 @@ run nginx "$NGX" good "$NGX_PID"
 # light load: 2 connections, neither proxy saturated (p99 at the same load)
 run nginx-light "$NGX" good "$NGX_PID" 2
 MEM=()
+REDIS_MEM=()
+REDIS_BASE=""
+if [ -n "$REDIS_PID" ]; then
+  REDIS_BASE=$(redis-cli -p "$REDIS" info memory | tr -d '\r' | awk -F: '$1=="used_memory" {print $2}')
+fi
 : > "$W/metrics.txt"
 for v in "${VARIANTS[@]}"; do
   label=${v%%=*}; rest=${v#*=}; bin=${rest%%,*}; extra=""
@@ -180,6 +202,16 @@ for v in "${VARIANTS[@]}"; do
   run "$label-badhash" "$GW" bad "$GW_PID"
   run "$label-alias" "$GW" alias "$GW_PID"
   run "$label-light" "$GW" good "$GW_PID" 2
+  if [ -n "$REDIS_PID" ]; then
+    # Keys the gateway left in Redis right after its load, and their memory
+    # beyond an empty server's (measured before the first variant).
+    info=$(redis-cli -p "$REDIS" info memory | tr -d '\r')
+    used=$(awk -F: '$1=="used_memory" {print $2}' <<<"$info")
+    keys=$(redis-cli -p "$REDIS" dbsize)
+    REDIS_MEM+=("$label|$keys|$used")
+    redis-cli -p "$REDIS" flushall >/dev/null
+    sleep 0.5
+  fi
   curl -s "http://127.0.0.1:$MET/metrics" | grep -E '^mor_gateway_requests_total' | grep -v ' 0$' | sed "s/^/  $label: /" >> "$W/metrics.txt" || true
   idle_rss=$(rss_kib "$GW_PID")
   conn_rss=$(python3 - "$GW" "$GW_PID" <<'PY'
@@ -204,7 +236,7 @@ done
 
 NGINX_US=""; NGINX_LIGHT_US=""
 for r in "${ROWS[@]}"; do
-  IFS='|' read -r n _ _ _ _ _ us <<<"$r"
+  IFS='|' read -r n _ _ _ _ _ us _ <<<"$r"
   if [ "$n" = nginx ]; then NGINX_US=$us; fi
   if [ "$n" = nginx-light ]; then NGINX_LIGHT_US=$us; fi
 done
@@ -213,15 +245,28 @@ echo "mor-gateway benchmark: wrk -t1 -c$CONNS -d${DURATION}s, proxy on CPU 0, wr
 echo "direct: wrk straight to the upstream; CPU columns are the proxy process's user+sys time per request;"
 echo "*-light rows use 2 connections and are compared with nginx-light."
 echo
-echo "| load | requests | req/s | p50 | p99 | non-2xx | proxy CPU-µs/req | × nginx |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+rcol=""; rsep=""
+if [ -n "$REDIS_PID" ]; then rcol=" redis CPU-µs/req |"; rsep=" --- |"; fi
+echo "| load | requests | req/s | p50 | p99 | non-2xx | proxy CPU-µs/req | × nginx |$rcol"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |$rsep"
 for r in "${ROWS[@]}"; do
-  IFS='|' read -r n reqs rps p50 p99 non2xx us <<<"$r"
+  IFS='|' read -r n reqs rps p50 p99 non2xx us rus <<<"$r"
   ratio="-"
   base=$NGINX_US; [ "${n%-light}" != "$n" ] && base=$NGINX_LIGHT_US
   if [ "$us" != "-" ] && [ -n "$base" ]; then ratio=$(python3 -c "print(f'{$us/$base:.2f}')"); fi
-  echo "| $n | $reqs | $rps | $p50 | $p99 | $non2xx | $us | $ratio |"
+  rval=""; [ -n "$REDIS_PID" ] && rval=" $rus |"
+  echo "| $n | $reqs | $rps | $p50 | $p99 | $non2xx | $us | $ratio |$rval"
 done
+if [ -n "$REDIS_PID" ]; then
+  echo
+  echo "| redis after the variant's load | keys | used_memory beyond empty | bytes per key |"
+  echo "| --- | --- | --- | --- |"
+  for m in "${REDIS_MEM[@]}"; do
+    IFS='|' read -r label keys used <<<"$m"
+    per="-"; [ "$keys" -gt 0 ] && per=$(( (used - REDIS_BASE) / keys ))
+    echo "| $label | $keys | $(( used - REDIS_BASE )) B | $per |"
+  done
+fi
 echo
 echo "gateway outcomes during the run (non-zero series):"
 sed 's/^/  /' "$W/metrics.txt"

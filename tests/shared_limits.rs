@@ -264,3 +264,36 @@ fn per_ip_layer_is_local_unless_shared_and_a_password_is_used() {
         );
     }
 }
+
+#[test]
+fn shared_bucket_refills_at_the_quota_rate() {
+    let rp = free_port();
+    let _redis = start_redis(rp, &[]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[limits.per_method_user]\nuser_details_get = {{ per_second = 4, burst = 1 }}\n\n{}",
+        shared_table(rp, "")
+    );
+    let body = body_for(&[sa], "", &tables);
+    let (a, b) = (start_gateway(&body), start_gateway(&body));
+    assert!(ok(
+        &a.post("/billing/api/user_details_get", &details("alice"))
+    ));
+    let r = b.post("/billing/api/user_details_get", &details("alice"));
+    assert!(limited(&r), "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"), "0.25 s, rounded up");
+    let ttl: i64 = redis_cli(rp, &["PTTL", "t:q:mu|user_details_get|alice"])
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=250).contains(&ttl),
+        "the bucket lives until it is full: {ttl} ms"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(ok(
+        &b.post("/billing/api/user_details_get", &details("alice"))
+    ));
+    assert!(limited(
+        &a.post("/billing/api/user_details_get", &details("alice"))
+    ));
+}

@@ -276,6 +276,79 @@ fn https_upstreams_verified_against_the_ca_file() {
     assert_eq!(r.status, 502, "{}", r.text());
 }
 
+/// `[limits.shared]` over `rediss://`: Redis' certificate verified against
+/// `ca_file`; one the CA does not vouch for is never used (local limits).
+#[test]
+fn shared_limits_over_tls_verified_against_the_ca_file() {
+    let dir = temp_dir();
+    let (ca, pem, key) = certs(&dir, "ca", "redis", "localhost");
+    let (other_ca, _, _) = certs(&dir, "otherca", "x", "x");
+    let port = free_port();
+    let p = port.to_string();
+    let (pem_s, key_s, ca_s) = (
+        pem.display().to_string(),
+        key.display().to_string(),
+        ca.display().to_string(),
+    );
+    let _redis = start_redis(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &p,
+            "--tls-cert-file",
+            &pem_s,
+            "--tls-key-file",
+            &key_s,
+            "--tls-ca-cert-file",
+            &ca_s,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let body = |ca_file: &Path| {
+        body_for(
+            &[sa],
+            "",
+            &format!(
+                "[limits]\nper_user = {{ per_second = 0.01, burst = 2 }}\n[limits.shared]\nurl = \"rediss://localhost:{port}\"\nca_file = \"{}\"\ntimeout = \"500ms\"\n",
+                ca_file.display()
+            ),
+        )
+    };
+    let calls = |gw: &Gw| {
+        (0..3)
+            .map(|_| {
+                gw.post(
+                    "/billing/api/user_details_get",
+                    &format!("u=alice&user_id=123&hash={H_123}"),
+                )
+                .text()
+                .contains("client123")
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (start_gateway(&body(&ca)), start_gateway(&body(&ca)));
+    assert_eq!(
+        [calls(&a), calls(&b)].concat(),
+        [true, true, false, false, false, false]
+    );
+    let up = |gw: &Gw| {
+        gw.metrics_text()
+            .lines()
+            .any(|l| l == "mor_gateway_shared_limits_up 1")
+    };
+    assert!(up(&a) && up(&b));
+    // A certificate the CA file does not vouch for: local limits, Redis unused.
+    let bad = start_gateway(&body(&other_ca));
+    assert_eq!(calls(&bad), [true, true, false], "its own local burst");
+    assert!(!up(&bad));
+    let log = std::fs::read_to_string(bad.dir.join("stderr.log")).unwrap();
+    assert!(log.contains("certificate verify failed"), "{log}");
+}
+
 #[test]
 fn check_refuses_tls_it_could_not_serve() {
     let dir = temp_dir();

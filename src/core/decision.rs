@@ -660,6 +660,77 @@ admin_key_env = "MORGW_DECISION_SECRET"
         assert_eq!(reason(&v), Reason::BadHash);
     }
 
+    /// What a shared store sees of a call: the questions after `verify`,
+    /// and its answer turned into the verdict by `conclude`.
+    #[test]
+    fn verify_leaves_the_limit_layers_to_the_caller() {
+        let s = settings("");
+        let checked = |q: &str| {
+            let h = head("POST", "/billing/api/user_details", Some(q));
+            let a = admit(&s, &Open, &h).unwrap();
+            match verify(&s, &h, a, b"") {
+                Checked::Pending(p) => p,
+                Checked::Done(v) => panic!("decided without the limit layers: {v:?}"),
+            }
+        };
+        let good = "u=john&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+        let p = checked(good);
+        assert_eq!(
+            (p.ip(), p.user(), p.method(), p.hash()),
+            (
+                "192.0.2.1".parse().unwrap(),
+                Some("john"),
+                "user_details_get",
+                HashCheck::Good
+            )
+        );
+        // The store's refusal is the verdict; the trace is the store's.
+        let mut trace = p.trace();
+        trace.push("user", false);
+        let v = p.conclude(
+            Err(crate::core::limits::limited(
+                "user",
+                std::time::Duration::from_secs(2),
+            )),
+            trace,
+        );
+        match &v {
+            Verdict::Refuse(r, info) => {
+                assert_eq!((r.reason, r.layer), (Reason::Limited, Some("user")));
+                assert_eq!(info.limits.iter().collect::<Vec<_>>(), [("user", false)]);
+            }
+            v => panic!("{v:?}"),
+        }
+        // Allowed: forwarded under the canonical name with the store's allowance.
+        let a = Allowance {
+            limit: 5,
+            remaining: 4,
+            reset: std::time::Duration::from_millis(100),
+        };
+        let v = checked(good).conclude(Ok(Some(a)), LimitTrace::default());
+        match v {
+            Verdict::Forward(f, _) => {
+                assert!(f
+                    .path_and_query
+                    .starts_with("/billing/api/user_details_get?"));
+                assert_eq!(f.allowance, Some(a));
+                assert_eq!(f.signer, Signer::Admin);
+            }
+            v => panic!("{v:?}"),
+        }
+        // A bad hash is left to the lockout layer, and refused by settle.
+        let p = checked("u=john&user_id=124&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441");
+        assert_eq!(p.hash(), HashCheck::Bad);
+        assert_eq!(reason(&p.settle(&Open)), Reason::BadHash);
+        // No hash needed: the lockout does not apply.
+        let h = head("POST", "/billing/api/user_login", Some("u=john&p=x"));
+        let a = admit(&s, &Open, &h).unwrap();
+        match verify(&s, &h, a, b"") {
+            Checked::Pending(p) => assert_eq!(p.hash(), HashCheck::Skipped),
+            Checked::Done(v) => panic!("{v:?}"),
+        }
+    }
+
     #[test]
     fn reseller_key_only_for_its_users() {
         let s = settings("");

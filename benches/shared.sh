@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Shared limits (Redis) against local-only limits, in one run (benches/e2e.sh
+# with a redis-server of its own): CPU per verified call and p50/p99 of the
+# gateway, Redis' CPU per call, and the memory Redis' keys take.
+#
+#   benches/shared.sh [--duration S] [--connections N]
+#
+# Both variants have the same limits: per_user and per_method_user quotas
+# (high enough that the verified load is never limited, low enough that each
+# user's bucket stays in Redis for the run) and the failed-hash lockout; the
+# "shared" variant decides them in Redis. Loopback only, bounded by --duration.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet
+B=target/release/mor-gateway
+LIM='[limits];per_user = { per_second = 10, burst = 100000 };[limits.per_method_user];user_details_get = { per_second = 10, burst = 100000 };[limits.lockout];failures = 5;window = "60s";cooloff = "300s"'
+exec benches/e2e.sh --redis "$@" \
+  --variant "local=$B,$LIM" \
+  --variant "shared=$B,$LIM;[limits.shared];url = \"redis://127.0.0.1:{REDIS}\";timeout = \"50ms\""
