@@ -132,18 +132,46 @@ fn two_gateways_enforce_one_quota_and_one_lockout() {
 
 #[test]
 fn redis_down_falls_back_to_local_limits_and_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let rp = free_port();
     let redis = start_redis(rp, &[]);
     let (_sim, sa) = start_sim(KEY, &[]);
+    // The lockout makes every verified call a Redis decision; the quota
+    // (user_details_get per user) is what the checks below count.
     let tables = format!(
-        "[limits]\nper_user = {{ per_second = 0.01, burst = 3 }}\n\n{}",
+        "[limits.per_method_user]\nuser_details_get = {{ per_second = 0.01, burst = 3 }}\n\n[limits.lockout]\nfailures = 3\nwindow = \"60s\"\ncooloff = \"60s\"\n\n{}",
         shared_table(rp, "")
     );
-    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    let gw = Arc::new(start_gateway(&body_for(&[sa], "", &tables)));
     assert!(ok(
         &gw.post("/billing/api/user_details_get", &details("alice"))
     ));
-    assert_eq!(redis_cli(rp, &["EXISTS", "t:q:user|alice"]), "1");
+    assert_eq!(
+        redis_cli(rp, &["EXISTS", "t:q:mu|user_details_get|alice"]),
+        "1"
+    );
+
+    // Continuous load (no quota on it) across the outage and the recovery.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut n, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let r = gw.post(
+                    "/billing/api/user_calls_get",
+                    &format!("u=john&s_user=123&hash={H_123}"),
+                );
+                n += 1;
+                if !(r.status == 200 && r.text().contains("<calls_stat>")) {
+                    failed.push(format!("{} {}", r.status, r.text()));
+                }
+            }
+            (n, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
 
     // Redis gone: the local limiters decide, nothing fails beyond the quota.
     drop(redis);
@@ -189,10 +217,20 @@ fn redis_down_falls_back_to_local_limits_and_recovers() {
     }
     assert_eq!(seen, [true, true, true, false]);
     assert_eq!(
-        redis_cli(rp, &["EXISTS", "t:q:user|erin"]),
+        redis_cli(rp, &["EXISTS", "t:q:mu|user_details_get|erin"]),
         "1",
         "decided in Redis"
     );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (n, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {n} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(n >= 20, "the load ran: {n} calls");
 }
 
 #[test]
