@@ -153,8 +153,10 @@ fn interpret(
 
 impl SharedLimits {
     /// Prepares the Redis side; nothing connects until the first decision.
+    /// The gauge keeps its value across a reload (an outage stays one
+    /// outage for the alert); the first probe or decision sets it.
     pub fn new(cfg: SharedLimitSettings, metrics: Arc<Metrics>) -> SharedLimits {
-        metrics.shared_limits_up.set(1);
+        let up = metrics.shared_limits_up.get() == 1;
         SharedLimits {
             cfg,
             script: redis::Script::new(SCRIPT),
@@ -162,7 +164,7 @@ impl SharedLimits {
             conn: tokio::sync::OnceCell::new(),
             epoch: Instant::now(),
             down_until_ms: AtomicU64::new(0),
-            up: AtomicBool::new(true),
+            up: AtomicBool::new(up),
             metrics,
         }
     }
@@ -193,7 +195,10 @@ impl SharedLimits {
         }
         if self.up.swap(up, Ordering::AcqRel) != up {
             if up {
-                tracing::info!("shared limits: Redis at {} answers again", self.cfg.url);
+                tracing::info!(
+                    "shared limits: Redis at {} answers; the limits are shared",
+                    self.cfg.url
+                );
             } else {
                 tracing::warn!(
                     "shared limits: Redis at {} not usable ({why}); the local limiters decide, retry in {:?}",
