@@ -100,6 +100,21 @@ fn secret_source(
     }
 }
 
+/// A PEM file of CA certificates (at least one): its bytes and the certificates.
+fn ca_file(key: &str, p: &Path) -> Result<(Vec<u8>, Vec<X509>), ConfigError> {
+    let pem =
+        std::fs::read(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))?;
+    let certs = X509::stack_from_pem(&pem)
+        .map_err(|e| invalid(key, format!("{}: not PEM certificates: {e}", p.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{} holds no certificate", p.display()),
+        ));
+    }
+    Ok((pem, certs))
+}
+
 fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse::<SocketAddr>()
         .map_err(|_| invalid(key, format!("'{s}' is not an IP:port address")))
@@ -191,24 +206,7 @@ fn upstream(u: schema::Upstream) -> Result<Upstream, ConfigError> {
     let ca = match &u.ca_file {
         None => None,
         Some(p) => {
-            let pem = std::fs::read(p).map_err(|e| {
-                invalid(
-                    "upstream.ca_file",
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })?;
-            let certs = X509::stack_from_pem(&pem).map_err(|e| {
-                invalid(
-                    "upstream.ca_file",
-                    format!("{}: not PEM certificates: {e}", p.display()),
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(invalid(
-                    "upstream.ca_file",
-                    format!("{} holds no certificate", p.display()),
-                ));
-            }
+            let (_, certs) = ca_file("upstream.ca_file", p)?;
             Some(CaBundle {
                 path: p.clone(),
                 certs: Arc::new(certs.into_boxed_slice()),
@@ -518,21 +516,7 @@ fn shared_limits(
             ))
         }
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                invalid(
-                    "limits.shared.ca_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            X509::stack_from_pem(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    invalid(
-                        "limits.shared.ca_file",
-                        format!("{} holds no PEM certificate", path.display()),
-                    )
-                })?;
+            let (pem, _) = ca_file("limits.shared.ca_file", path)?;
             redis::Client::build_with_tls(
                 info,
                 redis::TlsCertificates {

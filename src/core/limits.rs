@@ -139,46 +139,36 @@ impl Allowance {
     }
 }
 
-/// The limiting decisions the decision core asks for. `Open` allows all.
+/// The limiting decisions the decision core asks for. Each layer a gate
+/// does not implement allows everything ([`Open`] implements none).
 pub trait Gate {
     /// Per-IP layer, before the hash is checked.
-    fn check_ip(&self, ip: IpAddr, trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal>;
+    fn check_ip(&self, _ip: IpAddr, _trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
+        Ok(None)
+    }
     /// Is (ip, user) locked out after failed hashes?
-    fn check_lockout(&self, ip: IpAddr, user: &str) -> Result<(), Refusal>;
+    fn check_lockout(&self, _ip: IpAddr, _user: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
     /// Records a hash verdict for (ip, user).
-    fn record_hash(&self, ip: IpAddr, user: &str, ok: bool);
+    fn record_hash(&self, _ip: IpAddr, _user: &str, _ok: bool) {}
     /// User, method and method+user layers, after the hash verified.
     fn check_call(
         &self,
-        ip: IpAddr,
-        user: Option<&str>,
-        method: &str,
-        trace: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal>;
+        _ip: IpAddr,
+        _user: Option<&str>,
+        _method: &str,
+        _trace: &mut LimitTrace,
+    ) -> Result<Option<Allowance>, Refusal> {
+        Ok(None)
+    }
 }
 
 /// A gate that never limits.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Open;
 
-impl Gate for Open {
-    fn check_ip(&self, _: IpAddr, _: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
-        Ok(None)
-    }
-    fn check_lockout(&self, _: IpAddr, _: &str) -> Result<(), Refusal> {
-        Ok(())
-    }
-    fn record_hash(&self, _: IpAddr, _: &str, _: bool) {}
-    fn check_call(
-        &self,
-        _: IpAddr,
-        _: Option<&str>,
-        _: &str,
-        _: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        Ok(None)
-    }
-}
+impl Gate for Open {}
 
 /// A governor state store with a hard cap on tracked keys (see module docs).
 pub struct CappedStore<K: Hash + Eq + Clone> {

@@ -10,7 +10,7 @@
 //! finds it back.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,8 @@ pub struct SharedLimits {
     epoch: Instant,
     /// Decisions stay local until this many ms after `epoch`.
     down_until_ms: AtomicU64,
-    up: AtomicBool,
+    /// What was last logged: 0 nothing yet, 1 up, 2 down.
+    logged: AtomicU8,
     metrics: Arc<Metrics>,
 }
 
@@ -156,7 +157,7 @@ impl SharedLimits {
     /// The gauge keeps its value across a reload (an outage stays one
     /// outage for the alert); the first probe or decision sets it.
     pub fn new(cfg: SharedLimitSettings, metrics: Arc<Metrics>) -> SharedLimits {
-        let up = metrics.shared_limits_up.get() == 1;
+        let logged = u8::from(metrics.shared_limits_up.get() == 1);
         SharedLimits {
             cfg,
             script: redis::Script::new(SCRIPT),
@@ -164,7 +165,7 @@ impl SharedLimits {
             conn: tokio::sync::OnceCell::new(),
             epoch: Instant::now(),
             down_until_ms: AtomicU64::new(0),
-            up: AtomicBool::new(up),
+            logged: AtomicU8::new(logged),
             metrics,
         }
     }
@@ -193,7 +194,8 @@ impl SharedLimits {
             );
             self.down_until_ms.store(until, Ordering::Release);
         }
-        if self.up.swap(up, Ordering::AcqRel) != up {
+        let state = if up { 1 } else { 2 };
+        if self.logged.swap(state, Ordering::AcqRel) != state {
             if up {
                 tracing::info!(
                     "shared limits: Redis at {} answers; the limits are shared",
@@ -410,19 +412,6 @@ impl Gate for DecidedIp {
             trace.push(layer, ok);
         }
         self.0.clone()
-    }
-    fn check_lockout(&self, _: IpAddr, _: &str) -> Result<(), Refusal> {
-        Ok(())
-    }
-    fn record_hash(&self, _: IpAddr, _: &str, _: bool) {}
-    fn check_call(
-        &self,
-        _: IpAddr,
-        _: Option<&str>,
-        _: &str,
-        _: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        Ok(None)
     }
 }
 
