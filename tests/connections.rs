@@ -206,6 +206,29 @@ fn a_dripping_header_is_cut_at_the_header_deadline() {
     assert_eq!(parse(&buf).map(|r| r.status), Some(408));
     assert!(took < Duration::from_secs(6), "closed after {took:?}");
 
+    // The deadline ends with the header: a body that takes longer than it
+    // (each read within read_timeout) is read and the call served.
+    let body = format!("u=admin&user_id=123&hash={H_123}");
+    let mut b = TcpStream::connect(gw.addr).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    b.write_all(
+        format!(
+            "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    for c in body.bytes() {
+        b.write_all(&[c]).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(start.elapsed() > Duration::from_millis(1500));
+    let mut out = String::new();
+    let _ = b.read_to_string(&mut out);
+    assert!(out.contains("client123"), "{out}");
+
     // A new connection that sends nothing is closed at the deadline, unanswered.
     let mut quiet = TcpStream::connect(gw.addr).unwrap();
     quiet
@@ -225,10 +248,10 @@ fn a_dripping_header_is_cut_at_the_header_deadline() {
 }
 
 /// A verified call whose header (request line to the blank line) is exactly
-/// `len` bytes, padded with an `X-Pad` header; the body follows in the same
-/// write.
-fn call_with_header_of(len: usize) -> Vec<u8> {
-    let body = format!("u=admin&user_id=123&hash={H_123}");
+/// `len` bytes, padded with an `X-Pad` header, its body (with `extra` after
+/// the signed parameters) in the same write.
+fn call_with_header_of(len: usize, extra: &str) -> Vec<u8> {
+    let body = format!("u=admin&user_id=123&hash={H_123}{extra}");
     let head = |pad: usize| {
         format!(
             "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
@@ -246,16 +269,20 @@ fn call_with_header_of(len: usize) -> Vec<u8> {
 fn a_header_over_max_header_bytes_is_refused_without_reading_it_all() {
     let (gw, _sim, _) = gw_and_sim("", "[client]\nmax_header_bytes = 2048\n");
     // Exactly at the cap (and its body in the same packet): served.
-    let r = send(gw.addr, &call_with_header_of(2048));
+    let r = send(gw.addr, &call_with_header_of(2048, ""));
+    assert!(r.text().contains("client123"), "{}", r.text());
+    // The body does not count: a 2048-byte header and a 20 KiB body pass.
+    let pad = format!("&x={}", "p".repeat(20 * 1024));
+    let r = send(gw.addr, &call_with_header_of(2048, &pad));
     assert!(r.text().contains("client123"), "{}", r.text());
     // One byte over: 431.
-    let r = send(gw.addr, &call_with_header_of(2049));
+    let r = send(gw.addr, &call_with_header_of(2049, ""));
     assert_eq!(r.status, 431);
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(r.text(), mor_error("Request header too large"));
     // A 200 KiB header sent at once: refused, and the client still reads
     // the answer (the gateway reads the rest for a moment before closing).
-    let r = send(gw.addr, &call_with_header_of(200 * 1024));
+    let r = send(gw.addr, &call_with_header_of(200 * 1024, ""));
     assert_eq!(r.status, 431);
     assert_eq!(refused(&gw, "header_too_large"), 2.0);
     // pingora's own 1 MiB cap is not what answers: a kept-alive client
@@ -264,7 +291,7 @@ fn a_header_over_max_header_bytes_is_refused_without_reading_it_all() {
     k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     k.write_all(call(true).as_bytes()).unwrap();
     assert!(read_response(&mut k).contains("client123"));
-    let buf = exchange(&mut k, &call_with_header_of(4096));
+    let buf = exchange(&mut k, &call_with_header_of(4096, ""));
     assert_eq!(parse(&buf).map(|r| r.status), Some(431));
     assert_eq!(refused(&gw, "header_too_large"), 3.0);
 }
