@@ -661,10 +661,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 .server_options()
                 .and_then(|o| o.keepalive_request_limit),
         );
+        // One waiter for the whole connection (not one per request).
+        let cut = conn.notify.notified();
+        tokio::pin!(cut);
         loop {
             let reused = tokio::select! {
                 biased;
-                () = conn.notify.notified() => {
+                () = &mut cut => {
                     return Cut::from_code(conn.cut.load(Ordering::Acquire));
                 }
                 r = self.inner.process_new_http(session, shutdown) => r,
