@@ -540,7 +540,8 @@ async fn refuse(mut stream: Stream, cut: Cut) {
     })
     .await;
     let _ = tokio::time::timeout(LINGER, async {
-        let mut scratch = [0u8; 4096];
+        // On the heap: an array here would enlarge every connection's future.
+        let mut scratch = vec![0u8; 4096];
         let mut drained = 0;
         while drained < LINGER_BYTES {
             match stream.read(&mut scratch).await {
@@ -725,6 +726,13 @@ mod tests {
         drop((x, other));
         assert_eq!(counts.addresses(), 0, "entries leave the map at 0");
         let _y = counts.take_address(ip, 1).unwrap();
+    }
+
+    #[test]
+    fn the_refusal_future_stays_small() {
+        // Every connection's future holds room for it: no buffer inside.
+        let s: Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
+        assert!(std::mem::size_of_val(&refuse(s, Cut::Total)) < 512);
     }
 
     #[test]
