@@ -115,6 +115,10 @@ start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
     echo "shutdown_grace = \"0s\""
     tr ';' '\n' <<<"${extra//\{REDIS\}/$REDIS}"
     cat <<EOF
+[client]
+# 10,000 connections from one address are measured below: no caps.
+max_connections = 0
+max_connections_per_address = 0
 [upstream]
 servers = ["127.0.0.1:$UP"]
 keepalive_pool_size = 256

@@ -177,6 +177,15 @@ pub struct ClientSettings {
     pub read_timeout: Duration,
     /// Idle keep-alive connections are closed after this long.
     pub keepalive_timeout: Duration,
+    /// The whole request header must arrive within this long (408 beyond).
+    pub header_timeout: Duration,
+    /// Largest request header in bytes (431 beyond).
+    pub max_header_bytes: usize,
+    /// Open client connections in total (0: unlimited; 503 beyond).
+    pub max_connections: usize,
+    /// Open client connections per client address (0: unlimited; 503
+    /// beyond). A peer in `trusted_proxies` is not counted per address.
+    pub max_connections_per_address: usize,
 }
 
 /// Where and how the limits are shared (`[limits.shared]`).
@@ -217,6 +226,8 @@ pub struct Settings {
     pub product: Product,
     /// Gateway listen addresses (plain HTTP).
     pub listen: Vec<SocketAddr>,
+    /// A PROXY protocol header precedes each request on the plain listeners.
+    pub proxy_protocol: bool,
     /// HTTPS listeners (None: no TLS).
     pub tls: Option<TlsListen>,
     /// Worker threads (None: one per CPU).
@@ -298,7 +309,16 @@ impl Settings {
                 .join(", ")
         };
         let _ = writeln!(s, "product        {:?}", self.product);
-        let _ = writeln!(s, "listen         {}", list(&self.listen));
+        let _ = writeln!(
+            s,
+            "listen         {}{}",
+            list(&self.listen),
+            if self.proxy_protocol {
+                " (PROXY protocol)"
+            } else {
+                ""
+            }
+        );
         if let Some(t) = &self.tls {
             let _ = writeln!(
                 s,
@@ -345,12 +365,27 @@ impl Settings {
         let c = &self.client;
         let _ = writeln!(
             s,
-            "clients        read timeout {:?}, keep-alive {:?}, {} trusted balancer(s); shutdown grace {:?}; upgrade socket {}",
+            "clients        header within {:?} and {} bytes, read timeout {:?}, keep-alive {:?}, {} trusted balancer(s); shutdown grace {:?}; upgrade socket {}",
+            c.header_timeout,
+            c.max_header_bytes,
             c.read_timeout,
             c.keepalive_timeout,
             c.trusted_proxies.len(),
             self.shutdown_grace,
             self.upgrade_sock.display()
+        );
+        let cap = |n: usize| {
+            if n == 0 {
+                "unlimited".to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        let _ = writeln!(
+            s,
+            "connections    {} open at most, {} per client address",
+            cap(c.max_connections),
+            cap(c.max_connections_per_address)
         );
         let _ = writeln!(s, "max body       {} bytes", self.max_body_bytes);
         let _ = writeln!(

@@ -451,11 +451,30 @@ fn cidrs(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
         .collect()
 }
 
+/// pingora's own cap on a request header (bytes); `max_header_bytes` stays below it.
+pub const PINGORA_MAX_HEADER_BYTES: usize = 1_048_575;
+
 fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
+    if !(1024..=PINGORA_MAX_HEADER_BYTES).contains(&c.max_header_bytes) {
+        return Err(invalid(
+            "client.max_header_bytes",
+            format!("must be between 1024 and {PINGORA_MAX_HEADER_BYTES}"),
+        ));
+    }
+    if c.max_connections != 0 && c.max_connections_per_address > c.max_connections {
+        return Err(invalid(
+            "client.max_connections_per_address",
+            "must not exceed client.max_connections (0 is unlimited)",
+        ));
+    }
     Ok(ClientSettings {
         trusted_proxies: cidrs("client.trusted_proxies", &c.trusted_proxies)?,
         read_timeout: positive("client.read_timeout", c.read_timeout)?,
         keepalive_timeout: positive("client.keepalive_timeout", c.keepalive_timeout)?,
+        header_timeout: positive("client.header_timeout", c.header_timeout)?,
+        max_header_bytes: c.max_header_bytes,
+        max_connections: c.max_connections,
+        max_connections_per_address: c.max_connections_per_address,
     })
 }
 
@@ -627,6 +646,20 @@ pub fn resolve(
             "needs client.trusted_proxies: the balancers whose PROXY headers are believed",
         ));
     }
+    if raw.proxy_protocol {
+        if listen.is_empty() {
+            return Err(invalid(
+                "proxy_protocol",
+                "applies to the plain listen addresses, and there are none (tls.proxy_protocol is the HTTPS listeners')",
+            ));
+        }
+        if raw.client.trusted_proxies.is_empty() {
+            return Err(invalid(
+                "proxy_protocol",
+                "needs client.trusted_proxies: the balancers whose PROXY headers are believed",
+            ));
+        }
+    }
     if listen.is_empty() && tls.is_none() {
         return Err(invalid(
             "listen",
@@ -696,6 +729,7 @@ pub fn resolve(
         source: path.map(Path::to_path_buf),
         product: raw.product,
         listen,
+        proxy_protocol: raw.proxy_protocol,
         tls,
         threads: raw.threads,
         read_buffer_bytes: raw.read_buffer_bytes,

@@ -24,6 +24,9 @@ pub struct File {
     /// Gateway listen addresses (plain HTTP).
     #[serde(default)]
     pub listen: Vec<String>,
+    /// The plain `listen` addresses expect a PROXY protocol header (v1 or v2) first.
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// How refusals are answered.
     #[serde(default = "mor_replies")]
     pub reply_mode: ReplyMode,
@@ -93,6 +96,15 @@ pub struct Client {
     /// An idle keep-alive connection is closed after this long.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// The whole request header must arrive within this long.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Largest request header (request line and header lines), in bytes.
+    pub max_header_bytes: usize,
+    /// Open client connections, in total (0: unlimited).
+    pub max_connections: usize,
+    /// Open client connections per client address (0: unlimited).
+    pub max_connections_per_address: usize,
 }
 
 impl Default for Client {
@@ -101,6 +113,10 @@ impl Default for Client {
             trusted_proxies: Vec::new(),
             read_timeout: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(75),
+            header_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_connections: 10_000,
+            max_connections_per_address: 256,
         }
     }
 }

@@ -377,6 +377,13 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// The header is complete: its deadline and size cap no longer apply
+    /// ([`super::connections`]).
+    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        super::connections::header_complete();
+        Ok(())
+    }
+
     /// The whole request is handled here: refused, or forwarded by
     /// [`super::forward::forward`]; pingora's own proxy phases never run.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

@@ -2,7 +2,9 @@
 //! an L4 balancer: the balancer's header names the real client, which then
 //! is the connection's peer for every decision. A header is believed only
 //! from a peer in `client.trusted_proxies`; a connection without a valid
-//! header is dropped.
+//! header is dropped. The TLS listeners read it in pingora's pre-TLS hook
+//! ([`ProxyProtocol`]), the plain ones when the connection is handed to the
+//! gateway ([`accept_plain`], from [`super::connections`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -116,61 +118,110 @@ fn parse_v2(b: &[u8]) -> Header {
     Header::Done { len, source }
 }
 
-/// The listener callback: reads the header, believes it only from a
-/// trusted peer, and makes its source the connection's peer address.
+/// The listener callback of the TLS listeners: reads the header before the
+/// handshake (see [`accept`]).
 pub struct ProxyProtocol {
     /// Peers allowed to send a header.
     pub trusted: Vec<IpNet>,
 }
 
-fn drop_conn(why: &'static str) -> Box<Error> {
-    Error::explain(ErrorType::HandshakeError, why)
+/// Why a connection is dropped before its first request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The peer closed the connection before sending a byte (a TCP health
+    /// check, a readiness probe): not an attack, nothing to count.
+    Closed,
+    /// No valid header from a trusted peer.
+    Invalid(&'static str),
+}
+
+impl Refused {
+    fn why(&self) -> &'static str {
+        match self {
+            Refused::Closed => "connection closed before its PROXY header",
+            Refused::Invalid(why) => why,
+        }
+    }
+}
+
+/// How long a balancer may take to send its header.
+const HEADER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the PROXY header at the start of `stream`, believes it only from a
+/// peer in `trusted`, makes its source the connection's peer address (a new
+/// socket digest) and puts back whatever followed it.
+pub async fn accept(trusted: &[IpNet], stream: &mut Stream) -> std::result::Result<(), Refused> {
+    let peer = stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        .map(crate::core::client::canonical);
+    if !peer.is_some_and(|p| trusted.iter().any(|n| n.contains(&p))) {
+        return Err(Refused::Invalid(
+            "PROXY protocol from a peer not in client.trusted_proxies",
+        ));
+    }
+    let mut buf = Vec::with_capacity(232);
+    let mut chunk = [0u8; 232];
+    let deadline = tokio::time::Instant::now() + HEADER_WITHIN;
+    loop {
+        match parse(&buf) {
+            Header::Done { len, source } => {
+                stream.rewind(&buf[len..]);
+                if let (Some(src), Some(d)) = (source, stream.get_socket_digest()) {
+                    let fresh = SocketDigest::from_raw_fd(stream.as_raw_fd());
+                    let _ = fresh.peer_addr.set(Some(PSocketAddr::Inet(src)));
+                    if let Some(local) = d.local_addr() {
+                        let _ = fresh.local_addr.set(Some(local.clone()));
+                    }
+                    stream.set_socket_digest(fresh);
+                }
+                return Ok(());
+            }
+            Header::Invalid => return Err(Refused::Invalid("not a PROXY protocol header")),
+            Header::Incomplete if buf.len() >= 232 => {
+                return Err(Refused::Invalid("PROXY protocol header too long"))
+            }
+            Header::Incomplete => {}
+        }
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .map_err(|_| Refused::Invalid("no PROXY protocol header in time"))?
+            .map_err(|_| Refused::Invalid("connection failed before its PROXY header"))?;
+        if n == 0 {
+            return Err(if buf.is_empty() {
+                Refused::Closed
+            } else {
+                Refused::Invalid("connection closed inside its PROXY header")
+            });
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// [`accept`] on a connection of a plain listener, as pingora hands it to
+/// the application (a boxed stream). Streams of other kinds (TLS, whose
+/// header was read before the handshake) are returned untouched.
+pub async fn accept_plain(
+    trusted: &[IpNet],
+    stream: pingora::protocols::Stream,
+) -> std::result::Result<pingora::protocols::Stream, Refused> {
+    if !stream.as_any().is::<Stream>() {
+        return Ok(stream);
+    }
+    let mut l4 = stream
+        .into_any()
+        .downcast::<Stream>()
+        .map_err(|_| Refused::Invalid("not a TCP stream"))?;
+    accept(trusted, &mut l4).await?;
+    Ok(l4)
 }
 
 #[async_trait]
 impl PreTlsProcess for ProxyProtocol {
     async fn process(&self, stream: &mut Stream) -> Result<()> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-            .map(crate::core::client::canonical);
-        if !peer.is_some_and(|p| self.trusted.iter().any(|n| n.contains(&p))) {
-            return Err(drop_conn(
-                "PROXY protocol from a peer not in client.trusted_proxies",
-            ));
-        }
-        let mut buf = Vec::with_capacity(232);
-        let mut chunk = [0u8; 232];
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match parse(&buf) {
-                Header::Done { len, source } => {
-                    stream.rewind(&buf[len..]);
-                    if let (Some(src), Some(d)) = (source, stream.get_socket_digest()) {
-                        let fresh = SocketDigest::from_raw_fd(stream.as_raw_fd());
-                        let _ = fresh.peer_addr.set(Some(PSocketAddr::Inet(src)));
-                        if let Some(local) = d.local_addr() {
-                            let _ = fresh.local_addr.set(Some(local.clone()));
-                        }
-                        stream.set_socket_digest(fresh);
-                    }
-                    return Ok(());
-                }
-                Header::Invalid => return Err(drop_conn("not a PROXY protocol header")),
-                Header::Incomplete if buf.len() >= 232 => {
-                    return Err(drop_conn("PROXY protocol header too long"))
-                }
-                Header::Incomplete => {}
-            }
-            let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-                .await
-                .map_err(|_| drop_conn("no PROXY protocol header in time"))?
-                .map_err(|_| drop_conn("connection closed before its PROXY header"))?;
-            if n == 0 {
-                return Err(drop_conn("connection closed before its PROXY header"));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
+        accept(&self.trusted, stream)
+            .await
+            .map_err(|r| Error::explain(ErrorType::HandshakeError, r.why()))
     }
 }
 

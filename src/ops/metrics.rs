@@ -45,6 +45,22 @@ fn static_metric<M>(m: prometheus::Result<M>) -> M {
     m.expect("static metric definition")
 }
 
+/// The `reason` labels of `mor_gateway_connections_refused_total`:
+/// - `max_connections`: `client.max_connections` were open (503);
+/// - `max_connections_per_address`: as many from that client address (503);
+/// - `header_timeout`: the request header did not arrive within
+///   `client.header_timeout` (408, or closed if no byte came);
+/// - `header_too_large`: the request header exceeded `client.max_header_bytes` (431);
+/// - `proxy_protocol`: a missing or invalid PROXY header on a plain
+///   listener, or one from a peer not in `client.trusted_proxies` (closed).
+pub const CONNECTION_REFUSALS: [&str; 5] = [
+    "max_connections",
+    "max_connections_per_address",
+    "header_timeout",
+    "header_too_large",
+    "proxy_protocol",
+];
+
 /// Latency buckets for MOR: 1 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
@@ -79,6 +95,11 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     /// Requests in flight.
     pub in_flight: IntGauge,
+    /// Client connections open now (gateway listeners).
+    pub connections_open: IntGauge,
+    /// Client connections refused or cut before a request reached the
+    /// gateway, by reason ([`CONNECTION_REFUSALS`]).
+    pub connections_refused: IntCounterVec,
     /// Request body bytes by api_method.
     pub request_bytes: IntCounterVec,
     /// Response body bytes by api_method.
@@ -202,6 +223,19 @@ impl Metrics {
                 &r,
                 IntGauge::new("in_flight_requests", "Requests being handled now."),
             ),
+            connections_open: reg(
+                &r,
+                IntGauge::new(
+                    "connections_open",
+                    "Client connections open now on the gateway listeners.",
+                ),
+            ),
+            connections_refused: counter(
+                &r,
+                "connections_refused_total",
+                "Client connections refused or cut before a request reached the gateway, by reason.",
+                &["reason"],
+            ),
             request_bytes: counter(
                 &r,
                 "request_bytes_total",
@@ -267,6 +301,9 @@ impl Metrics {
             .set(1);
         for result in ["ok", "failed"] {
             m.reloads.with_label_values(&[result]);
+        }
+        for reason in CONNECTION_REFUSALS {
+            m.connections_refused.with_label_values(&[reason]);
         }
         m
     }

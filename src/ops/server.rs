@@ -21,6 +21,7 @@ use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::Settings;
+use crate::edge::connections::Connections;
 use crate::edge::proxy::{Gateway, Shared};
 use crate::ops::accesslog::AccessLog;
 use crate::ops::metrics::Metrics;
@@ -321,11 +322,16 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = http_proxy_service(
+    // pingora's HTTP proxy inside the connection caps and header limits.
+    let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway {
             shared: shared.clone(),
         },
+    );
+    let mut proxy = Service::new(
+        "mor-gateway".to_string(),
+        Connections::new(gateway, shared.clone()),
     );
     for a in &s.listen {
         proxy.add_listener(
