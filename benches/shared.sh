@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 B=target/release/mor-gateway
-LIM='[limits];per_user = { per_second = 10, burst = 100000 };[limits.per_method_user];user_details_get = { per_second = 10, burst = 100000 };[limits.lockout];failures = 1000000000;window = "60s";cooloff = "300s"'
+LIM='[limits];per_user = { per_second = 0.01, burst = 1000000 };[limits.per_method_user];user_details_get = { per_second = 0.01, burst = 1000000 };[limits.lockout];failures = 1000000000;window = "60s";cooloff = "300s"'
 exec benches/e2e.sh --redis "$@" \
   --variant "local=$B,$LIM" \
   --variant "shared=$B,$LIM;[limits.shared];url = \"redis://127.0.0.1:{REDIS}\";timeout = \"50ms\""

@@ -50,7 +50,11 @@ pub struct SharedLimits {
     cfg: SharedLimitSettings,
     script: redis::Script,
     count_locks: redis::Script,
+    /// For decisions: made by the first request, so that its driver task
+    /// runs on the proxy's runtime (no hand-off to another thread per call).
     conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// For housekeeping probes and the lockout count at scrape time.
+    probe_conn: tokio::sync::OnceCell<ConnectionManager>,
     epoch: Instant,
     /// Decisions stay local until this many ms after `epoch`.
     down_until_ms: AtomicU64,
@@ -163,6 +167,7 @@ impl SharedLimits {
             script: redis::Script::new(SCRIPT),
             count_locks: redis::Script::new(COUNT_LOCKS),
             conn: tokio::sync::OnceCell::new(),
+            probe_conn: tokio::sync::OnceCell::new(),
             epoch: Instant::now(),
             down_until_ms: AtomicU64::new(0),
             logged: AtomicU8::new(logged),
@@ -211,18 +216,20 @@ impl SharedLimits {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        self.conn
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.cfg.timeout))
-                    .set_response_timeout(Some(self.cfg.timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(self.cfg.retry_interval);
-                ConnectionManager::new_lazy_with_config(self.cfg.client.clone(), config)
-            })
-            .await
-            .cloned()
+    async fn connection(
+        &self,
+        cell: &tokio::sync::OnceCell<ConnectionManager>,
+    ) -> Result<ConnectionManager, redis::RedisError> {
+        cell.get_or_try_init(|| async {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.cfg.timeout))
+                .set_response_timeout(Some(self.cfg.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(self.cfg.retry_interval);
+            ConnectionManager::new_lazy_with_config(self.cfg.client.clone(), config)
+        })
+        .await
+        .cloned()
     }
 
     /// Runs the script, within the timeout; a failure marks Redis down.
@@ -235,7 +242,7 @@ impl SharedLimits {
         if self.now_ms() < self.down_until_ms.load(Ordering::Acquire) {
             return Err("down");
         }
-        let mut conn = match self.connection().await {
+        let mut conn = match self.connection(&self.conn).await {
             Ok(c) => c,
             Err(e) => {
                 self.mark(false, &e.to_string());
@@ -377,7 +384,7 @@ impl SharedLimits {
     /// (IP, user) pairs locked out now across the gateways; None when Redis
     /// does not answer (the caller shows the local count).
     pub async fn active_lockouts(&self) -> Option<usize> {
-        let mut conn = self.connection().await.ok()?;
+        let mut conn = self.connection(&self.probe_conn).await.ok()?;
         let mut call = self.count_locks.prepare_invoke();
         call.key(self.locks_key());
         let n = tokio::time::timeout(self.cfg.timeout, call.invoke_async::<i64>(&mut conn))
@@ -389,7 +396,7 @@ impl SharedLimits {
 
     /// Pings Redis (housekeeping): marks it up again as soon as it answers.
     pub async fn probe(&self) {
-        let Ok(mut conn) = self.connection().await else {
+        let Ok(mut conn) = self.connection(&self.probe_conn).await else {
             return;
         };
         let cmd = redis::cmd("PING");
