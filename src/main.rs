@@ -268,17 +268,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     mor_gateway::ops::logging::init();
     let result = match cli.cmd {
-        Cmd::Run { config, upgrade } => Settings::load(&config)
-            .map_err(|e| format!("{}: {e}", config.display()))
-            .and_then(|s| {
-                server::run(Plan {
-                    settings: Arc::new(s),
-                    config_path: Some(config),
-                    sim: None,
-                    upgrade,
+        Cmd::Run { config, upgrade } => {
+            // Before anything slow: a SIGHUP/SIGUSR1/SIGUSR2 (logrotate)
+            // during start-up must not end the process.
+            server::hold_signals();
+            Settings::load(&config)
+                .map_err(|e| format!("{}: {e}", config.display()))
+                .and_then(|s| {
+                    server::run(Plan {
+                        settings: Arc::new(s),
+                        config_path: Some(config),
+                        sim: None,
+                        upgrade,
+                    })
+                    .map_err(|e| e.to_string())
                 })
-                .map_err(|e| e.to_string())
-            }),
+        }
         Cmd::Check { config, method } => match Settings::load(&config)
             .map_err(|e| e.to_string())
             .and_then(|s| server::check(&s).map(|()| s).map_err(|e| e.to_string()))

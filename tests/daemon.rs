@@ -1,5 +1,6 @@
 //! Running as a sysadmin's daemon: the access log rotated by SIGUSR1 under
 //! load without losing a line, reconfigured on reload, SIGUSR2 harmless,
+//! signals during start-up harmless,
 //! stderr without colour codes or pingora's pool-race noise.
 
 #![allow(
@@ -283,4 +284,67 @@ fn keepalive_traffic_leaves_no_error_line_and_no_colour() {
         "{} keep-alive calls, {suppressed} pool-race lines kept out of stderr",
         rounds * 1000
     );
+}
+
+/// Whether `pid` catches signal `sig` (its bit in /proc/PID/status SigCgt).
+fn catches(pid: u32, sig: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// logrotate's SIGUSR1 (and SIGHUP, SIGUSR2) during start-up, before
+/// housekeeping watches them, must not end the process: their handlers are
+/// installed before the configuration is even read.
+#[test]
+fn signals_during_start_up_do_not_end_the_process() {
+    let dir = temp_dir();
+    let (a, m) = (addr(free_port()), addr(free_port()));
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"{a}\"]\nthreads = 1\nshutdown_grace = \"0s\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"GW_KEY\"\n[metrics]\nlisten = \"{m}\"\n[access_log]\nmode = \"off\"\n"
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("GW_KEY", KEY)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gw = Proc {
+        child,
+        name: "gateway".into(),
+    };
+    let (usr1, hup, usr2) = (10, 1, 12);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !catches(gw.pid(), usr1) {
+        assert!(Instant::now() < deadline, "SIGUSR1 never caught");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(
+        TcpStream::connect(a).is_err(),
+        "caught only once the gateway listens: too late for start-up"
+    );
+    assert!(catches(gw.pid(), hup) && catches(gw.pid(), usr2));
+    let mut sent = 0;
+    while TcpStream::connect_timeout(&a, Duration::from_millis(50)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        gw.signal(["USR1", "HUP", "USR2"][sent % 3]);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(sent > 0);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = send(
+        m,
+        b"GET /healthz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "alive and serving after {sent} signals");
 }

@@ -292,6 +292,30 @@ pub fn check(settings: &Settings) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// Installs the process's handlers for SIGHUP, SIGUSR1 and SIGUSR2 at once
+/// (their default action ends the process); until housekeeping watches
+/// them, a delivery is recorded and dropped. tokio keeps a handler installed
+/// for the rest of the process once it was asked for one.
+pub fn hold_signals() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    match rt {
+        Ok(rt) => rt.block_on(async {
+            for kind in [
+                SignalKind::hangup(),
+                SignalKind::user_defined1(),
+                SignalKind::user_defined2(),
+            ] {
+                if let Err(e) = signal(kind) {
+                    tracing::warn!("cannot install a handler for {kind:?}: {e}");
+                }
+            }
+        }),
+        Err(e) => tracing::warn!("cannot install the signal handlers early: {e}"),
+    }
+}
+
 /// Builds and runs the server until SIGTERM/SIGINT. Blocks.
 pub fn run(plan: Plan) -> Result<(), ServerError> {
     let s = plan.settings.clone();
