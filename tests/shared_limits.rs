@@ -335,3 +335,53 @@ fn shared_bucket_refills_at_the_quota_rate() {
         &a.post("/billing/api/user_details_get", &details("alice"))
     ));
 }
+
+/// A Redis that hangs (stopped with SIGSTOP, by its pid): each decision
+/// waits at most `timeout`, then the local limiters decide; counted as
+/// timeouts; shared again after SIGCONT.
+#[test]
+fn hung_redis_costs_at_most_the_timeout_per_call() {
+    let rp = free_port();
+    let redis = start_redis(rp, &[]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[limits.per_method_user]\nuser_details_get = {{ per_second = 0.01, burst = 3 }}\n\n{}",
+        shared_table(rp, "").replace("timeout = \"200ms\"", "timeout = \"100ms\"")
+    );
+    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    assert!(ok(
+        &gw.post("/billing/api/user_details_get", &details("alice"))
+    ));
+    redis.signal("STOP");
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = gw.post("/billing/api/user_details_get", &details("bob"));
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "a call waited {took:?} for a hung Redis"
+        );
+        seen.push(ok(&r));
+    }
+    assert_eq!(
+        seen,
+        [true, true, true, false],
+        "the local quota while Redis hangs"
+    );
+    let timeouts = metric(
+        &gw,
+        "mor_gateway_shared_limits_fallbacks_total{reason=\"timeout\"}",
+    );
+    assert!(timeouts.is_some_and(|n| n >= 1.0), "{timeouts:?}");
+    assert_eq!(metric(&gw, "mor_gateway_shared_limits_up "), Some(0.0));
+    redis.signal("CONT");
+    wait_for("shared_limits_up 1", || {
+        metric(&gw, "mor_gateway_shared_limits_up ") == Some(1.0)
+    });
+    // alice's bucket is still in Redis (1 of 3 used): two more, then limited.
+    let seen: Vec<bool> = (0..3)
+        .map(|_| ok(&gw.post("/billing/api/user_details_get", &details("alice"))))
+        .collect();
+    assert_eq!(seen, [true, true, false]);
+}

@@ -286,6 +286,11 @@ impl SharedLimits {
                 self.mark(true, "");
                 Ok(v)
             }
+            // The client's own response timeout is ours too.
+            Ok(Err(e)) if e.is_timeout() => {
+                self.mark(false, "timed out");
+                Err("timeout")
+            }
             Ok(Err(e)) => {
                 self.mark(false, &e.to_string());
                 Err("error")
