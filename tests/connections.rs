@@ -16,7 +16,7 @@ mod common;
 use common::*;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // SHA1("123" + "456789")
@@ -29,17 +29,6 @@ fn call(keep_alive: bool) -> String {
         body.len(),
         if keep_alive { "" } else { "Connection: close\r\n" }
     )
-}
-
-/// A blocking TCP connection from a chosen loopback source address.
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    sock.connect(&to.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
 }
 
 /// Sends `raw` on `s` and reads until the gateway closes.

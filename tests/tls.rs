@@ -457,14 +457,3 @@ fn proxy_protocol_before_tls_names_the_client() {
     assert_eq!(sim_seen(sa).len(), 2);
     drop(gw);
 }
-
-/// A blocking TCP connection from a chosen loopback source address.
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    sock.connect(&to.into()).unwrap();
-    let s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s
-}

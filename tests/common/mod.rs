@@ -451,3 +451,17 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
         .expect("redis-cli");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A blocking TCP connection from a chosen loopback source address (e.g.
+/// 127.0.0.2), reads timing out after 10 s.
+pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from: SocketAddr = format!("{src}:0").parse().expect("source address");
+    sock.bind(&from.into()).expect("bind source");
+    sock.connect(&to.into()).expect("connect");
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    s
+}
