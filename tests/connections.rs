@@ -19,18 +19,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // SHA1("123" + "456789")
-
-/// A verified call (MOR answers with client123's details).
-fn call(keep_alive: bool) -> String {
-    let body = format!("u=admin&user_id=123&hash={H_123}");
-    format!(
-        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{}\r\n{body}",
-        body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
-    )
-}
-
 /// Sends `raw` on `s` and reads until the gateway closes.
 fn exchange(s: &mut TcpStream, raw: &[u8]) -> Vec<u8> {
     let _ = s.write_all(raw);
@@ -113,25 +101,25 @@ fn open_connections_are_capped_in_total_and_per_client_address() {
     let _a2 = connect_from("127.0.0.1", gw.addr);
     wait_open(&gw, 2.0);
     let mut a3 = connect_from("127.0.0.1", gw.addr);
-    assert_busy(&exchange(&mut a3, call(false).as_bytes()));
+    assert_busy(&exchange(&mut a3, verified_call(false).as_bytes()));
     assert_eq!(refused(&gw, "max_connections_per_address"), 1.0);
     // Closing one lets a new one in, and it is served.
     drop(a1);
     wait_open(&gw, 1.0);
     let mut a4 = connect_from("127.0.0.1", gw.addr);
-    let r = parse(&exchange(&mut a4, call(false).as_bytes())).unwrap();
+    let r = parse(&exchange(&mut a4, verified_call(false).as_bytes())).unwrap();
     assert!(r.text().contains("client123"), "{}", r.text());
     wait_open(&gw, 1.0);
     // A trusted balancer is counted only in the total: three from it.
     let _b: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.3", gw.addr)).collect();
     wait_open(&gw, 4.0);
     let mut c = connect_from("127.0.0.2", gw.addr);
-    assert_busy(&exchange(&mut c, call(false).as_bytes()));
+    assert_busy(&exchange(&mut c, verified_call(false).as_bytes()));
     assert_eq!(refused(&gw, "max_connections"), 1.0);
     assert_eq!(refused(&gw, "max_connections_per_address"), 1.0);
     drop(_b);
     wait_open(&gw, 1.0);
-    let r = send_from("127.0.0.2", gw.addr, call(false).as_bytes());
+    let r = send_from("127.0.0.2", gw.addr, verified_call(false).as_bytes());
     assert!(r.text().contains("client123"), "{}", r.text());
 }
 
@@ -171,7 +159,7 @@ fn a_dripping_header_is_cut_at_the_header_deadline() {
     let slow = std::thread::spawn(move || drip(s, DRIPPED, Duration::from_millis(200)));
     // Meanwhile a normal call on another connection is served.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(gw.send(&call(false)).text().contains("client123"));
+    assert!(gw.send(&verified_call(false)).text().contains("client123"));
     let (buf, took) = slow.join().unwrap();
     let r = parse(&buf).unwrap_or_else(|| panic!("no 408: {:?}", String::from_utf8_lossy(&buf)));
     assert_eq!(r.status, 408);
@@ -188,7 +176,7 @@ fn a_dripping_header_is_cut_at_the_header_deadline() {
     // byte.
     let mut k = TcpStream::connect(gw.addr).unwrap();
     k.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    k.write_all(call(true).as_bytes()).unwrap();
+    k.write_all(verified_call(true).as_bytes()).unwrap();
     assert!(read_response(&mut k).contains("client123"));
     std::thread::sleep(Duration::from_millis(1500));
     let (buf, took) = drip(k, DRIPPED, Duration::from_millis(200));
@@ -278,7 +266,7 @@ fn a_header_over_max_header_bytes_is_refused_without_reading_it_all() {
     // that sends a second, oversized header on the same connection gets 431.
     let mut k = TcpStream::connect(gw.addr).unwrap();
     k.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    k.write_all(call(true).as_bytes()).unwrap();
+    k.write_all(verified_call(true).as_bytes()).unwrap();
     assert!(read_response(&mut k).contains("client123"));
     let buf = exchange(&mut k, &call_with_header_of(4096, ""));
     assert_eq!(parse(&buf).map(|r| r.status), Some(431));
@@ -296,7 +284,7 @@ fn proxy_protocol_on_a_plain_listener_names_the_client() {
     // v1, then v2 (IPv4), each followed by the call in the same write.
     let mut s = connect_from("127.0.0.1", gw.addr);
     let mut v1 = b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 80\r\n".to_vec();
-    v1.extend_from_slice(call(false).as_bytes());
+    v1.extend_from_slice(verified_call(false).as_bytes());
     assert!(String::from_utf8_lossy(&exchange(&mut s, &v1)).contains("client123"));
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
     v2.extend_from_slice(&[203, 0, 113, 5, 127, 0, 0, 1, 0x9c, 0x40, 0x00, 0x50]);
@@ -304,7 +292,8 @@ fn proxy_protocol_on_a_plain_listener_names_the_client() {
     s.write_all(&v2).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert!(
-        String::from_utf8_lossy(&exchange(&mut s, call(false).as_bytes())).contains("client123")
+        String::from_utf8_lossy(&exchange(&mut s, verified_call(false).as_bytes()))
+            .contains("client123")
     );
     let seen = sim_seen(sa);
     assert_eq!(seen.len(), 2);
@@ -316,19 +305,19 @@ fn proxy_protocol_on_a_plain_listener_names_the_client() {
     // The per-address cap counts the PROXY source, not the balancer.
     let mut held = connect_from("127.0.0.1", gw.addr);
     let mut first = b"PROXY TCP4 198.51.100.7 127.0.0.1 40001 80\r\n".to_vec();
-    first.extend_from_slice(call(true).as_bytes());
+    first.extend_from_slice(verified_call(true).as_bytes());
     held.write_all(&first).unwrap();
     assert!(read_response(&mut held).contains("client123"));
     let mut same = connect_from("127.0.0.1", gw.addr);
     same.write_all(b"PROXY TCP4 198.51.100.7 127.0.0.1 40002 80\r\n")
         .unwrap();
-    assert_busy(&exchange(&mut same, call(false).as_bytes()));
+    assert_busy(&exchange(&mut same, verified_call(false).as_bytes()));
     let mut other = connect_from("127.0.0.1", gw.addr);
     other
         .write_all(b"PROXY TCP4 198.51.100.8 127.0.0.1 40003 80\r\n")
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&exchange(&mut other, call(false).as_bytes()))
+        String::from_utf8_lossy(&exchange(&mut other, verified_call(false).as_bytes()))
             .contains("client123")
     );
     drop(held);
@@ -336,10 +325,10 @@ fn proxy_protocol_on_a_plain_listener_names_the_client() {
     // No header from the balancer, or a header from a peer that is not a
     // trusted balancer: dropped unanswered, MOR sees nothing.
     let mut none = connect_from("127.0.0.1", gw.addr);
-    assert!(exchange(&mut none, call(false).as_bytes()).is_empty());
+    assert!(exchange(&mut none, verified_call(false).as_bytes()).is_empty());
     let mut spoof = connect_from("127.0.0.2", gw.addr);
     let mut forged = b"PROXY TCP4 6.6.6.6 127.0.0.1 1 80\r\n".to_vec();
-    forged.extend_from_slice(call(false).as_bytes());
+    forged.extend_from_slice(verified_call(false).as_bytes());
     assert!(exchange(&mut spoof, &forged).is_empty());
     assert_eq!(sim_seen(sa).len(), 4);
     assert_eq!(refused(&gw, "proxy_protocol"), 2.0);

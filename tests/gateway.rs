@@ -13,7 +13,6 @@
 mod common;
 use common::*;
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // SHA1("123" + "456789")
 const H_UPD: &str = "0ab3ede4e93a55c38855a2cc9b9e169d35442c48"; // SHA1("123" + "1" + "456789")
 
 #[test]

@@ -22,7 +22,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // user_id=123, key 456789
 const H_UPD: &str = "0ab3ede4e93a55c38855a2cc9b9e169d35442c48"; // user_id=123,u15=1
 
 /// Sends raw bytes, reads until the server closes (or 5 s pass), returns all.

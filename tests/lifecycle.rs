@@ -20,8 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
-
 fn call() -> String {
     post_form(
         "/billing/api/user_details_get",

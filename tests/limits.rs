@@ -12,12 +12,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // user_id=123 / s_user=123, key 456789
-
-fn details(user: &str) -> String {
-    format!("u={user}&user_id=123&hash={H_123}")
-}
-
 fn is_limited(r: &Resp) -> bool {
     r.text() == mor_error("Too many requests")
 }

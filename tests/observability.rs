@@ -12,8 +12,6 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
-
 #[test]
 fn access_log_file_has_one_redacted_json_line_per_request() {
     let (sim, sa) = start_sim(KEY, &[]);

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // SHA1("123" + "456789")
 const DASHBOARD: &str = include_str!("../dashboards/mor-gateway.json");
 const ALERTS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/alerts.yml");
 const ALERTS: &str = include_str!("../deploy/prometheus/alerts.yml");
@@ -348,10 +347,6 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
     drop(prom); // passed: stop Prometheus, drop its TSDB (a failure keeps both)
     let _ = std::fs::remove_dir_all(dir);
     assert!(took < BUDGET, "took {took:?}");
-}
-
-fn details(user: &str) -> String {
-    format!("u={user}&user_id=123&hash={H_123}")
 }
 
 /// Traffic of every outcome, a few calls each, all to 127.0.0.1.

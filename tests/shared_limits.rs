@@ -14,12 +14,7 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441"; // user_id=123, key 456789
 const BAD: &str = "0000000000000000000000000000000000000000";
-
-fn details(user: &str) -> String {
-    format!("u={user}&user_id=123&hash={H_123}")
-}
 
 fn bad_details(user: &str) -> String {
     format!("u={user}&user_id=123&hash={BAD}")

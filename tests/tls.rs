@@ -24,8 +24,6 @@ use std::time::Duration;
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
 use openssl::x509::X509;
 
-const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
-
 fn openssl(dir: &Path, args: &[&str]) {
     let st = Command::new("openssl")
         .args(args)
@@ -121,15 +119,6 @@ fn tls_connect(a: SocketAddr, ca: &Path, max: Option<SslVersion>) -> SslStream<T
     b.build().connect("localhost", tcp).expect("TLS handshake")
 }
 
-fn call(keep_alive: bool) -> String {
-    let body = format!("u=admin&user_id=123&hash={H_123}");
-    format!(
-        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{}\r\n{body}",
-        body.len(),
-        if keep_alive { "" } else { "Connection: close\r\n" }
-    )
-}
-
 /// Reads one response with a Content-Length body from a kept-alive stream.
 fn read_one(s: &mut impl Read) -> String {
     let mut buf = Vec::new();
@@ -179,7 +168,7 @@ fn https_listener_and_certificate_reload_without_dropping_connections() {
     // TLS 1.3 and 1.2 both work; the plain listener still serves too.
     for max in [Some(SslVersion::TLS1_3), Some(SslVersion::TLS1_2)] {
         let mut s = tls_connect(tls_addr, &ca, max);
-        s.write_all(call(false).as_bytes()).unwrap();
+        s.write_all(verified_call(false).as_bytes()).unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         assert!(out.contains("client123"), "{out}");
@@ -194,7 +183,7 @@ fn https_listener_and_certificate_reload_without_dropping_connections() {
     // A kept-alive TLS connection, opened before the reload.
     let mut open = tls_connect(tls_addr, &ca, None);
     assert_eq!(leaf_cn(&open), "gateway-one");
-    open.write_all(call(true).as_bytes()).unwrap();
+    open.write_all(verified_call(true).as_bytes()).unwrap();
     assert!(read_one(&mut open).contains("client123"));
     // New certificate files, SIGHUP: new handshakes get the new certificate.
     let (_, pem2, key2) = certs(&dir, "ca", "gw2", "gateway-two");
@@ -214,7 +203,7 @@ fn https_listener_and_certificate_reload_without_dropping_connections() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // ...and the connection opened before the reload still works.
-    open.write_all(call(true).as_bytes()).unwrap();
+    open.write_all(verified_call(true).as_bytes()).unwrap();
     assert!(read_one(&mut open).contains("client123"));
 }
 
@@ -424,7 +413,7 @@ fn proxy_protocol_before_tls_names_the_client() {
     let gw = start_gateway(&body_for(&[sa], "", &tables));
     wait_listening(tls_addr, "TLS listener");
     let ask = |s: &mut SslStream<TcpStream>| {
-        s.write_all(call(false).as_bytes()).unwrap();
+        s.write_all(verified_call(false).as_bytes()).unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out

@@ -13,6 +13,24 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mor-gateway");
 pub const KEY: &str = "456789";
+/// MOR's hash of user_id=123 (or s_user=123) with [`KEY`]: SHA1("123456789").
+pub const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
+
+/// A signed user_details_get form body for `user` (user_id=123).
+pub fn details(user: &str) -> String {
+    format!("u={user}&user_id=123&hash={H_123}")
+}
+
+/// A whole verified user_details_get request (MOR answers with client123's
+/// details), keeping the connection open or not.
+pub fn verified_call(keep_alive: bool) -> String {
+    let body = details("admin");
+    format!(
+        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if keep_alive { "" } else { "Connection: close\r\n" }
+    )
+}
 
 /// A child process killed (SIGTERM, then SIGKILL) when dropped.
 pub struct Proc {
