@@ -20,7 +20,7 @@ use sha1::{Digest, Sha1};
 use crate::config::SharedLimitSettings;
 use crate::core::decision::{HashCheck, Pending, Verdict};
 use crate::core::limits::{
-    limited, locked_out, Allowance, Gate, LimitSettings, LimitTrace, Limits, QuotaSpec,
+    limited, locked_out, Allowance, Gate, LimitSettings, LimitTrace, Limits, Lockout, QuotaSpec,
 };
 use crate::core::reply::{Reason, Refusal};
 use crate::ops::metrics::Metrics;
@@ -43,6 +43,17 @@ struct Layer {
     name: &'static str,
     key: String,
     quota: QuotaSpec,
+}
+
+/// The lockout's keys for one (IP, user) pair, and the rule.
+struct PairKeys {
+    /// Failure counter.
+    fail: String,
+    /// Lock.
+    lock: String,
+    /// The pair's name in the set of locked pairs.
+    pair: String,
+    rule: Lockout,
 }
 
 /// The Redis side of the limits; one per configuration in force.
@@ -236,7 +247,7 @@ impl SharedLimits {
     async fn eval(
         &self,
         hash: HashCheck,
-        lockout: Option<(String, String, String, crate::core::limits::Lockout)>,
+        lockout: Option<PairKeys>,
         layers: &[Layer],
     ) -> Result<Vec<i64>, Fallback> {
         if self.now_ms() < self.down_until_ms.load(Ordering::Acquire) {
@@ -251,7 +262,12 @@ impl SharedLimits {
         };
         let mut call = self.script.prepare_invoke();
         let (fail, lock, pair, lo) = match &lockout {
-            Some((f, l, p, lo)) => (f.as_str(), l.as_str(), p.as_str(), Some(*lo)),
+            Some(k) => (
+                k.fail.as_str(),
+                k.lock.as_str(),
+                k.pair.as_str(),
+                Some(k.rule),
+            ),
             None => ("", "", "", None),
         };
         call.key(fail).key(lock).key(self.locks_key());
@@ -318,12 +334,12 @@ impl SharedLimits {
         let lockout = match (settings.lockout, p.hash()) {
             (Some(lo), HashCheck::Good | HashCheck::Bad) => {
                 let pair = format!("{}|{}", p.ip(), part(p.user().unwrap_or("")));
-                Some((
-                    format!("{prefix}lo:f|{pair}"),
-                    format!("{prefix}lo:l|{pair}"),
+                Some(PairKeys {
+                    fail: format!("{prefix}lo:f|{pair}"),
+                    lock: format!("{prefix}lo:l|{pair}"),
                     pair,
-                    lo,
-                ))
+                    rule: lo,
+                })
             }
             _ => None,
         };
@@ -331,23 +347,35 @@ impl SharedLimits {
             // Nothing shared to decide (an exempt source, no quota).
             return p.settle(local);
         }
-        match self.eval(p.hash(), lockout, &layers).await {
-            Ok(reply) => {
-                let mut trace = p.trace();
-                match interpret(&reply, &layers, &mut trace) {
-                    Some(answer) => p.conclude(answer, trace),
-                    None => {
-                        tracing::error!("shared limits: unexpected script reply {reply:?}");
-                        self.fallback("error");
-                        p.settle(local)
-                    }
-                }
-            }
+        let mut trace = p.trace();
+        match self.decide(p.hash(), lockout, &layers, &mut trace).await {
+            Some(answer) => p.conclude(answer, trace),
+            None => p.settle(local),
+        }
+    }
+
+    /// Redis' answer, the layers that decided recorded in `trace`; None
+    /// (counted, `trace` untouched) when the local limiters must decide.
+    async fn decide(
+        &self,
+        hash: HashCheck,
+        lockout: Option<PairKeys>,
+        layers: &[Layer],
+        trace: &mut LimitTrace,
+    ) -> Option<Result<Option<Allowance>, Refusal>> {
+        let reply = match self.eval(hash, lockout, layers).await {
+            Ok(reply) => reply,
             Err(why) => {
                 self.fallback(why);
-                p.settle(local)
+                return None;
             }
+        };
+        let answer = interpret(&reply, layers, trace);
+        if answer.is_none() {
+            tracing::error!("shared limits: unexpected script reply {reply:?}");
+            self.fallback("error");
         }
+        answer
     }
 
     /// The per-IP layer in Redis (when `per_ip = true`), or by `local` when
@@ -367,18 +395,9 @@ impl SharedLimits {
             key: format!("{}q:ip|{ip}", self.cfg.key_prefix),
             quota: q,
         }];
-        match self.eval(HashCheck::Skipped, None, &layer).await {
-            Ok(reply) => match interpret(&reply, &layer, trace) {
-                Some(a) => a,
-                None => {
-                    self.fallback("error");
-                    local.check_ip(ip, trace)
-                }
-            },
-            Err(why) => {
-                self.fallback(why);
-                local.check_ip(ip, trace)
-            }
+        match self.decide(HashCheck::Skipped, None, &layer, trace).await {
+            Some(answer) => answer,
+            None => local.check_ip(ip, trace),
         }
     }
 
