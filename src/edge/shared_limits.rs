@@ -61,6 +61,8 @@ pub struct SharedLimits {
     cfg: SharedLimitSettings,
     script: redis::Script,
     count_locks: redis::Script,
+    /// The sorted set of locked pairs.
+    locks_key: String,
     /// For decisions: made by the first request, so that its driver task
     /// runs on the proxy's runtime (no hand-off to another thread per call).
     conn: tokio::sync::OnceCell<ConnectionManager>,
@@ -174,9 +176,10 @@ impl SharedLimits {
     pub fn new(cfg: SharedLimitSettings, metrics: Arc<Metrics>) -> SharedLimits {
         let logged = u8::from(metrics.shared_limits_up.get() == 1);
         SharedLimits {
-            cfg,
             script: redis::Script::new(SCRIPT),
             count_locks: redis::Script::new(COUNT_LOCKS),
+            locks_key: format!("{}lo:active", cfg.key_prefix),
+            cfg,
             conn: tokio::sync::OnceCell::new(),
             probe_conn: tokio::sync::OnceCell::new(),
             epoch: Instant::now(),
@@ -270,7 +273,7 @@ impl SharedLimits {
             ),
             None => ("", "", "", None),
         };
-        call.key(fail).key(lock).key(self.locks_key());
+        call.key(fail).key(lock).key(self.locks_key.as_str());
         for l in layers {
             call.key(&l.key);
         }
@@ -401,16 +404,12 @@ impl SharedLimits {
         }
     }
 
-    fn locks_key(&self) -> String {
-        format!("{}lo:active", self.cfg.key_prefix)
-    }
-
     /// (IP, user) pairs locked out now across the gateways; None when Redis
     /// does not answer (the caller shows the local count).
     pub async fn active_lockouts(&self) -> Option<usize> {
         let mut conn = self.connection(&self.probe_conn).await.ok()?;
         let mut call = self.count_locks.prepare_invoke();
-        call.key(self.locks_key());
+        call.key(self.locks_key.as_str());
         let n = tokio::time::timeout(self.cfg.timeout, call.invoke_async::<i64>(&mut conn))
             .await
             .ok()?
