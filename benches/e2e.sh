@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
 #
-#   benches/e2e.sh [--duration S] [--connections N] [--redis]
+#   benches/e2e.sh [--duration S] [--connections N] [--rounds R] [--redis]
 #                  [--variant LABEL=BINARY[,toml-line;toml-line...]]...
 #
 # Without --variant the release build is measured as "gw". Each variant is
@@ -17,6 +17,8 @@
 # MOR-like XML page) and the same wrk load, on loopback:
 #   direct        wrk -> upstream (no proxy)
 #   nginx         nginx 1 worker, proxy_pass with upstream keep-alive, no checks
+#   lua-*         nginx 1 worker + lua verifying the same SHA1 (the honest
+#                 peer: parameters, SHA1, compare, alias rewrite), same loads
 #   gw-good       mor-gateway, fully verified POSTs cycling 1000 users
 #   gw-badhash    mor-gateway, bad hashes (refused at the edge)
 #   gw-alias      mor-gateway, legacy alias user_details (verified, rewritten)
@@ -26,18 +28,22 @@
 # share CPU 1. CPU-µs/request = (utime+stime of the proxy process from
 # /proc/PID/stat) / requests completed. Also reported: idle RSS and RSS with
 # 10,000 open keep-alive client connections.
-# Loopback only; every load is bounded by --duration.
+# Every target runs --rounds times (default 3), interleaved; the tables show
+# medians and the CPU figure's spread. Loopback only; every load is bounded
+# by --duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=10
-CONNS=32
+CONNS=64
+ROUNDS=3
 VARIANTS=()
 REDIS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
     --variant) VARIANTS+=("$2"); shift 2 ;;
     --redis) REDIS=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
@@ -46,14 +52,16 @@ done
 
 . benches/lib.sh
 need_apt nginx wrk cmake
+need_deb libnginx-mod-http-lua   # the nginx+lua peer
 if [ -n "$REDIS" ]; then need_apt redis-server; fi
 if [ "${#VARIANTS[@]}" -eq 0 ]; then
   cargo build --release --quiet
   VARIANTS=("gw=target/release/mor-gateway")
 fi
 ulimit -n 65536 2>/dev/null || true
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 
-UP=$(free_port); NGX=$(free_port)
+UP=$(free_port); NGX=$(free_port); LUA=$(free_port)
 KEY=456789
 CLK=$(getconf CLK_TCK)
 
@@ -105,7 +113,52 @@ http {
 EOF
 taskset -c 0 nginx -p "$W/px" -c "$W/px/nginx.conf" & NGX_PID=$!; PIDS+=($NGX_PID)
 
-# --- mor-gateway (one process per variant, started when measured) -----------
+# --- nginx + lua re-verifying the same hash (the honest peer) ----------------
+# The check the loads need, in a few lines of lua: the form parameters,
+# SHA1(user_id + key), compare; 200 with MOR's XML error when the hash is
+# wrong, else the legacy alias rewritten and proxy_pass with keep-alive.
+mkdir -p "$W/lua"
+cat > "$W/lua/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/lua/nginx.pid;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  lua_package_path "/usr/share/lua/5.1/?.lua;;";
+  upstream mor { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:$LUA backlog=4096;
+    location ~ ^/billing/api/(user_details|user_details_get)\$ {
+      client_body_buffer_size 16k;
+      access_by_lua_block {
+        ngx.req.read_body()
+        local args = ngx.req.get_post_args(100)
+        local uid, hash = args.user_id, args.hash
+        local ok = type(uid) == "string" and type(hash) == "string"
+        if ok then
+          local d = ngx.sha1_bin(uid .. "$KEY")
+          ok = string.format(string.rep("%02x", 20), d:byte(1, 20)) == hash
+        end
+        if not ok then
+          ngx.header["Content-Type"] = "application/xml"
+          ngx.print('<?xml version="1.0" encoding="UTF-8"?><status><error>Incorrect hash</error></status>')
+          return ngx.exit(200)
+        end
+      }
+      rewrite ^ /billing/api/user_details_get break;
+      proxy_pass http://mor;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+taskset -c 0 nginx -p "$W/lua" -c "$W/lua/nginx.conf" & LUA_PID=$!; PIDS+=($LUA_PID)
+
+# --- mor-gateway (one process per variant) -----------------------------------
 start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
   local label=$1 bin=$2 extra=$3
   GW=$(free_port); MET=$(free_port)
@@ -137,7 +190,7 @@ EOF
   sleep 0.5
 }
 
-wait_port "$UP"; wait_port "$NGX"
+wait_port "$UP"; wait_port "$NGX"; wait_port "$LUA"
 
 # --- request scripts -----------------------------------------------------------
 python3 - "$W" "$KEY" <<'PY'
@@ -162,10 +215,11 @@ PY
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-ROWS=()
-# run NAME PORT SCRIPT PID(or -)
+# Every measurement is one line of $W/rows: round|name|reqs|rps|p50_ms|p99_ms|non2xx|us|redis_us
+: > "$W/rows"
+# run ROUND NAME PORT SCRIPT PID(or -) [CONNECTIONS]
 run() {
-  local name=$1 port=$2 script=$3 pid=$4 CONNS=${5:-$CONNS}
+  local round=$1 name=$2 port=$3 script=$4 pid=$5 CONNS=${6:-$CONNS}
   # warm-up (keep-alive pools, page faults)
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$W/$script.lua" "http://127.0.0.1:$port" >/dev/null
   local t0=0; [ "$pid" != "-" ] && t0=$(cpu_ticks "$pid")
@@ -173,112 +227,169 @@ run() {
   local out; out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$W/$script.lua" "http://127.0.0.1:$port")
   local t1=0; [ "$pid" != "-" ] && t1=$(cpu_ticks "$pid")
   local r1=0; [ -n "$REDIS_PID" ] && r1=$(cpu_ticks "$REDIS_PID")
-  local reqs; reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  local rps; rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  local p50; p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  local p99; p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
-  local us="-"
-  if [ "$pid" != "-" ]; then
-    us=$(python3 -c "print(f'{($t1-$t0)/$CLK*1e6/$reqs:.1f}')")
-  fi
-  local rus; rus=$(python3 -c "print(f'{($r1-$r0)/$CLK*1e6/$reqs:.1f}')")
-  ROWS+=("$name|$reqs|$rps|$p50|$p99|$non2xx|$us|$rus")
+  python3 - "$round" "$name" "$pid" "$t0" "$t1" "$r0" "$r1" "$CLK" "$W/rows" <<PY
+import sys, re
+rnd, name, pid, t0, t1, r0, r1, clk, rows = sys.argv[1:]
+out = """$out"""
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    return float(m[1]) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m[2]]
+reqs = int(re.search(r"(\d+) requests in", out)[1])
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1])
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1])
+m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+non2xx = int(m[1]) if m else 0
+us = (int(t1) - int(t0)) / int(clk) * 1e6 / reqs if pid != "-" else ""
+rus = (int(r1) - int(r0)) / int(clk) * 1e6 / reqs
+with open(rows, "a") as f:
+    f.write(f"{rnd}|{name}|{reqs}|{rps}|{p50}|{p99}|{non2xx}|{us}|{rus}\n")
+PY
 }
 
-run direct "$UP" good -
-run nginx "$NGX" good "$NGX_PID"
-# light load: 2 connections, neither proxy saturated (p99 at the same load)
-run nginx-light "$NGX" good "$NGX_PID" 2
-MEM=()
-REDIS_MEM=()
-REDIS_BASE=""
-if [ -n "$REDIS_PID" ]; then
-  REDIS_BASE=$(redis-cli -p "$REDIS" info memory | tr -d '\r' | awk -F: '$1=="used_memory" {print $2}')
-fi
-: > "$W/metrics.txt"
+# Every gateway variant is started once, idle on CPU 0 while another target
+# is measured; the rounds interleave all targets so that drift (thermal,
+# other load) hits them alike.
+declare -A GW_PORT GW_PIDS GW_MET
+LABELS=()
 for v in "${VARIANTS[@]}"; do
   label=${v%%=*}; rest=${v#*=}; bin=${rest%%,*}; extra=""
   [ "$rest" != "$bin" ] && extra=${rest#*,}
   start_gw "$label" "$bin" "$extra"
-  start_rss=$(rss_kib "$GW_PID")
-  run "$label-good" "$GW" good "$GW_PID"
-  run "$label-badhash" "$GW" bad "$GW_PID"
-  run "$label-alias" "$GW" alias "$GW_PID"
-  run "$label-light" "$GW" good "$GW_PID" 2
-  if [ -n "$REDIS_PID" ]; then
-    # Keys the gateway left in Redis right after its load, and their memory
-    # beyond an empty server's (measured before the first variant).
-    info=$(redis-cli -p "$REDIS" info memory | tr -d '\r')
-    used=$(awk -F: '$1=="used_memory" {print $2}' <<<"$info")
-    keys=$(redis-cli -p "$REDIS" dbsize)
-    REDIS_MEM+=("$label|$keys|$used")
-    redis-cli -p "$REDIS" flushall >/dev/null
-    sleep 0.5
-  fi
-  curl -s "http://127.0.0.1:$MET/metrics" | grep -E '^mor_gateway_requests_total' | grep -v ' 0$' | sed "s/^/  $label: /" >> "$W/metrics.txt" || true
-  idle_rss=$(rss_kib "$GW_PID")
-  conn_rss=$(python3 - "$GW" "$GW_PID" <<'PY'
-import socket, sys, time
-port, pid = int(sys.argv[1]), sys.argv[2]
-body = b"u=user1&user_id=1&hash=" + b"0" * 40
+  GW_PORT[$label]=$GW; GW_PIDS[$label]=$GW_PID; GW_MET[$label]=$MET
+  LABELS+=("$label")
+  echo "$label|$(rss_kib "$GW_PID")" >> "$W/start_rss"
+done
+
+REDIS_BASE=""
+if [ -n "$REDIS_PID" ]; then
+  REDIS_BASE=$(redis-cli -p "$REDIS" info memory | tr -d '\r' | awk -F: '$1=="used_memory" {print $2}')
+fi
+for round in $(seq "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  run "$round" direct "$UP" good -
+  run "$round" nginx "$NGX" good "$NGX_PID"
+  run "$round" nginx-light "$NGX" good "$NGX_PID" 2
+  run "$round" lua-good "$LUA" good "$LUA_PID"
+  run "$round" lua-badhash "$LUA" bad "$LUA_PID"
+  run "$round" lua-alias "$LUA" alias "$LUA_PID"
+  run "$round" lua-light "$LUA" good "$LUA_PID" 2
+  for label in "${LABELS[@]}"; do
+    p=${GW_PORT[$label]}; pid=${GW_PIDS[$label]}
+    run "$round" "$label-good" "$p" good "$pid"
+    run "$round" "$label-badhash" "$p" bad "$pid"
+    run "$round" "$label-alias" "$p" alias "$pid"
+    run "$round" "$label-light" "$p" good "$pid" 2
+    if [ -n "$REDIS_PID" ] && [ "$round" = "$ROUNDS" ]; then
+      # Keys the gateway left in Redis right after its load, and their memory
+      # beyond an empty server's (measured before the first round).
+      info=$(redis-cli -p "$REDIS" info memory | tr -d '\r')
+      used=$(awk -F: '$1=="used_memory" {print $2}' <<<"$info")
+      keys=$(redis-cli -p "$REDIS" dbsize)
+      echo "$label|$keys|$used" >> "$W/redis_mem"
+    fi
+    [ -n "$REDIS_PID" ] && { redis-cli -p "$REDIS" flushall >/dev/null; sleep 0.5; }
+  done
+done
+
+: > "$W/metrics.txt"
+# RSS of a process with 10,000 open keep-alive connections, each having
+# made one call (a verified one for nginx+lua's sake too).
+conn_rss() { # PORT PID
+  python3 - "$1" "$2" "$KEY" <<'PY'
+import hashlib, socket, sys, time
+port, pid, key = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+body = b"u=user1&user_id=1&hash=" + hashlib.sha1(b"1" + key.encode()).hexdigest().encode()
 req = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(10000)]
-for s in socks:
-    s.sendall(req)   # one request each: every connection is a live keep-alive session
-for s in socks:
+socks = []
+for _ in range(10000):
+    # one call each, one at a time (upstream connections stay few): every
+    # connection is then an idle keep-alive session
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(req)
     s.recv(4096)
+    socks.append(s)
 time.sleep(1)
 print([l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1])
 for s in socks:
     s.close()
 PY
-)
-  MEM+=("$label|$start_rss|$idle_rss|$conn_rss")
-  kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true
+}
+echo "nginx-lua|-|$(rss_kib "$LUA_PID")|$(conn_rss "$LUA" "$LUA_PID")" > "$W/mem"
+for label in "${LABELS[@]}"; do
+  pid=${GW_PIDS[$label]}
+  curl -s "http://127.0.0.1:${GW_MET[$label]}/metrics" | grep -E '^mor_gateway_requests_total' | grep -v ' 0$' | sed "s/^/  $label: /" >> "$W/metrics.txt" || true
+  idle=$(rss_kib "$pid")
+  conn=$(conn_rss "${GW_PORT[$label]}" "$pid")
+  start=$(awk -F'|' -v l="$label" '$1==l {print $2}' "$W/start_rss")
+  echo "$label|$start|$idle|$conn" >> "$W/mem"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 
-NGINX_US=""; NGINX_LIGHT_US=""
-for r in "${ROWS[@]}"; do
-  IFS='|' read -r n _ _ _ _ _ us _ <<<"$r"
-  if [ "$n" = nginx ]; then NGINX_US=$us; fi
-  if [ "$n" = nginx-light ]; then NGINX_LIGHT_US=$us; fi
-done
 echo
-echo "mor-gateway benchmark: wrk -t1 -c$CONNS -d${DURATION}s, proxy on CPU 0, wrk+upstream on CPU 1, $(nproc) CPUs, $(date -u +%FT%TZ)"
-echo "direct: wrk straight to the upstream; CPU columns are the proxy process's user+sys time per request;"
-echo "*-light rows use 2 connections and are compared with nginx-light."
+echo "mor-gateway benchmark: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds (medians; spread = (max-min)/median of the CPU figure), proxy on CPU 0, wrk+upstream on CPU 1, $(nproc) CPUs, load average before: $LOAD0, $(date -u +%FT%TZ)"
+echo "direct: wrk straight to the upstream; nginx: proxy_pass, no checks; lua-*: nginx + lua verifying the same hash;"
+echo "CPU columns are the proxy process's user+sys time per request; *-light rows use 2 connections."
 echo
-rcol=""; rsep=""
-if [ -n "$REDIS_PID" ]; then rcol=" redis CPU-µs/req |"; rsep=" --- |"; fi
-echo "| load | requests | req/s | p50 | p99 | non-2xx | proxy CPU-µs/req | × nginx |$rcol"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |$rsep"
-for r in "${ROWS[@]}"; do
-  IFS='|' read -r n reqs rps p50 p99 non2xx us rus <<<"$r"
-  ratio="-"
-  base=$NGINX_US; [ "${n%-light}" != "$n" ] && base=$NGINX_LIGHT_US
-  if [ "$us" != "-" ] && [ -n "$base" ]; then ratio=$(python3 -c "print(f'{$us/$base:.2f}')"); fi
-  rval=""; [ -n "$REDIS_PID" ] && rval=" $rus |"
-  echo "| $n | $reqs | $rps | $p50 | $p99 | $non2xx | $us | $ratio |$rval"
-done
-if [ -n "$REDIS_PID" ]; then
+python3 - "$W" "${LABELS[@]}" <<'PY'
+import statistics, sys
+w, labels = sys.argv[1], sys.argv[2:]
+rows = {}
+for line in open(f"{w}/rows"):
+    rnd, name, reqs, rps, p50, p99, non2xx, us, rus = line.rstrip("\n").split("|")
+    rows.setdefault(name, []).append(dict(reqs=int(reqs), rps=float(rps), p50=float(p50), p99=float(p99),
+        non2xx=int(non2xx), us=float(us) if us else None, rus=float(rus)))
+def med(name, k):
+    v = [r[k] for r in rows.get(name, []) if r[k] is not None]
+    return statistics.median(v) if v else None
+def spread(name):
+    v = [r["us"] for r in rows.get(name, []) if r["us"] is not None]
+    return (max(v) - min(v)) / statistics.median(v) if len(v) > 1 else 0.0
+redis = any(r["rus"] > 0 for rs in rows.values() for r in rs)
+head = "| load | req/s | p50 ms | p99 ms | non-2xx | proxy CPU-µs/req | spread | × nginx | × nginx+lua |"
+print(head + (" redis CPU-µs/req |" if redis else ""))
+print("| --- " * (head.count("|") - 1 + (1 if redis else 0)) + "|")
+order = ["direct", "nginx", "nginx-light", "lua-good", "lua-badhash", "lua-alias", "lua-light"]
+order += [f"{l}-{k}" for l in labels for k in ("good", "badhash", "alias", "light")]
+for name in order:
+    if name not in rows:
+        continue
+    load = name.rsplit("-", 1)[-1] if "-" in name else "good"
+    us = med(name, "us")
+    ngx = med("nginx-light" if load == "light" else "nginx", "us")
+    lua = med(f"lua-{load}", "us") if load in ("good", "badhash", "alias", "light") else None
+    x = lambda b: f"{us / b:.2f}" if us and b else "-"
+    cols = [name, f"{med(name, 'rps'):.0f}", f"{med(name, 'p50'):.3f}", f"{med(name, 'p99'):.3f}",
+            str(sum(r["non2xx"] for r in rows[name])), f"{us:.1f}" if us else "-",
+            f"{spread(name) * 100:.0f} %" if us else "-",
+            x(ngx) if not name.startswith("nginx") else "-",
+            x(lua) if not name.startswith("lua") else "-"]
+    if redis:
+        cols.append(f"{med(name, 'rus'):.1f}")
+    print("| " + " | ".join(cols) + " |")
+PY
+if [ -n "$REDIS_PID" ] && [ -f "$W/redis_mem" ]; then
   echo
   echo "| redis after the variant's load | keys | used_memory beyond empty | bytes per key |"
   echo "| --- | --- | --- | --- |"
-  for m in "${REDIS_MEM[@]}"; do
-    IFS='|' read -r label keys used <<<"$m"
+  while IFS='|' read -r label keys used; do
     per="-"; [ "$keys" -gt 0 ] && per=$(( (used - REDIS_BASE) / keys ))
     echo "| $label | $keys | $(( used - REDIS_BASE )) B | $per |"
-  done
+  done < "$W/redis_mem"
 fi
 echo
 echo "gateway outcomes during the run (non-zero series):"
 sed 's/^/  /' "$W/metrics.txt"
 
 echo
-echo "| gateway memory | RSS MiB just started | idle after load | 10,000 open keep-alive connections |"
-echo "| --- | --- | --- | --- |"
-for m in "${MEM[@]}"; do
-  IFS='|' read -r label a b c <<<"$m"
-  echo "| $label | $(python3 -c "print(f'{$a/1024:.1f}')") | $(python3 -c "print(f'{$b/1024:.1f}')") | $(python3 -c "print(f'{$c/1024:.1f}')") |"
-done
+echo "| memory | RSS MiB just started | idle after load | 10,000 open keep-alive connections | KiB per connection |"
+echo "| --- | --- | --- | --- | --- |"
+python3 - "$W/mem" <<'PY'
+import sys
+for line in open(sys.argv[1]):
+    label, *v = line.rstrip("\n").split("|")
+    a, b, c = (int(x) if x.isdigit() else None for x in v)
+    f = lambda x: f"{x / 1024:.1f}" if x is not None else "-"
+    per = f"{(c - b) / 10000:.1f}" if b is not None and c is not None else "-"
+    print(f"| {label} | {f(a)} | {f(b)} | {f(c)} | {per} |")
+PY
