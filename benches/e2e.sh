@@ -65,24 +65,7 @@ UP=$(free_port); NGX=$(free_port); LUA=$(free_port)
 KEY=456789
 CLK=$(getconf CLK_TCK)
 
-# --- upstream: nginx answering a MOR-like page -------------------------------
-mkdir -p "$W/up" "$W/px"
-cat > "$W/up/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/up/nginx.pid;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen 127.0.0.1:$UP backlog=4096;
-    location / {
-      default_type application/xml;
-      return 200 '<?xml version="1.0" encoding="UTF-8"?><page><details><id>123</id><username>client123</username><balance>55.0000</balance></details></page>';
-    }
-  }
-}
-EOF
-taskset -c 1 nginx -p "$W/up" -c "$W/up/nginx.conf" & PIDS+=($!)
+start_upstream "$UP" 1
 
 REDIS_PID=""
 if [ -n "$REDIS" ]; then
@@ -92,103 +75,8 @@ if [ -n "$REDIS" ]; then
   wait_port "$REDIS"
 fi
 
-# --- plain nginx reverse proxy (the baseline) --------------------------------
-cat > "$W/px/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/px/nginx.pid;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream mor { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$NGX backlog=4096;
-    location / {
-      proxy_pass http://mor;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
-taskset -c 0 nginx -p "$W/px" -c "$W/px/nginx.conf" & NGX_PID=$!; PIDS+=($NGX_PID)
-
-# --- nginx + lua re-verifying the same hash (the honest peer) ----------------
-# The check the loads need, in a few lines of lua: the form parameters,
-# SHA1(user_id + key), compare; 200 with MOR's XML error when the hash is
-# wrong, else the legacy alias rewritten and proxy_pass with keep-alive.
-mkdir -p "$W/lua"
-cat > "$W/lua/nginx.conf" <<EOF
-daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/lua/nginx.pid;
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  lua_package_path "/usr/share/lua/5.1/?.lua;;";
-  upstream mor { server 127.0.0.1:$UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:$LUA backlog=4096;
-    location ~ ^/billing/api/(user_details|user_details_get)\$ {
-      client_body_buffer_size 16k;
-      access_by_lua_block {
-        ngx.req.read_body()
-        local args = ngx.req.get_post_args(100)
-        local uid, hash = args.user_id, args.hash
-        local ok = type(uid) == "string" and type(hash) == "string"
-        if ok then
-          local d = ngx.sha1_bin(uid .. "$KEY")
-          ok = string.format(string.rep("%02x", 20), d:byte(1, 20)) == hash
-        end
-        if not ok then
-          ngx.header["Content-Type"] = "application/xml"
-          ngx.print('<?xml version="1.0" encoding="UTF-8"?><status><error>Incorrect hash</error></status>')
-          return ngx.exit(200)
-        end
-      }
-      rewrite ^ /billing/api/user_details_get break;
-      proxy_pass http://mor;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
-taskset -c 0 nginx -p "$W/lua" -c "$W/lua/nginx.conf" & LUA_PID=$!; PIDS+=($LUA_PID)
-
-# --- mor-gateway (one process per variant) -----------------------------------
-start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
-  local label=$1 bin=$2 extra=$3
-  GW=$(free_port); MET=$(free_port)
-  {
-    echo "listen = [\"127.0.0.1:$GW\"]"
-    echo "threads = 1"
-    echo "shutdown_grace = \"0s\""
-    tr ';' '\n' <<<"${extra//\{REDIS\}/$REDIS}"
-    cat <<EOF
-[client]
-# 10,000 connections from one address are measured below: no caps.
-max_connections = 0
-max_connections_per_address = 0
-[upstream]
-servers = ["127.0.0.1:$UP"]
-keepalive_pool_size = 256
-[api]
-allow_get = false
-[secrets]
-admin_key_env = "BENCH_KEY"
-[metrics]
-listen = "127.0.0.1:$MET"
-[access_log]
-mode = "off"
-EOF
-  } > "$W/gw-$label.toml"
-  BENCH_KEY=$KEY taskset -c 0 "$bin" run -c "$W/gw-$label.toml" 2>"$W/gw-$label.err" & GW_PID=$!; PIDS+=($GW_PID)
-  wait_port "$GW"
-  sleep 0.5
-}
+start_nginx_proxy "$NGX" "$UP" 0; NGX_PID=$LAST_PID
+start_nginx_lua "$LUA" "$UP" "$KEY" 0; LUA_PID=$LAST_PID
 
 wait_port "$UP"; wait_port "$NGX"; wait_port "$LUA"
 

@@ -34,3 +34,134 @@ need_deb() {
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
   fi
 }
+
+# Each start_* below starts a process in the background and sets LAST_PID
+# (also in PIDS, stopped at exit).
+
+# start_upstream PORT CPU : MOR's stand-in for the loads, nginx answering a
+# MOR-like page to every request.
+start_upstream() {
+  mkdir -p "$W/up"
+  cat > "$W/up/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/up/nginx.pid;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location / {
+      default_type application/xml;
+      return 200 '<?xml version="1.0" encoding="UTF-8"?><page><details><id>123</id><username>client123</username><balance>55.0000</balance></details></page>';
+    }
+  }
+}
+EOF
+  taskset -c "$2" nginx -p "$W/up" -c "$W/up/nginx.conf" & LAST_PID=$!; PIDS+=($LAST_PID)
+}
+
+# start_nginx_proxy PORT UPSTREAM-PORT CPU : plain nginx proxy_pass with
+# upstream keep-alive, no checks (the baseline).
+start_nginx_proxy() {
+  mkdir -p "$W/px"
+  cat > "$W/px/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/px/nginx.pid;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream mor { server 127.0.0.1:$2; keepalive 64; }
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location / {
+      proxy_pass http://mor;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+  taskset -c "$3" nginx -p "$W/px" -c "$W/px/nginx.conf" & LAST_PID=$!; PIDS+=($LAST_PID)
+}
+
+# The check the loads need, in a few lines of lua: the form parameters,
+# SHA1(user_id + key), compare; 200 with MOR's XML error when the hash is
+# wrong, else the legacy alias rewritten and proxy_pass with keep-alive.
+# start_nginx_lua PORT UPSTREAM-PORT KEY CPU
+start_nginx_lua() {
+  mkdir -p "$W/lua"
+  cat > "$W/lua/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/lua/nginx.pid;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  lua_package_path "/usr/share/lua/5.1/?.lua;;";
+  upstream mor { server 127.0.0.1:$2; keepalive 64; }
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location ~ ^/billing/api/(user_details|user_details_get)\$ {
+      client_body_buffer_size 16k;
+      access_by_lua_block {
+        ngx.req.read_body()
+        local args = ngx.req.get_post_args(100)
+        local uid, hash = args.user_id, args.hash
+        local ok = type(uid) == "string" and type(hash) == "string"
+        if ok then
+          local d = ngx.sha1_bin(uid .. "$3")
+          ok = string.format(string.rep("%02x", 20), d:byte(1, 20)) == hash
+        end
+        if not ok then
+          ngx.header["Content-Type"] = "application/xml"
+          ngx.print('<?xml version="1.0" encoding="UTF-8"?><status><error>Incorrect hash</error></status>')
+          return ngx.exit(200)
+        end
+      }
+      rewrite ^ /billing/api/user_details_get break;
+      proxy_pass http://mor;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+  taskset -c "$4" nginx -p "$W/lua" -c "$W/lua/nginx.conf" & LAST_PID=$!; PIDS+=($LAST_PID)
+}
+
+# start_gw LABEL BINARY EXTRA-LINES : a gateway on CPU 0 in front of $UP
+# with admin key $KEY ("{REDIS}" in EXTRA-LINES, ';'-separated top-level
+# config lines, is $REDIS); sets GW (its port), MET (metrics port), GW_PID.
+start_gw() {
+  local label=$1 bin=$2 extra=$3
+  GW=$(free_port); MET=$(free_port)
+  {
+    echo "listen = [\"127.0.0.1:$GW\"]"
+    echo "threads = 1"
+    echo "shutdown_grace = \"0s\""
+    tr ';' '\n' <<<"${extra//\{REDIS\}/$REDIS}"
+    cat <<EOF
+[client]
+# 10,000 connections from one address are measured below: no caps.
+max_connections = 0
+max_connections_per_address = 0
+[upstream]
+servers = ["127.0.0.1:$UP"]
+keepalive_pool_size = 256
+[api]
+allow_get = false
+[secrets]
+admin_key_env = "BENCH_KEY"
+[metrics]
+listen = "127.0.0.1:$MET"
+[access_log]
+mode = "off"
+EOF
+  } > "$W/gw-$label.toml"
+  BENCH_KEY=$KEY taskset -c 0 "$bin" run -c "$W/gw-$label.toml" 2>"$W/gw-$label.err" & GW_PID=$!; PIDS+=($GW_PID)
+  wait_port "$GW"
+  sleep 0.5
+}
