@@ -132,7 +132,7 @@ fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Resul
     let (catalog, allow_get) = match &config {
         Some(p) => {
             let s = Settings::load(p).map_err(|e| e.to_string())?;
-            (s.policy.catalog.clone(), s.policy.allow_get)
+            (s.policy.catalog.clone(), s.policy.directory.allow_get)
         }
         None => (
             Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
@@ -291,7 +291,12 @@ fn main() -> ExitCode {
             Ok(s) => {
                 match method {
                     Some(m) => print!("{}", s.policy.catalog.describe(&m)),
-                    None => print!("{}", s.summary()),
+                    None => {
+                        print!("{}", s.summary());
+                        for line in server::check_directory(&s) {
+                            println!("{line}");
+                        }
+                    }
                 }
                 println!("mor-gateway: configuration {} is valid", config.display());
                 Ok(())

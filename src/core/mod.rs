@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod client;
 pub mod decision;
+pub mod directory;
 pub mod framing;
 pub mod limits;
 pub mod params;

@@ -25,6 +25,7 @@ use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Si
 use crate::core::framing;
 use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::edge::mirror::Mirror;
 use crate::edge::shared_limits::{DecidedIp, SharedLimits};
 use crate::edge::upstreams::Upstreams;
 use crate::ops::accesslog::{micros, redact_query, AccessLog, Record, Timestamp};
@@ -55,6 +56,8 @@ pub struct Shared {
     buffered: Arc<AtomicUsize>,
     /// The HTTPS listeners' certificate, swapped on reload.
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
+    /// MOR's directory in force (static config or a database snapshot).
+    pub mirror: Mirror,
 }
 
 /// Hands the current certificate to each TLS handshake, so that a reload
@@ -122,7 +125,10 @@ impl Shared {
             .map(|t| Arc::new(ArcSwap::new(t.material.clone())));
         register_settings(&metrics, &settings);
         let shared_limits = shared_limits(&settings, &metrics);
+        let mirror = Mirror::new(&settings);
+        metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
         Ok(Shared {
+            mirror,
             state: ArcSwap::from_pointee(State {
                 settings,
                 limits: Arc::new(limits),
@@ -158,6 +164,7 @@ impl Shared {
         register_settings(&self.metrics, &settings);
         // A new Redis client each time: the address or password may have changed.
         let shared_limits = shared_limits(&settings, &self.metrics);
+        self.mirror.configure(&settings, &self.metrics);
         self.state.store(Arc::new(State {
             settings,
             limits: Arc::new(limits),
@@ -394,6 +401,7 @@ impl ProxyHttp for Gateway {
         session.as_downstream_mut().set_pipelining_enabled(true);
         let st = self.shared.state.load_full();
         ctx.state = Some(st.clone());
+        let dir = self.shared.mirror.load();
         let s = &st.settings;
         let ip = client_ip(session, s);
         ctx.ip = Some(ip);
@@ -417,9 +425,14 @@ impl ProxyHttp for Gateway {
             Some(sh) if sh.per_ip() => {
                 let mut trace = LimitTrace::default();
                 let answer = sh.check_ip(ip, &st.limits, &mut trace).await;
-                decision::admit(&s.policy, &DecidedIp(answer, trace), &head_of(session, ip))
+                decision::admit(
+                    &s.policy,
+                    &dir,
+                    &DecidedIp(answer, trace),
+                    &head_of(session, ip),
+                )
             }
-            _ => decision::admit(&s.policy, &*st.limits, &head_of(session, ip)),
+            _ => decision::admit(&s.policy, &dir, &*st.limits, &head_of(session, ip)),
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -459,13 +472,14 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.req_bytes = body.len();
-        let verdict = match decision::verify(&s.policy, &head_of(session, ip), admitted, &body) {
-            Checked::Done(v) => v,
-            Checked::Pending(p) => match &st.shared_limits {
-                Some(sh) => sh.settle(p, &st.limits).await,
-                None => p.settle(&*st.limits),
-            },
-        };
+        let verdict =
+            match decision::verify(&s.policy, &dir, &head_of(session, ip), admitted, &body) {
+                Checked::Done(v) => v,
+                Checked::Pending(p) => match &st.shared_limits {
+                    Some(sh) => sh.settle(p, &st.limits).await,
+                    None => p.settle(&*st.limits),
+                },
+            };
         match verdict {
             Verdict::Refuse(r, info) => {
                 ctx.info = info;
@@ -534,7 +548,14 @@ impl ProxyHttp for Gateway {
         let label = ctx.info.label();
         let req = session.req_header();
         let http_method = req.method.as_str();
-        m.observe_request(&ctx.info, http_method, ctx.refused, elapsed.as_secs_f64());
+        let skipped = ctx.forward.as_ref().and_then(|f| f.skipped);
+        m.observe_request(
+            &ctx.info,
+            http_method,
+            ctx.refused,
+            skipped,
+            elapsed.as_secs_f64(),
+        );
         m.request_bytes
             .with_label_values(&[label])
             .inc_by(ctx.req_bytes as u64);
