@@ -10,5 +10,5 @@ pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod reply;
-pub(crate) mod route;
+pub mod route;
 pub mod signature;

@@ -25,10 +25,11 @@ use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Si
 use crate::core::framing;
 use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::core::route::redact_path;
 use crate::edge::mirror::Mirror;
 use crate::edge::shared_limits::{DecidedIp, SharedLimits};
 use crate::edge::upstreams::Upstreams;
-use crate::ops::accesslog::{micros, redact_query, AccessLog, Record, Timestamp};
+use crate::ops::accesslog::{micros, redact_query_also, AccessLog, Record, Timestamp};
 use crate::ops::metrics::Metrics;
 
 /// Settings, limiter state and upstreams, swapped together on reload.
@@ -202,6 +203,21 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// A path as logs show it, and whether its action's id is a secret (then
+/// its `id` query values are redacted too).
+fn shown_path<'a>(shared: &Shared, path: &'a str) -> (std::borrow::Cow<'a, str>, bool) {
+    let st = shared.state.load();
+    let p = &st.settings.policy;
+    let shown = redact_path(path, &p.prefix, &p.catalog);
+    let pre = p.prefix.split('/').filter(|s| !s.is_empty()).count();
+    let secret = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .nth(pre)
+        .is_some_and(|a| crate::core::route::secret_action(a, &p.catalog));
+    (shown, secret)
 }
 
 /// Per-request context.
@@ -506,9 +522,10 @@ impl ProxyHttp for Gateway {
     /// and the query with its secrets redacted (never the raw URI).
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
         let req = session.req_header();
+        let (path, id_secret) = shown_path(&self.shared, req.uri.path());
         match req.uri.query() {
-            Some(q) => format!("{} {}?{}", req.method, req.uri.path(), redact_query(q)),
-            None => format!("{} {}", req.method, req.uri.path()),
+            Some(q) => format!("{} {path}?{}", req.method, redact_query_also(q, id_secret)),
+            None => format!("{} {path}", req.method),
         }
     }
 
@@ -571,6 +588,7 @@ impl ProxyHttp for Gateway {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let (verdict, reason) = Reason::labels(ctx.refused);
+        let (path, id_secret) = shown_path(&self.shared, req.uri.path());
         let signer = ctx.forward.as_ref().map(|f| match &f.signer {
             Signer::Admin => "admin".to_string(),
             Signer::Reseller(n) => format!("reseller:{n}"),
@@ -581,8 +599,8 @@ impl ProxyHttp for Gateway {
             ts: Timestamp::now(),
             client_ip: ctx.ip.map(|i| i.to_string()).unwrap_or_default(),
             http_method,
-            path: req.uri.path(),
-            query: req.uri.query().map(redact_query),
+            path: &path,
+            query: req.uri.query().map(|q| redact_query_also(q, id_secret)),
             api_method: ctx.info.method.as_deref(),
             alias: ctx.info.alias.as_deref(),
             user: ctx.info.user.as_deref(),
