@@ -189,6 +189,9 @@ pub struct Method {
     /// The `/<id>` (params `id`) is a secret (a SIP password): never logged.
     #[serde(default)]
     pub secret_id: bool,
+    /// Takes a file: a `multipart/form-data` body is read (strictly).
+    #[serde(default)]
+    pub multipart: bool,
     /// With [`Auth::Undetermined`]: the hash lists the documentation gives
     /// (one per revision), for `api.undetermined = "candidates"`.
     #[serde(default)]
@@ -507,6 +510,7 @@ impl Catalog {
                 get_always: false,
                 id_routes: Vec::new(),
                 secret_id: false,
+                multipart: false,
                 candidates: Vec::new(),
                 mor: Vec::new(),
                 note: Some("added by the gateway config".into()),

@@ -288,12 +288,18 @@ pub fn admit<G: Gate + ?Sized>(
 
 /// Builds MOR's parameter view. Sources go in Rails' precedence, lowest
 /// first: body, query, then the path's `/<id>` and `.<format>`.
-fn view(head: &Head<'_>, api: &ApiPath, body: &[u8]) -> Result<Params, ParamError> {
+fn view(
+    head: &Head<'_>,
+    api: &ApiPath,
+    method: Option<&Method>,
+    body: &[u8],
+) -> Result<Params, ParamError> {
     let mut params = Params::new();
     params.add_body(
         head.content_type,
         body,
         head.method.eq_ignore_ascii_case("POST"),
+        method.is_some_and(|m| m.multipart),
     )?;
     if let Some(q) = head.query {
         params.add_form(q.as_bytes())?;
@@ -502,7 +508,7 @@ pub fn verify(
             info,
         ))
     };
-    let params = match view(head, &api, body) {
+    let params = match view(head, &api, method, body) {
         Ok(p) => p,
         Err(e) => return bad(&e, info),
     };
