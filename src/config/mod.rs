@@ -522,6 +522,12 @@ impl Settings {
             by_rule(Auth::NoAuth),
             by_rule(Auth::Unsigned)
         );
+        let _ = writeln!(
+            s,
+            "undetermined   hash list not documented, api.undetermined = {:?}: {}",
+            p.undetermined,
+            by_rule(Auth::Undetermined)
+        );
         let l = &self.limits;
         if let Some(sh) = &self.shared_limits {
             let _ = writeln!(
