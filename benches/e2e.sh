@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
 #
-#   benches/e2e.sh [--duration S] [--connections N] [--redis]
+#   benches/e2e.sh [--duration S] [--connections N] [--redis] [--mariadb]
 #                  [--variant LABEL=BINARY[,toml-line;toml-line...]]...
 #
 # Without --variant the release build is measured as "gw". Each variant is
@@ -12,6 +12,12 @@
 # --redis starts a redis-server of its own (on CPU 1, no persistence);
 # "{REDIS}" in a variant's lines is its port, and each row then also shows
 # Redis' CPU per request and the memory its keys take (benches/shared.sh).
+# --mariadb starts a mariadbd of its own (on CPU 1) holding MOR's tables with
+# 100,000 users (the load's user1..user1000 among them, the admin's) and
+# 1,000 resellers; "{MYSQL}" in a variant's lines is its port, the gateway's
+# database password is in BENCH_DB_PASSWORD. Directory on vs off:
+#   --mariadb --variant off=target/release/mor-gateway \
+#     --variant dir=target/release/mor-gateway,'[directory];url = "mysql://mor-gateway@127.0.0.1:{MYSQL}/mor";password_env = "BENCH_DB_PASSWORD"'
 #
 # One run measures, against the same upstream (nginx `return 200` with a
 # MOR-like XML page) and the same wrk load, on loopback:
@@ -34,8 +40,10 @@ DURATION=10
 CONNS=32
 VARIANTS=()
 REDIS=""
+MARIADB=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --mariadb) MARIADB=1; shift ;;
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
     --variant) VARIANTS+=("$2"); shift 2 ;;
@@ -84,6 +92,13 @@ if [ -n "$REDIS" ]; then
   wait_port "$REDIS"
 fi
 
+MYSQL=""
+if [ -n "$MARIADB" ]; then
+  export BENCH_DB_PASSWORD=bench-db-pw
+  start_mariadb
+  seed_mor 100000 1000 "$KEY"
+fi
+
 # --- plain nginx reverse proxy (the baseline) --------------------------------
 cat > "$W/px/nginx.conf" <<EOF
 daemon off; master_process off; worker_processes 1; error_log stderr error; pid $W/px/nginx.pid;
@@ -113,7 +128,8 @@ start_gw() { # LABEL BINARY EXTRA-LINES -> sets GW, MET, GW_PID
     echo "listen = [\"127.0.0.1:$GW\"]"
     echo "threads = 1"
     echo "shutdown_grace = \"0s\""
-    tr ';' '\n' <<<"${extra//\{REDIS\}/$REDIS}"
+    extra=${extra//\{REDIS\}/$REDIS}
+    tr ';' '\n' <<<"${extra//\{MYSQL\}/$MYSQL}"
     cat <<EOF
 [client]
 # 10,000 connections from one address are measured below: no caps.

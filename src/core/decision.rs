@@ -1347,9 +1347,7 @@ admin_key_env = "MORGW_DECISION_SECRET"
     fn per_reseller_switches_in_the_static_config() {
         let s = settings("");
         let s2 = crate::config::Settings::from_toml(
-            &format!(
-                "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"MORGW_DECISION_KEY\"\n[[resellers]]\nname = \"res1\"\nkey_env = \"MORGW_DECISION_RKEY\"\nusers = [\"ruser\"]\nverify_hash = false\n[[resellers]]\nname = \"res2\"\nkey_env = \"MORGW_DECISION_RKEY\"\nusers = [\"r2user\"]\nallow_api = false\n"
-            ),
+            "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"MORGW_DECISION_KEY\"\n[[resellers]]\nname = \"res1\"\nkey_env = \"MORGW_DECISION_RKEY\"\nusers = [\"ruser\"]\nverify_hash = false\n[[resellers]]\nname = \"res2\"\nkey_env = \"MORGW_DECISION_RKEY\"\nusers = [\"r2user\"]\nallow_api = false\n",
             None,
             &env(),
         )

@@ -275,7 +275,7 @@ impl Simulator {
         let s = &self.settings;
         let prepared = match self.prepare(method, path, query, content_type, body) {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let policy = Policy {
             admin_key: &s.key,
@@ -296,20 +296,23 @@ impl Simulator {
         query: Option<&str>,
         content_type: Option<&str>,
         body: &[u8],
-    ) -> Result<Prepared, Response<Vec<u8>>> {
+    ) -> Result<Prepared, Box<Response<Vec<u8>>>> {
         let s = &self.settings;
-        let target = route(path, &s.prefix).ok_or_else(not_found)?;
+        let target = route(path, &s.prefix).ok_or_else(|| Box::new(not_found()))?;
         if s.fixed_reply {
-            return Err(xml_response(200, doc(FIXED_REPLY)));
+            return Err(Box::new(xml_response(200, doc(FIXED_REPLY))));
         }
-        let action = self.rules.resolve(&target.name).ok_or_else(not_found)?;
+        let action = self
+            .rules
+            .resolve(&target.name)
+            .ok_or_else(|| Box::new(not_found()))?;
         // A legacy alias followed by /<id> reaches no action, except
         // simple_balance.
         if target.id.is_some()
             && !self.rules.is_action(&target.name)
             && target.name != "simple_balance"
         {
-            return Err(not_found());
+            return Err(Box::new(not_found()));
         }
         let mut path_params = Vec::new();
         if let Some(id) = &target.id {
@@ -319,7 +322,7 @@ impl Simulator {
             path_params.push(("format", f.as_str()));
         }
         let params = Params::from_request(method, query, content_type, body, &path_params)
-            .map_err(|_| error_response(400, Envelope::Status, "Bad request"))?;
+            .map_err(|_| Box::new(error_response(400, Envelope::Status, "Bad request")))?;
         Ok(Prepared {
             action: action.to_string(),
             method: method.to_string(),
@@ -380,7 +383,7 @@ impl Simulator {
         }
         let p = match self.prepare(method, path, query, content_type, body) {
             Ok(p) => p,
-            Err(r) => return r,
+            Err(r) => return *r,
         };
         let by = self.rules.caller_by(&p.action);
         let value = p
