@@ -634,3 +634,51 @@ fn upload(action: &str, pairs: &[(String, String)], hash: &str) -> Req {
         body,
     }
 }
+
+/// Where MOR X8 and a newer wiki page disagree, `api.mor_version` picks
+/// MOR's rule, and the simulator plays the same MOR (`--mor-version`).
+#[test]
+fn mor_version_picks_x8_or_the_current_pages() {
+    for (version, field, envelope) in [
+        ("x8", "dids_id", "<status><error>"),
+        ("current", "did_id", "<page><status><error>"),
+    ] {
+        let p = pair(
+            "",
+            &format!("[api]\nmor_version = \"{version}\"\n"),
+            &["--mor-version", version],
+        );
+        // did_subscription_stop hashes dids_id in X8, did_id on the page.
+        let pairs = kv(&[("u", "admin"), (field, "6511")]);
+        let good = sha1_hex(&format!("6511{KEY}"));
+        let body = p.same(
+            &format!("{version} did_subscription_stop"),
+            &post("did_subscription_stop", &pairs, &good),
+            Did::Forwarded,
+        );
+        assert!(accepted(&body), "{version}: {body}");
+        // The other version's field is not hashed: the same hash is wrong.
+        let other = if field == "did_id" {
+            "dids_id"
+        } else {
+            "did_id"
+        };
+        let body = p.same(
+            &format!("{version} did_subscription_stop, other field"),
+            &post(
+                "did_subscription_stop",
+                &kv(&[("u", "admin"), (other, "6511")]),
+                &good,
+            ),
+            Did::Refused,
+        );
+        assert!(body.contains("Incorrect hash"), "{version}: {body}");
+        // did_device_assign's hash refusal, in the version's envelope.
+        let body = p.same(
+            &format!("{version} did_device_assign"),
+            &post("did_device_assign", &kv(&[("u", "admin")]), "00"),
+            Did::Refused,
+        );
+        assert!(body.contains(envelope), "{version}: {body}");
+    }
+}

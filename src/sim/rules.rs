@@ -57,6 +57,9 @@ const CURRENT_ENVELOPES: &[(&str, Envelope)] = &[
     ("did_device_assign", Envelope::PageStatus),
     ("dids_get", Envelope::Page),
 ];
+/// MOR X8 answers did_device_assign's hash refusal from its before_filter,
+/// at the root (`<status><error>`), whatever endpoints.toml's page shows.
+const X8_ENVELOPES: &[(&str, Envelope)] = &[("did_device_assign", Envelope::Status)];
 
 /// How MOR handles an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -432,6 +435,10 @@ impl Rules {
                 r.own_lists.insert(a.to_string(), list);
             }
             for (a, env) in CURRENT_ENVELOPES {
+                r.envelopes.insert(a.to_string(), *env);
+            }
+        } else {
+            for (a, env) in X8_ENVELOPES {
                 r.envelopes.insert(a.to_string(), *env);
             }
         }
