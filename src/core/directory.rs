@@ -161,6 +161,18 @@ fn on(v: &[u8]) -> bool {
     v == b"1"
 }
 
+/// A name as MySQL's default collations compare it (case-insensitive,
+/// trailing spaces ignored): the form both the maps and the lookups use.
+/// Allocates only for a name that needs folding.
+fn fold(name: &str) -> std::borrow::Cow<'_, str> {
+    let t = name.trim_end_matches(' ');
+    if t.chars().any(char::is_uppercase) {
+        std::borrow::Cow::Owned(t.to_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    }
+}
+
 impl Directory {
     fn finish(
         users: HashMap<Box<str>, Caller>,
@@ -253,13 +265,13 @@ impl Directory {
                 owner: id,
                 reseller_itself: true,
             };
-            users.insert(r.name.as_str().into(), itself);
+            users.insert(fold(&r.name).into(), itself);
             if let Some(uh) = &r.uniquehash {
-                by_uniquehash.insert(uh.as_str().into(), itself);
+                by_uniquehash.insert(fold(uh).into(), itself);
             }
             for u in &r.users {
                 users.insert(
-                    u.as_str().into(),
+                    fold(u).into(),
                     Caller {
                         owner: id,
                         reseller_itself: false,
@@ -274,7 +286,7 @@ impl Directory {
 
     /// A snapshot of MOR's database: every user with its owner for API, and
     /// every owner's settings (the first row of each name and owner wins;
-    /// `conf` must come in MOR's row order).
+    /// `users` and `conf` must come in MOR's row order, by id).
     pub fn from_rows(users: &[UserRow], conf: &[ConfRow]) -> Directory {
         let names: HashMap<UserId, &str> =
             users.iter().map(|u| (u.id, u.username.as_str())).collect();
@@ -316,11 +328,12 @@ impl Directory {
                 owner,
                 reseller_itself: itself,
             };
+            // MOR finds the first row (by id) whose name matches.
             if !u.username.is_empty() {
-                by_name.insert(u.username.as_str().into(), c);
+                by_name.entry(fold(&u.username).into()).or_insert(c);
             }
             if let Some(uh) = u.uniquehash.as_deref().filter(|s| !s.is_empty()) {
-                by_uniquehash.insert(uh.into(), c);
+                by_uniquehash.entry(fold(uh).into()).or_insert(c);
             }
         }
         let mut d = Directory::finish(by_name, by_uniquehash, owners, true, Source::Database);
@@ -331,7 +344,7 @@ impl Directory {
 
     /// The caller named by a username.
     pub fn by_username(&self, name: &str) -> Lookup {
-        match self.users.get(name) {
+        match self.users.get(fold(name).as_ref()) {
             Some(c) => Lookup::Known(*c),
             None if self.complete => Lookup::Unknown,
             None => Lookup::Unlisted,
@@ -340,7 +353,7 @@ impl Directory {
 
     /// The caller whose uniquehash this is.
     pub fn by_uniquehash(&self, uh: &str) -> Lookup {
-        match self.by_uniquehash.get(uh) {
+        match self.by_uniquehash.get(fold(uh).as_ref()) {
             Some(c) => Lookup::Known(*c),
             None if self.complete => Lookup::Unknown,
             None => Lookup::Unlisted,
@@ -502,6 +515,8 @@ mod tests {
         assert_eq!(known(d.by_username("part")).owner, 4);
         assert_eq!(known(d.by_uniquehash("ruseruniq")).owner, 4);
         assert_eq!(d.by_username("ghost"), Lookup::Unknown);
+        // MySQL's collation: case and trailing spaces do not matter.
+        assert_eq!(known(d.by_username("RUser ")).owner, 4);
         assert!(d.allow_get && !d.balance_over_http);
         assert_eq!((d.user_count, d.owner_count), (8, 3));
     }

@@ -54,7 +54,7 @@ fn bytes_of(row: &mut Row, i: usize) -> Result<Vec<u8>, DbError> {
 pub async fn read(db: &MorDbSettings) -> Result<(Vec<UserRow>, Vec<ConfRow>), DbError> {
     let mut conn = Conn::new(db.opts.clone()).await?;
     let sql = format!(
-        "SELECT id, username, usertype, owner_id, uniquehash FROM {}",
+        "SELECT id, username, usertype, owner_id, uniquehash FROM {} ORDER BY id",
         quoted(&db.users_table)
     );
     let mut users = Vec::new();
