@@ -449,3 +449,36 @@ fn by_psw_and_the_generic_route_as_mor_routes_them() {
     );
     assert!(!log.contains("anna_secret"), "{log}");
 }
+
+#[test]
+fn sighup_refreshes_the_directory_at_once() {
+    let db = Mariadb::start();
+    db.mor();
+    let (_sim, sa) = start_sim_db(&db.mor_url(), &[]);
+    // A refresh interval far beyond the test: only SIGHUP can refresh.
+    let body = body_with_log(
+        &[sa],
+        "",
+        &db.directory_toml("").replace("\"1s\"", "\"10m\""),
+    );
+    let gw = start_gateway(&body);
+    let raw = details_call("carl", "123", Some(&details_hash("123", KEY)));
+    assert!(send(gw.addr, raw.as_bytes())
+        .text()
+        .contains("Access Denied"));
+    db.sql(
+        "INSERT INTO mor.users (id, username, usertype, owner_id) VALUES (31, 'carl', 'user', 0)",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        send(gw.addr, raw.as_bytes())
+            .text()
+            .contains("Access Denied"),
+        "no refresh before the interval"
+    );
+    gw.proc.signal("HUP");
+    let took = eventually(Duration::from_secs(3), || {
+        send(gw.addr, raw.as_bytes()).text().contains("client123")
+    });
+    println!("carl verified {took:?} after SIGHUP");
+}
