@@ -54,6 +54,7 @@ seed_mor() {
   local users=$1 resellers=$2 key=$3
   mysql_root "
 CREATE DATABASE mor;
+USE mor;
 CREATE TABLE mor.users (id INT PRIMARY KEY, username VARCHAR(255) NOT NULL, password VARCHAR(255),
   usertype VARCHAR(20) NOT NULL, owner_id INT NOT NULL DEFAULT 0, uniquehash VARCHAR(64), first_name VARCHAR(255));
 CREATE TABLE mor.conflines (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(255) NOT NULL, value TEXT, owner_id INT NOT NULL DEFAULT 0);
