@@ -1,7 +1,9 @@
 //! One refresh of MOR's directory from a real MariaDB, as the gateway does
 //! it: run by `benches/directory.sh` (which starts the server and seeds
-//! 100,000 users). Prints time (read, build), the bytes the server sent,
-//! and the RSS the snapshot takes.
+//! 100,000 users). Prints the time of a full refresh (connect, the settings,
+//! the fingerprint, the users streamed into a snapshot) and of one with
+//! nothing changed (the fingerprint only), the bytes the server sent, and
+//! the RSS the snapshot takes.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +17,7 @@ use std::time::Instant;
 
 use mor_gateway::config::Settings;
 use mor_gateway::core::directory::Directory;
+use mor_gateway::edge::mor_db::{self, Read};
 use mysql_async::prelude::Queryable;
 
 fn rss_kib() -> u64 {
@@ -60,56 +63,67 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut reads = Vec::new();
-    let mut builds = Vec::new();
-    let mut bytes = 0;
-    let mut kept: Option<Directory> = None;
+    let mut fulls = Vec::new();
+    let mut unchanged = Vec::new();
+    let (mut bytes_full, mut bytes_same) = (0, 0);
     let mut snapshot_kib = Vec::new();
+    let mut kept: Option<Directory> = None;
+    let mut users = 0;
+    let mut owners = 0;
     for _ in 0..rounds {
+        // A full read: the users streamed into a new snapshot while the
+        // previous one is still held (as in the gateway).
         let b0 = rt.block_on(bytes_sent(&root));
-        let t0 = Instant::now();
-        let (users, conf) = rt.block_on(mor_gateway::edge::mor_db::read(&db)).unwrap();
-        let t1 = Instant::now();
-        let b1 = rt.block_on(bytes_sent(&root));
-        // The rows are still held: the RSS growth is the snapshot's.
         let r0 = rss_kib();
-        let d = Directory::from_rows(&users, &conf);
-        let t2 = Instant::now();
+        let t0 = Instant::now();
+        let (read, fp) = rt.block_on(mor_db::read(&db, None)).unwrap();
+        let t1 = Instant::now();
         let r1 = rss_kib();
-        drop((users, conf));
-        reads.push((t1 - t0).as_secs_f64() * 1e3);
-        builds.push((t2 - t1).as_secs_f64() * 1e3);
-        // The bytes_sent probe itself is counted too (a few hundred bytes).
-        bytes = b1 - b0;
+        let b1 = rt.block_on(bytes_sent(&root));
+        let Read::Fresh(d) = read else {
+            panic!("no last fingerprint, yet unchanged")
+        };
+        fulls.push((t1 - t0).as_secs_f64() * 1e3);
+        bytes_full = b1 - b0;
         snapshot_kib.push(r1.saturating_sub(r0));
-        // The previous snapshot is dropped when the new one is installed.
-        kept = Some(d);
+        (users, owners) = (d.user_count, d.owner_count);
+        kept = Some(*d);
+        // The next refresh with nothing changed: the server's fingerprint.
+        let b2 = rt.block_on(bytes_sent(&root));
+        let t2 = Instant::now();
+        let (again, _) = rt.block_on(mor_db::read(&db, Some(&fp))).unwrap();
+        let t3 = Instant::now();
+        let b3 = rt.block_on(bytes_sent(&root));
+        assert!(matches!(again, Read::Unchanged));
+        unchanged.push((t3 - t2).as_secs_f64() * 1e3);
+        bytes_same = b3 - b2;
     }
-    let d = kept.unwrap();
+    drop(kept);
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (read, build) = (med(&mut reads), med(&mut builds));
     snapshot_kib.sort_unstable();
-    println!(
-        "| users | owners | refresh (read + build), median of {rounds} | read | build | bytes from the server | snapshot RSS | per user |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let kib = snapshot_kib[snapshot_kib.len() / 2];
     println!(
-        "| {} | {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.0} B |",
-        d.user_count,
-        d.owner_count,
-        read + build,
-        read,
-        build,
-        bytes as f64 / 1048576.0,
+        "| users | owners | full refresh (median of {rounds}) | bytes from the server | snapshot RSS | per user | unchanged refresh | its bytes |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {users} | {owners} | {:.0} ms | {:.1} MiB | {:.1} MiB | {:.0} B | {:.1} ms | {:.1} KiB |",
+        med(&mut fulls),
+        bytes_full as f64 / 1048576.0,
         kib as f64 / 1024.0,
-        kib as f64 * 1024.0 / d.user_count as f64
+        kib as f64 * 1024.0 / users as f64,
+        med(&mut unchanged),
+        bytes_same as f64 / 1024.0
     );
     println!(
-        "process RSS after {rounds} refreshes: {:.1} MiB",
+        "(bytes include the probe's own answer, a few hundred bytes; the gateway makes a full read at least every {} refreshes)",
+        mor_gateway::edge::mirror::FULL_READ_EVERY
+    );
+    println!(
+        "process RSS after {rounds} rounds: {:.1} MiB",
         rss_kib() as f64 / 1024.0
     );
 }

@@ -288,58 +288,17 @@ impl Directory {
     /// every owner's settings (the first row of each name and owner wins;
     /// `users` and `conf` must come in MOR's row order, by id).
     pub fn from_rows(users: &[UserRow], conf: &[ConfRow]) -> Directory {
-        let names: HashMap<UserId, &str> =
-            users.iter().map(|u| (u.id, u.username.as_str())).collect();
-        let mut owners: HashMap<UserId, OwnerSettings> = HashMap::new();
-        let mut seen: std::collections::HashSet<(&str, UserId)> = Default::default();
-        let mut allow_get = false;
-        let mut balance = false;
-        for r in conf {
-            if !seen.insert((r.name.as_str(), r.owner_id)) {
-                continue;
-            }
-            let o = owners.entry(r.owner_id).or_insert_with(|| OwnerSettings {
-                name: names
-                    .get(&r.owner_id)
-                    .map_or_else(|| format!("#{}", r.owner_id).into(), |n| (*n).into()),
-                ..OwnerSettings::default()
-            });
-            match r.name.as_str() {
-                "API_Secret_Key" => {
-                    o.key = (!r.value.is_empty()).then(|| Secret::new(&r.value));
-                }
-                "Allow_API" => o.allow_api = on(&r.value),
-                "API_Disable_hash_checking" => o.hash_off = on(&r.value),
-                "Allow_GET_API" if r.owner_id == ADMIN => allow_get = on(&r.value),
-                "Devices_Check_Ballance" if r.owner_id == ADMIN => balance = on(&r.value),
-                _ => {}
-            }
-        }
-        let mut by_name = HashMap::with_capacity(users.len());
-        let mut by_uniquehash = HashMap::with_capacity(users.len());
+        let mut b = Builder::new(conf, users.len());
         for u in users {
-            let (owner, itself) = match u.usertype.as_str() {
-                "admin" | "accountant" => (ADMIN, false),
-                "reseller" => (u.id, true),
-                // user, partner, and any type MOR may add: their owner_id.
-                _ => (u.owner_id, false),
-            };
-            let c = Caller {
-                owner,
-                reseller_itself: itself,
-            };
-            // MOR finds the first row (by id) whose name matches.
-            if !u.username.is_empty() {
-                by_name.entry(fold(&u.username).into()).or_insert(c);
-            }
-            if let Some(uh) = u.uniquehash.as_deref().filter(|s| !s.is_empty()) {
-                by_uniquehash.entry(fold(uh).into()).or_insert(c);
-            }
+            b.user(
+                u.id,
+                &u.username,
+                &u.usertype,
+                u.owner_id,
+                u.uniquehash.as_deref(),
+            );
         }
-        let mut d = Directory::finish(by_name, by_uniquehash, owners, true, Source::Database);
-        d.allow_get = allow_get;
-        d.balance_over_http = balance;
-        d
+        b.finish()
     }
 
     /// The caller named by a username.
@@ -424,6 +383,102 @@ impl Directory {
             .collect();
         v.sort_unstable_by_key(|(id, _)| *id);
         v
+    }
+}
+
+/// Builds a snapshot of MOR's database row by row (the users streamed as
+/// they arrive, never held as a list): the settings first, then each user in
+/// MOR's order (by id).
+#[derive(Debug)]
+pub struct Builder {
+    by_name: HashMap<Box<str>, Caller>,
+    by_uniquehash: HashMap<Box<str>, Caller>,
+    owners: HashMap<UserId, OwnerSettings>,
+    allow_get: bool,
+    balance: bool,
+}
+
+impl Builder {
+    /// Starts from the settings rows (MOR's order: the first row of a name
+    /// and owner wins), with room for about `users` users.
+    pub fn new(conf: &[ConfRow], users: usize) -> Builder {
+        let mut owners: HashMap<UserId, OwnerSettings> = HashMap::new();
+        let mut seen: std::collections::HashSet<(&str, UserId)> = Default::default();
+        let (mut allow_get, mut balance) = (false, false);
+        for r in conf {
+            if !seen.insert((r.name.as_str(), r.owner_id)) {
+                continue;
+            }
+            let o = owners.entry(r.owner_id).or_insert_with(|| OwnerSettings {
+                // Named when its user row comes.
+                name: format!("#{}", r.owner_id).into(),
+                ..OwnerSettings::default()
+            });
+            match r.name.as_str() {
+                "API_Secret_Key" => {
+                    o.key = (!r.value.is_empty()).then(|| Secret::new(&r.value));
+                }
+                "Allow_API" => o.allow_api = on(&r.value),
+                "API_Disable_hash_checking" => o.hash_off = on(&r.value),
+                "Allow_GET_API" if r.owner_id == ADMIN => allow_get = on(&r.value),
+                "Devices_Check_Ballance" if r.owner_id == ADMIN => balance = on(&r.value),
+                _ => {}
+            }
+        }
+        Builder {
+            by_name: HashMap::with_capacity(users),
+            by_uniquehash: HashMap::with_capacity(users),
+            owners,
+            allow_get,
+            balance,
+        }
+    }
+
+    /// One `users` row.
+    pub fn user(
+        &mut self,
+        id: UserId,
+        username: &str,
+        usertype: &str,
+        owner_id: UserId,
+        uniquehash: Option<&str>,
+    ) {
+        if let Some(o) = self.owners.get_mut(&id) {
+            if o.name.starts_with('#') {
+                o.name = username.into();
+            }
+        }
+        let (owner, itself) = match usertype {
+            "admin" | "accountant" => (ADMIN, false),
+            "reseller" => (id, true),
+            // user, partner, and any type MOR may add: their owner_id.
+            _ => (owner_id, false),
+        };
+        let c = Caller {
+            owner,
+            reseller_itself: itself,
+        };
+        // MOR finds the first row (by id) whose name matches.
+        if !username.is_empty() {
+            self.by_name.entry(fold(username).into()).or_insert(c);
+        }
+        if let Some(uh) = uniquehash.filter(|s| !s.is_empty()) {
+            self.by_uniquehash.entry(fold(uh).into()).or_insert(c);
+        }
+    }
+
+    /// The snapshot.
+    pub fn finish(self) -> Directory {
+        let mut d = Directory::finish(
+            self.by_name,
+            self.by_uniquehash,
+            self.owners,
+            true,
+            Source::Database,
+        );
+        d.allow_get = self.allow_get;
+        d.balance_over_http = self.balance;
+        d
     }
 }
 

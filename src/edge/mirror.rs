@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use super::mor_db::{self, DbError};
+use super::mor_db::{self, DbError, Fingerprint, Read};
 use super::proxy::Shared;
 use crate::config::{MorDbSettings, Settings, WithoutSnapshot};
 use crate::core::directory::Directory;
@@ -38,7 +38,14 @@ pub struct Mirror {
     since: Instant,
     /// Asks the refresher for a refresh now (SIGHUP).
     pub(crate) wake: tokio::sync::Notify,
+    /// What the last good read saw, and the reads since the last full one
+    /// (a full read is made at least every [`FULL_READ_EVERY`] refreshes,
+    /// whatever the fingerprint says).
+    last: std::sync::Mutex<Option<(Fingerprint, u32)>>,
 }
+
+/// Refreshes between two full reads when the fingerprint does not change.
+pub const FULL_READ_EVERY: u32 = 6;
 
 /// What is in force for `settings` when no snapshot of MOR's database was
 /// ever read.
@@ -58,6 +65,7 @@ impl Mirror {
             failing: AtomicU64::new(0),
             since: Instant::now(),
             wake: tokio::sync::Notify::new(),
+            last: std::sync::Mutex::new(None),
         }
     }
 
@@ -84,6 +92,10 @@ impl Mirror {
     /// and a refresh is asked for at once.
     pub fn configure(&self, settings: &Settings, metrics: &Metrics) {
         metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
+        // The next read is a full one (the database may have changed).
+        if let Ok(mut l) = self.last.lock() {
+            *l = None;
+        }
         if settings.mor_db.is_none() {
             self.loaded_ms.store(0, Ordering::Release);
             self.current.store(settings.policy.directory.clone());
@@ -114,19 +126,49 @@ impl Mirror {
     /// on failure the last one stays. Counted and logged either way.
     pub async fn refresh(&self, db: &MorDbSettings, metrics: &Metrics) -> Result<(), DbError> {
         let t0 = Instant::now();
-        let read = match tokio::time::timeout(db.timeout, mor_db::read(db)).await {
-            Ok(r) => r,
-            Err(_) => Err(DbError::Timeout(db.timeout)),
-        };
-        let result = read.map(|(users, conf)| Directory::from_rows(&users, &conf));
-        metrics
-            .directory_refresh_seconds
-            .set(t0.elapsed().as_secs_f64());
+        let last = self
+            .last
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+            .filter(|(_, n)| *n + 1 < FULL_READ_EVERY && self.ever_loaded());
+        let read =
+            match tokio::time::timeout(db.timeout, mor_db::read(db, last.as_ref().map(|(f, _)| f)))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(DbError::Timeout(db.timeout)),
+            };
+        let result = read.map(|(r, fp)| {
+            let since_full = match (&r, last) {
+                (Read::Unchanged, Some((_, n))) => n + 1,
+                _ => 0,
+            };
+            if let Ok(mut l) = self.last.lock() {
+                *l = Some((fp, since_full));
+            }
+            r
+        });
         match result {
-            Ok(dir) => {
+            Ok(Read::Unchanged) => {
+                let now = unix_ms();
+                self.loaded_ms.store(now, Ordering::Release);
+                metrics.directory_loaded.set(now as f64 / 1000.0);
+                metrics.directory_age.set(0.0);
+                metrics.directory_refreshes.with_label_values(&["ok"]).inc();
+                let failed = self.failing.swap(0, Ordering::AcqRel);
+                if failed > 0 {
+                    tracing::info!(
+                        "directory: {} unchanged (after {failed} failed refreshes)",
+                        db.url
+                    );
+                }
+                Ok(())
+            }
+            Ok(Read::Fresh(dir)) => {
                 let (users, owners) = (dir.user_count, dir.owner_count);
                 let first = !self.ever_loaded();
-                self.install(dir, metrics);
+                self.install(*dir, metrics);
                 metrics.directory_refreshes.with_label_values(&["ok"]).inc();
                 let failed = self.failing.swap(0, Ordering::AcqRel);
                 if first || failed > 0 {

@@ -7,7 +7,25 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 
 use crate::config::MorDbSettings;
-use crate::core::directory::{ConfRow, UserId, UserRow, CONF_NAMES};
+use crate::core::directory::{Builder, ConfRow, Directory, UserId, CONF_NAMES};
+
+/// What a refresh found: the settings rows and an aggregate of the five
+/// `users` columns the server computes (count, largest id, two CRC32
+/// folds). Equal fingerprints: nothing the gateway reads has changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    conf: Vec<ConfRow>,
+    users: (i64, i64, i64, i64),
+}
+
+/// The outcome of a read.
+#[derive(Debug)]
+pub enum Read {
+    /// Nothing changed since `last`: the snapshot in force is current.
+    Unchanged,
+    /// A new snapshot.
+    Fresh(Box<Directory>),
+}
 
 /// Why MOR's database could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -49,48 +67,16 @@ fn bytes_of(row: &mut Row, i: usize) -> Result<Vec<u8>, DbError> {
     }
 }
 
-/// Both tables as rows: `users` (rows whose username is not UTF-8 are left
-/// out: no request can name them) and the settings in MOR's row order.
-pub async fn read(db: &MorDbSettings) -> Result<(Vec<UserRow>, Vec<ConfRow>), DbError> {
+/// Reads MOR's directory: the settings view, then (unless the server's
+/// fingerprint of the users columns and the settings equal `last`) every
+/// user, streamed into the snapshot as the rows arrive. Users whose
+/// username is not UTF-8 are left out: no request can name them. Returns
+/// the read and the fingerprint seen.
+pub async fn read(
+    db: &MorDbSettings,
+    last: Option<&Fingerprint>,
+) -> Result<(Read, Fingerprint), DbError> {
     let mut conn = Conn::new(db.opts.clone()).await?;
-    let sql = format!(
-        "SELECT id, username, usertype, owner_id, uniquehash FROM {} ORDER BY id",
-        quoted(&db.users_table)
-    );
-    let mut users = Vec::new();
-    let mut bad: Option<DbError> = None;
-    conn.query_iter(sql)
-        .await?
-        .for_each(|mut row| {
-            if bad.is_some() {
-                return;
-            }
-            let parsed = (|| {
-                let id = id_of(&mut row, 0)?;
-                let name = String::from_utf8(bytes_of(&mut row, 1)?).ok();
-                let usertype = String::from_utf8_lossy(&bytes_of(&mut row, 2)?).into_owned();
-                let owner = id_of(&mut row, 3)?;
-                let uh = String::from_utf8(bytes_of(&mut row, 4)?).ok();
-                Ok::<_, DbError>((id, name, usertype, owner, uh))
-            })();
-            match parsed {
-                Ok((Some(id), Some(username), usertype, owner, uniquehash)) => {
-                    users.push(UserRow {
-                        id,
-                        username,
-                        usertype,
-                        owner_id: owner.unwrap_or(UserId::MAX),
-                        uniquehash,
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => bad = Some(e),
-            }
-        })
-        .await?;
-    if let Some(e) = bad {
-        return Err(e);
-    }
     // `id` orders the rows as MOR reads them (the first row of a name and
     // owner wins).
     let names = CONF_NAMES
@@ -103,6 +89,7 @@ pub async fn read(db: &MorDbSettings) -> Result<(Vec<UserRow>, Vec<ConfRow>), Db
         quoted(&db.settings_view)
     );
     let mut conf = Vec::new();
+    let mut bad: Option<DbError> = None;
     conn.query_iter(sql)
         .await?
         .for_each(|mut row| {
@@ -129,8 +116,61 @@ pub async fn read(db: &MorDbSettings) -> Result<(Vec<UserRow>, Vec<ConfRow>), Db
     if let Some(e) = bad {
         return Err(e);
     }
+    let table = quoted(&db.users_table);
+    let row = "CONCAT_WS(0x1f, id, username, usertype, owner_id, uniquehash)";
+    let agg: Option<(i64, i64, i64, i64)> = conn
+        .query_first(format!(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0), COALESCE(SUM(CRC32({row})), 0), \
+             COALESCE(BIT_XOR(CRC32(CONCAT({row}, 'x'))), 0) FROM {table}"
+        ))
+        .await?;
+    let fp = Fingerprint {
+        conf,
+        users: agg.unwrap_or_default(),
+    };
+    if last == Some(&fp) {
+        conn.disconnect().await?;
+        return Ok((Read::Unchanged, fp));
+    }
+    let mut b = Builder::new(&fp.conf, usize::try_from(fp.users.0).unwrap_or(0));
+    let sql =
+        format!("SELECT id, username, usertype, owner_id, uniquehash FROM {table} ORDER BY id");
+    conn.query_iter(sql)
+        .await?
+        .for_each(|mut row| {
+            if bad.is_some() {
+                return;
+            }
+            let parsed = (|| {
+                let id = id_of(&mut row, 0)?;
+                let name = bytes_of(&mut row, 1)?;
+                let usertype = bytes_of(&mut row, 2)?;
+                let owner = id_of(&mut row, 3)?;
+                let uh = bytes_of(&mut row, 4)?;
+                Ok::<_, DbError>((id, name, usertype, owner, uh))
+            })();
+            match parsed {
+                Ok((Some(id), name, usertype, owner, uh)) => {
+                    if let Ok(name) = std::str::from_utf8(&name) {
+                        b.user(
+                            id,
+                            name,
+                            &String::from_utf8_lossy(&usertype),
+                            owner.unwrap_or(UserId::MAX),
+                            std::str::from_utf8(&uh).ok(),
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => bad = Some(e),
+            }
+        })
+        .await?;
+    if let Some(e) = bad {
+        return Err(e);
+    }
     conn.disconnect().await?;
-    Ok((users, conf))
+    Ok((Read::Fresh(Box::new(b.finish())), fp))
 }
 
 /// The account's grants, as the server prints them (`SHOW GRANTS`).

@@ -339,10 +339,9 @@ pub fn check_directory(settings: &Settings) -> Vec<String> {
     };
     let mut out = Vec::new();
     rt.block_on(async {
-        let read = tokio::time::timeout(db.timeout, mor_db::read(db)).await;
+        let read = tokio::time::timeout(db.timeout, mor_db::read(db, None)).await;
         match read {
-            Ok(Ok((users, conf))) => {
-                let d = crate::core::directory::Directory::from_rows(&users, &conf);
+            Ok(Ok((mor_db::Read::Fresh(d), _))) => {
                 let on = |b: bool| if b { "on" } else { "off" };
                 out.push(format!(
                     "directory      read: {} users, {} owners; admin: Allow API {}, hash checking {}, key {}; Allow GET API {}; Devices_Check_Ballance {}",
@@ -374,6 +373,7 @@ pub fn check_directory(settings: &Settings) -> Vec<String> {
                 }
                 out.push(line);
             }
+            Ok(Ok((mor_db::Read::Unchanged, _))) => {}
             Ok(Err(e)) => out.push(format!("directory      WARNING: cannot read MOR's database: {e}")),
             Err(_) => out.push(format!(
                 "directory      WARNING: MOR's database did not answer within {:?}",
