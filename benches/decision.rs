@@ -13,7 +13,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
 use mor_gateway::config::Settings;
-use mor_gateway::core::decision::{decide, Head, Verdict};
+use mor_gateway::core::decision::{decide, decide_with, Head, Verdict};
+use mor_gateway::core::directory::{ConfRow, Directory, UserRow};
 use mor_gateway::core::limits::Open;
 
 fn settings() -> Settings {
@@ -137,5 +138,89 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The verified call of benches/e2e.sh (users user1..user1000, the admin's,
+/// cycled) decided with the static config's directory and with a snapshot
+/// of 100,000 users and 1,000 resellers (as benches/lib.sh seeds MOR).
+fn directory(c: &mut Criterion) {
+    let s = settings();
+    let ip = "192.0.2.1".parse().expect("ip");
+    let mut users = vec![UserRow {
+        id: 0,
+        username: "admin".into(),
+        usertype: "admin".into(),
+        owner_id: 0,
+        uniquehash: Some("adminuniq".into()),
+    }];
+    let mut conf = vec![
+        ConfRow {
+            name: "API_Secret_Key".into(),
+            value: b"456789".to_vec(),
+            owner_id: 0,
+        },
+        ConfRow {
+            name: "Allow_API".into(),
+            value: b"1".to_vec(),
+            owner_id: 0,
+        },
+    ];
+    for r in 1..=1000u64 {
+        conf.push(ConfRow {
+            name: "API_Secret_Key".into(),
+            value: format!("k{r}").into_bytes(),
+            owner_id: 1_000_000 + r,
+        });
+        conf.push(ConfRow {
+            name: "Allow_API".into(),
+            value: b"1".to_vec(),
+            owner_id: 1_000_000 + r,
+        });
+    }
+    for n in 1..=100_000u64 {
+        users.push(UserRow {
+            id: n,
+            username: format!("user{n}"),
+            usertype: "user".into(),
+            owner_id: if n <= 1000 { 0 } else { 1_000_001 + n % 1000 },
+            uniquehash: Some(format!("{n:040x}")),
+        });
+    }
+    let big = Directory::from_rows(&users, &conf);
+    let bodies: Vec<String> = (1..=1000)
+        .map(|n| {
+            use sha1::Digest;
+            let h = hex::encode(sha1::Sha1::digest(format!("{n}456789").as_bytes()));
+            format!("u=user{n}&user_id={n}&hash={h}")
+        })
+        .collect();
+    let head = Head {
+        method: "POST",
+        path: "/billing/api/user_details_get",
+        query: None,
+        content_type: Some("application/x-www-form-urlencoded"),
+        client_ip: ip,
+    };
+    let mut g = c.benchmark_group("directory");
+    for (name, dir) in [("static", &*s.policy.directory), ("mor_100k", &big)] {
+        for b in &bodies {
+            let v = decide_with(&s.policy, dir, &Open, &head, b.as_bytes());
+            assert!(matches!(v, Verdict::Forward(..)), "{name}: {v:?}");
+        }
+        let mut i = 0;
+        g.bench_function(name, |bench| {
+            bench.iter(|| {
+                i = (i + 1) % bodies.len();
+                decide_with(
+                    black_box(&s.policy),
+                    black_box(dir),
+                    &Open,
+                    &head,
+                    black_box(bodies[i].as_bytes()),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, directory);
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
 #
-#   benches/e2e.sh [--duration S] [--connections N] [--rounds R] [--redis]
+#   benches/e2e.sh [--duration S] [--connections N] [--rounds R] [--redis] [--mariadb]
 #                  [--variant LABEL=BINARY[,toml-line;toml-line...]]...
 #
 # Without --variant the release build is measured as "gw". Each variant is
@@ -12,6 +12,12 @@
 # --redis starts a redis-server of its own (on CPU 1, no persistence);
 # "{REDIS}" in a variant's lines is its port, and each row then also shows
 # Redis' CPU per request and the memory its keys take (benches/shared.sh).
+# --mariadb starts a mariadbd of its own (on CPU 1) holding MOR's tables with
+# 100,000 users (the load's user1..user1000 among them, the admin's) and
+# 1,000 resellers; "{MYSQL}" in a variant's lines is its port, the gateway's
+# database password is in BENCH_DB_PASSWORD. Directory on vs off:
+#   --mariadb --variant off=target/release/mor-gateway \
+#     --variant dir=target/release/mor-gateway,'[directory];url = "mysql://mor-gateway@127.0.0.1:{MYSQL}/mor";password_env = "BENCH_DB_PASSWORD"'
 #
 # One run measures, against the same upstream (nginx `return 200` with a
 # MOR-like XML page) and the same wrk load, on loopback:
@@ -39,8 +45,10 @@ CONNS=64
 ROUNDS=3
 VARIANTS=()
 REDIS=""
+MARIADB=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --mariadb) MARIADB=1; shift ;;
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
@@ -73,6 +81,15 @@ if [ -n "$REDIS" ]; then
   taskset -c 1 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no \
     --protected-mode no >"$W/redis.log" 2>&1 & REDIS_PID=$!; PIDS+=($REDIS_PID)
   wait_port "$REDIS"
+fi
+
+MYSQL=""
+if [ -n "$MARIADB" ]; then
+  export BENCH_DB_PASSWORD=bench-db-pw
+  start_mariadb
+  seed_mor 100000 1000 "$KEY"
+  # Settle the bulk insert before the first gateway reads it.
+  mysql_root "SELECT COUNT(*), SUM(CRC32(username)) FROM mor.users" >/dev/null
 fi
 
 start_nginx_proxy "$NGX" "$UP" 0; NGX_PID=$LAST_PID

@@ -10,6 +10,6 @@
 
 pub mod config;
 pub mod core;
-pub(crate) mod edge;
+pub mod edge;
 pub mod ops;
 pub mod sim;

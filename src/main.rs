@@ -93,6 +93,18 @@ enum Cmd {
         /// Answer every API call with one fixed document (benchmarks).
         #[arg(long)]
         fixed_reply: bool,
+        /// A reseller's switches as NAME=ALLOW_API,DISABLE_HASH_CHECKING
+        /// (each 0 or 1, MOR's values); repeatable.
+        #[arg(long = "reseller-switches")]
+        reseller_switches: Vec<String>,
+        /// The MOR played where X8 and the newer wiki pages disagree.
+        #[arg(long, default_value = "current", value_parser = ["x8", "current"])]
+        mor_version: String,
+        /// Environment variable holding MOR's database URL
+        /// (mysql://user:password@host:port/database): callers and API
+        /// settings are read from its users and conflines tables per call.
+        #[arg(long)]
+        db_url_env: Option<String>,
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -132,7 +144,7 @@ fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Resul
     let (catalog, allow_get) = match &config {
         Some(p) => {
             let s = Settings::load(p).map_err(|e| e.to_string())?;
-            (s.policy.catalog.clone(), s.policy.allow_get)
+            (s.policy.catalog.clone(), s.policy.directory.allow_get)
         }
         None => (
             Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
@@ -291,7 +303,12 @@ fn main() -> ExitCode {
             Ok(s) => {
                 match method {
                     Some(m) => print!("{}", s.policy.catalog.describe(&m)),
-                    None => print!("{}", s.summary()),
+                    None => {
+                        print!("{}", s.summary());
+                        for line in server::check_directory(&s) {
+                            println!("{line}");
+                        }
+                    }
                 }
                 println!("mor-gateway: configuration {} is valid", config.display());
                 Ok(())
@@ -323,26 +340,48 @@ fn main() -> ExitCode {
             resellers,
             no_get,
             fixed_reply,
+            reseller_switches,
+            mor_version,
+            db_url_env,
             threads,
             tls_cert,
             tls_key,
-        } => (|| {
-            let mut st = SimSettings::new(&env_key(&key_env)?);
-            st.allow_get = !no_get;
-            st.fixed_reply = fixed_reply;
-            for r in resellers {
-                let (name, var) = r
-                    .split_once('=')
-                    .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
-                st.resellers.push((name.to_string(), env_key(var)?));
-            }
-            let tls = match (tls_cert, tls_key) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => return Err("--tls-cert and --tls-key go together".to_string()),
-            };
-            server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
-        })(),
+        } => {
+            (|| {
+                let mut st = SimSettings::new(&env_key(&key_env)?);
+                st.allow_get = !no_get;
+                st.fixed_reply = fixed_reply;
+                if mor_version == "x8" {
+                    st.version = mor_gateway::sim::rules::Version::X8;
+                }
+                for r in reseller_switches {
+                    let parsed = r.split_once('=').and_then(|(n, v)| {
+                        let (a, h) = v.split_once(',')?;
+                        Some((n.to_string(), a == "1", h == "1"))
+                    });
+                    st.reseller_switches.push(parsed.ok_or_else(|| {
+                    format!("--reseller-switches takes NAME=ALLOW_API,DISABLE_HASH_CHECKING, got '{r}'")
+                })?);
+                }
+                if let Some(var) = db_url_env {
+                    let url = env_key(&var)?;
+                    st.db_url =
+                        Some(String::from_utf8(url).map_err(|_| format!("{var} is not UTF-8"))?);
+                }
+                for r in resellers {
+                    let (name, var) = r
+                        .split_once('=')
+                        .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
+                    st.resellers.push((name.to_string(), env_key(var)?));
+                }
+                let tls = match (tls_cert, tls_key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => return Err("--tls-cert and --tls-key go together".to_string()),
+                };
+                server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
+            })()
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

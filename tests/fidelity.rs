@@ -539,3 +539,146 @@ fn a_username_only_action_opened_by_config_and_envelopes_in_http_mode() {
         g.text()
     );
 }
+
+/// The worked examples of the wiki pages of actions newer than X8
+/// (src/sim/facts/newer-actions.toml) that reproduce: each passes through
+/// the gateway and MOR serves it; the same call with a wrong hash is
+/// refused in the envelope the page shows, by the gateway itself where the
+/// hash rule is settled, by MOR where it is not (api.undetermined's default
+/// forwards those unchecked).
+#[test]
+fn every_reproducing_newer_example_passes_and_a_wrong_hash_is_refused() {
+    let facts: toml::Value =
+        toml::from_str(include_str!("../src/sim/facts/newer-actions.toml")).expect("facts");
+    let (sim, sa) = start_sim("secret", &[]);
+    let gw = start_gateway_env(&body_for(&[sa], "", ""), &[("GW_KEY", "secret")]);
+    let p = Pair {
+        gw,
+        _sim: sim,
+        sim: sa,
+        cat: Catalog::parse(EMBEDDED, Product::Mor).expect("catalogue"),
+    };
+    let mut n = 0;
+    for e in facts["endpoint"].as_array().expect("endpoints") {
+        let name = e["name"].as_str().expect("name");
+        let mut vectors: Vec<&toml::Value> = e.get("vector").into_iter().collect();
+        if let Some(more) = e.get("more_vectors").and_then(|v| v.as_array()) {
+            vectors.extend(more);
+        }
+        for v in vectors {
+            if v.get("reproduces").and_then(|r| r.as_bool()) != Some(true) {
+                continue;
+            }
+            assert_eq!(v["key"].as_str(), Some("secret"), "{name}");
+            let mut pairs: Vec<(String, String)> = v["params"]
+                .as_table()
+                .expect("params")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().expect("text").to_string()))
+                .collect();
+            if !pairs.iter().any(|(k, _)| k == "u") {
+                pairs.insert(0, ("u".into(), "admin".into()));
+            }
+            let hash = v["hash"].as_str().expect("hash");
+            let ok = if name == "autodialer_upload_numbers" {
+                upload(name, &pairs, hash)
+            } else {
+                post(name, &pairs, hash)
+            };
+            let body = p.same(&format!("{name} example"), &ok, Did::Forwarded);
+            assert!(
+                accepted(&body),
+                "{name}: MOR refused its own example: {body}"
+            );
+            let m = p.cat.lookup(name).expect("catalogued").method;
+            let settled = m.auth != Auth::Undetermined;
+            let bad = if name == "autodialer_upload_numbers" {
+                upload(name, &pairs, &"0".repeat(40))
+            } else {
+                post(name, &pairs, &"0".repeat(40))
+            };
+            let body = p.same(
+                &format!("{name} wrong hash"),
+                &bad,
+                if settled {
+                    Did::Refused
+                } else {
+                    Did::Forwarded
+                },
+            );
+            let open = match e.get("error_wrapper").and_then(|w| w.as_str()) {
+                Some("page/status") => "<page><status><error>Incorrect hash",
+                Some("page") => "<page><error>Incorrect hash",
+                _ => "<status><error>Incorrect hash",
+            };
+            assert!(body.contains(open), "{name}: {body}");
+            n += 1;
+        }
+    }
+    assert_eq!(n, 13, "twelve actions, recordings_delete with two examples");
+}
+
+/// A multipart/form-data upload as the autodialer_upload_numbers page sends
+/// it: u and id in the query, the CSV file in the body.
+fn upload(action: &str, pairs: &[(String, String)], hash: &str) -> Req {
+    let b = "----morgwboundary";
+    let body = format!(
+        "--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"numbers.csv\"\r\nContent-Type: text/csv\r\n\r\n37060000001\n37060000002\n\r\n--{b}--\r\n"
+    );
+    Req {
+        method: "POST",
+        target: format!("/billing/api/{action}?{}&hash={hash}", form_text(pairs)),
+        ctype: Some(Box::leak(
+            format!("multipart/form-data; boundary={b}").into_boxed_str(),
+        )),
+        body,
+    }
+}
+
+/// Where MOR X8 and a newer wiki page disagree, `api.mor_version` picks
+/// MOR's rule, and the simulator plays the same MOR (`--mor-version`).
+#[test]
+fn mor_version_picks_x8_or_the_current_pages() {
+    for (version, field, envelope) in [
+        ("x8", "dids_id", "<status><error>"),
+        ("current", "did_id", "<page><status><error>"),
+    ] {
+        let p = pair(
+            "",
+            &format!("[api]\nmor_version = \"{version}\"\n"),
+            &["--mor-version", version],
+        );
+        // did_subscription_stop hashes dids_id in X8, did_id on the page.
+        let pairs = kv(&[("u", "admin"), (field, "6511")]);
+        let good = sha1_hex(&format!("6511{KEY}"));
+        let body = p.same(
+            &format!("{version} did_subscription_stop"),
+            &post("did_subscription_stop", &pairs, &good),
+            Did::Forwarded,
+        );
+        assert!(accepted(&body), "{version}: {body}");
+        // The other version's field is not hashed: the same hash is wrong.
+        let other = if field == "did_id" {
+            "dids_id"
+        } else {
+            "did_id"
+        };
+        let body = p.same(
+            &format!("{version} did_subscription_stop, other field"),
+            &post(
+                "did_subscription_stop",
+                &kv(&[("u", "admin"), (other, "6511")]),
+                &good,
+            ),
+            Did::Refused,
+        );
+        assert!(body.contains("Incorrect hash"), "{version}: {body}");
+        // did_device_assign's hash refusal, in the version's envelope.
+        let body = p.same(
+            &format!("{version} did_device_assign"),
+            &post("did_device_assign", &kv(&[("u", "admin")]), "00"),
+            Did::Refused,
+        );
+        assert!(body.contains(envelope), "{version}: {body}");
+    }
+}

@@ -243,7 +243,13 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
     let _redis = start_redis(redis_port, &[]);
     let body = gateway_body(&[sim_addr, dead], addr(redis_port));
     let gw = start_gateway(&body);
-    let gw_dead = start_gateway(&gateway_body(&[dead], dead));
+    // The broken one also mirrors MOR's directory from a database that is
+    // not there (deciding with its static config meanwhile): the directory
+    // series are exported, the age grows.
+    let gw_dead = start_gateway(&format!(
+        "{}\n[directory]\nurl = \"mysql://mor-gateway@{dead}/mor\"\npassword_env = \"GW_DB_PASSWORD\"\ntimeout = \"300ms\"\nwithout_snapshot = \"static\"\n",
+        gateway_body(&[dead], dead)
+    ));
     assert!(
         ![gw.addr, gw.metrics, gw_dead.addr, gw_dead.metrics, sim_addr].contains(&dead),
         "the dead upstream's port was reused by a live listener; rerun"

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use resolve::{Env, ProcessEnv};
-pub use schema::{ForwardedFor, LogMode};
+pub use schema::{ForwardedFor, LogMode, WithoutSnapshot};
 
 use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::x509::X509;
 
 use crate::core::catalog::{Auth, CatalogError, Product};
+use crate::core::directory::ConfigOwner;
 use crate::core::limits::LimitSettings;
 use crate::core::policy::Policy;
 use crate::core::reply::ReplyMode;
@@ -217,6 +218,43 @@ impl fmt::Debug for SharedLimitSettings {
     }
 }
 
+/// Where MOR's directory is read from (`[directory]`).
+#[derive(Clone)]
+pub struct MorDbSettings {
+    /// The client options (address, account, password, TLS); never printed.
+    pub opts: mysql_async::Opts,
+    /// The URL as configured (it never holds the password).
+    pub url: String,
+    /// MOR's database (from the URL).
+    pub database: String,
+    /// TLS on.
+    pub tls: bool,
+    /// The users table.
+    pub users_table: String,
+    /// The view over the five conflines rows.
+    pub settings_view: String,
+    /// How often the snapshot is refreshed.
+    pub refresh_interval: Duration,
+    /// Longest a refresh may take.
+    pub timeout: Duration,
+    /// Before the first snapshot.
+    pub without_snapshot: WithoutSnapshot,
+}
+
+impl fmt::Debug for MorDbSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MorDbSettings")
+            .field("url", &self.url)
+            .field("tls", &self.tls)
+            .field("users_table", &self.users_table)
+            .field("settings_view", &self.settings_view)
+            .field("refresh_interval", &self.refresh_interval)
+            .field("timeout", &self.timeout)
+            .field("without_snapshot", &self.without_snapshot)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -254,8 +292,12 @@ pub struct Settings {
     pub policy: Arc<Policy>,
     /// Where the admin key came from.
     pub admin_key_source: SecretSource,
-    /// Where each reseller's key came from (same order as `policy.resellers`).
+    /// The configured resellers (the static directory's owners).
+    pub resellers: Vec<ConfigOwner>,
+    /// Where each reseller's key came from (same order as `resellers`).
     pub reseller_key_sources: Vec<SecretSource>,
+    /// MOR's database, when `[directory]` is set.
+    pub mor_db: Option<MorDbSettings>,
     /// The catalogue extension file merged into the built-in one, if any.
     pub catalog_file: Option<PathBuf>,
     /// Rate limits.
@@ -356,10 +398,25 @@ impl Settings {
             self.upstream.idle_timeout
         );
         let _ = writeln!(s, "api prefix     {}", p.prefix);
+        let d = &p.directory;
+        let a = d.admin();
         let _ = writeln!(
             s,
-            "policy         allow_api={} allow_get={} verify_hash={} unknown_methods={:?} rest_v2={:?} other_paths={:?}",
-            p.allow_api, p.allow_get, p.verify_hash, p.unknown_methods, p.rest_v2, p.other_paths
+            "policy         unknown_methods={:?} undetermined={:?} rest_v2={:?} other_paths={:?}",
+            p.unknown_methods, p.undetermined, p.rest_v2, p.other_paths
+        );
+        let _ = writeln!(
+            s,
+            "mor version    {} (where MOR X8 and newer wiki pages differ: did_subscription_stop, did_device_assign, dids_get)",
+            p.catalog.version().label()
+        );
+        let on = |b: bool| if b { "on" } else { "off" };
+        let _ = writeln!(
+            s,
+            "switches       static config: admin: Allow API {}, hash checking {}; Allow GET API {} (global)",
+            on(a.allow_api),
+            on(!a.hash_off),
+            on(d.allow_get)
         );
         let _ = writeln!(s, "reply mode     {:?}", self.reply_mode);
         let c = &self.client;
@@ -393,17 +450,37 @@ impl Settings {
             "admin key      from {} (value not shown)",
             self.admin_key_source
         );
-        for (r, src) in p.resellers.iter().zip(&self.reseller_key_sources) {
+        for (r, src) in self.resellers.iter().zip(&self.reseller_key_sources) {
             let _ = writeln!(
                 s,
-                "reseller       {} key from {src} (value not shown), {} users{}",
+                "reseller       {} key from {src} (value not shown), {} users{}; Allow API {}, hash checking {}",
                 r.name,
                 r.users.len(),
                 if r.uniquehash.is_some() {
                     ", uniquehash set"
                 } else {
                     ""
-                }
+                },
+                on(r.allow_api),
+                on(!r.hash_off)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "unlisted users checked against the admin key and the {} reseller key(s) (static config)",
+            self.resellers.len()
+        );
+        if let Some(db) = &self.mor_db {
+            let _ = writeln!(
+                s,
+                "directory      {} (TLS {}), tables {} and {}, refreshed every {:?} (timeout {:?}); before the first snapshot: {:?}",
+                db.url,
+                on(db.tls),
+                db.users_table,
+                db.settings_view,
+                db.refresh_interval,
+                db.timeout,
+                db.without_snapshot
             );
         }
         let _ = writeln!(
@@ -444,6 +521,12 @@ impl Settings {
             by_rule(Auth::Balance),
             by_rule(Auth::NoAuth),
             by_rule(Auth::Unsigned)
+        );
+        let _ = writeln!(
+            s,
+            "undetermined   hash list not documented, api.undetermined = {:?}: {}",
+            p.undetermined,
+            by_rule(Auth::Undetermined)
         );
         let l = &self.limits;
         if let Some(sh) = &self.shared_limits {
@@ -505,9 +588,13 @@ admin_key_env = "MORGW_TEST_KEY"
     fn minimal_config_loads_with_defaults() {
         let s = load(&base("")).unwrap();
         assert_eq!(s.policy.prefix, "/billing/api");
-        assert!(s.policy.allow_api && !s.policy.allow_get && s.policy.verify_hash);
+        let d = &s.policy.directory;
+        assert!(d.admin().allow_api && !d.allow_get && !d.admin().hash_off);
         assert_eq!(s.max_body_bytes, 1024 * 1024);
-        assert_eq!(s.policy.admin_key.expose(), b"456789");
+        assert_eq!(
+            s.policy.directory.admin().key.as_ref().map(|k| k.expose()),
+            Some(&b"456789"[..])
+        );
         assert_eq!(s.reply_mode, ReplyMode::Mor);
     }
 

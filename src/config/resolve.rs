@@ -16,13 +16,15 @@ use super::schema::{self, LogMode};
 use pingora::tls::pkey::PKey;
 use pingora::tls::x509::X509;
 
+use super::MorDbSettings;
 use super::{
     invalid, CaBundle, CertKey, ClientSettings, ConfigError, SecretSource, Settings,
     SharedLimitSettings, TlsListen, Upstream,
 };
 use crate::core::catalog::Catalog;
+use crate::core::directory::{ConfigOwner, Directory};
 use crate::core::limits::{LimitSettings, Lockout, QuotaSpec};
-use crate::core::policy::{Policy, Reseller, Secret};
+use crate::core::policy::{Policy, Secret};
 
 /// Where `*_env` secrets are looked up.
 pub trait Env {
@@ -348,7 +350,7 @@ fn catalog(
     product: crate::core::catalog::Product,
     base: &Path,
 ) -> Result<(Catalog, Option<PathBuf>), ConfigError> {
-    let mut catalog = Catalog::parse(crate::core::catalog::EMBEDDED, product)?;
+    let mut catalog = Catalog::parse_for(crate::core::catalog::EMBEDDED, product, api.mor_version)?;
     let file = match &api.catalog_file {
         Some(p) => {
             let full = if p.is_absolute() {
@@ -383,13 +385,17 @@ fn catalog(
 }
 
 struct Tenants {
-    resellers: Vec<Reseller>,
+    resellers: Vec<ConfigOwner>,
     sources: Vec<SecretSource>,
     reseller_of: HashMap<String, usize>,
     by_uniquehash: HashMap<String, usize>,
 }
 
-fn resellers(env: &dyn Env, raw: Vec<schema::Reseller>) -> Result<Tenants, ConfigError> {
+fn resellers(
+    env: &dyn Env,
+    raw: Vec<schema::Reseller>,
+    api: &schema::Api,
+) -> Result<Tenants, ConfigError> {
     let mut t = Tenants {
         resellers: Vec::new(),
         sources: Vec::new(),
@@ -429,11 +435,13 @@ fn resellers(env: &dyn Env, raw: Vec<schema::Reseller>) -> Result<Tenants, Confi
                 ));
             }
         }
-        t.resellers.push(Reseller {
+        t.resellers.push(ConfigOwner {
             name: r.name,
             key: secret,
             users: r.users,
             uniquehash: r.uniquehash,
+            allow_api: r.allow_api.unwrap_or(api.allow_api),
+            hash_off: !r.verify_hash.unwrap_or(api.verify_hash),
         });
         t.sources.push(source);
     }
@@ -557,6 +565,105 @@ fn shared_limits(
         timeout: positive("limits.shared.timeout", sh.timeout)?,
         retry_interval: positive("limits.shared.retry_interval", sh.retry_interval)?,
         per_ip: sh.per_ip,
+    })
+}
+
+/// True for a table or view name MySQL takes unquoted: `name` or
+/// `database.name`, letters, digits, `_` and `$`.
+fn sql_name(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 64
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+                && !p.bytes().all(|b| b.is_ascii_digit())
+        })
+}
+
+/// `[directory]`: the MySQL options are built here (address, password, TLS
+/// roots), so what `check` accepts connects the same way in `run`.
+fn mor_db(env: &dyn Env, d: schema::Directory) -> Result<MorDbSettings, ConfigError> {
+    const KEY: &str = "directory.url";
+    if !d.url.starts_with("mysql://") {
+        return Err(invalid(KEY, "must start with mysql://"));
+    }
+    let opts = mysql_async::Opts::from_url(&d.url)
+        .map_err(|e| invalid(KEY, format!("not a MySQL URL: {e}")))?;
+    if opts.pass().is_some() {
+        return Err(invalid(
+            KEY,
+            "no password in the URL: use directory.password_env or password_file",
+        ));
+    }
+    if opts.user().is_none() {
+        return Err(invalid(KEY, "name the account: mysql://USER@host/database"));
+    }
+    let Some(database) = opts.db_name().map(str::to_string) else {
+        return Err(invalid(
+            KEY,
+            "name MOR's database: mysql://user@host/DATABASE",
+        ));
+    };
+    let password = match (d.password_env, d.password_file) {
+        (None, None) => None,
+        (env_var, file) => {
+            let source = secret_source(
+                "directory.password_env",
+                env_var,
+                "directory.password_file",
+                file,
+            )?;
+            let p = read_secret(env, "directory.password", &source)?;
+            Some(
+                String::from_utf8(p.expose().to_vec())
+                    .map_err(|_| invalid("directory.password", "the password is not UTF-8 text"))?,
+            )
+        }
+    };
+    for (key, name) in [
+        ("directory.users_table", &d.users_table),
+        ("directory.settings_view", &d.settings_view),
+    ] {
+        if !sql_name(name) {
+            return Err(invalid(
+                key,
+                format!("'{name}' must be NAME or DATABASE.NAME (letters, digits, _)"),
+            ));
+        }
+    }
+    let mut b = mysql_async::OptsBuilder::from_opts(opts)
+        .pass(password)
+        .prefer_socket(false)
+        .stmt_cache_size(0);
+    match (&d.ca_file, d.tls) {
+        (Some(_), false) => {
+            return Err(invalid("directory.ca_file", "only used with tls = true"));
+        }
+        (ca, true) => {
+            let mut ssl = mysql_async::SslOpts::default();
+            if let Some(path) = ca {
+                let (pem, _) = ca_file("directory.ca_file", path)?;
+                ssl = ssl.with_root_certs(vec![pem.into()]);
+            }
+            b = b.ssl_opts(ssl);
+        }
+        (None, false) => {}
+    }
+    if d.refresh_interval < Duration::from_secs(1) {
+        return Err(invalid("directory.refresh_interval", "at least 1s"));
+    }
+    Ok(MorDbSettings {
+        opts: b.into(),
+        url: d.url,
+        database,
+        tls: d.tls,
+        users_table: d.users_table,
+        settings_view: d.settings_view,
+        refresh_interval: d.refresh_interval,
+        timeout: positive("directory.timeout", d.timeout)?,
+        without_snapshot: d.without_snapshot,
     })
 }
 
@@ -700,7 +807,18 @@ pub fn resolve(
         raw.secrets.admin_key_file,
     )?;
     let admin_key = read_secret(env, "secrets.admin_key", &admin_key_source)?;
-    let tenants = resellers(env, raw.resellers)?;
+    let tenants = resellers(env, raw.resellers, &api)?;
+    let mor_db = match raw.directory.take() {
+        Some(d) => Some(mor_db(env, d)?),
+        None => None,
+    };
+    let directory = Directory::from_config(
+        admin_key,
+        api.allow_api,
+        api.allow_get,
+        !api.verify_hash,
+        &tenants.resellers,
+    );
     let shared_limits = match raw.limits.shared.take() {
         Some(sh) => Some(shared_limits(env, sh)?),
         None => None,
@@ -743,18 +861,15 @@ pub fn resolve(
         max_buffered_bytes: api.max_buffered_bytes,
         policy: Arc::new(Policy {
             prefix,
-            allow_api: api.allow_api,
-            allow_get: api.allow_get,
-            verify_hash: api.verify_hash,
             unknown_methods: api.unknown_methods,
+            undetermined: api.undetermined,
             rest_v2: api.rest_v2,
             other_paths: api.other_paths,
-            admin_key,
-            resellers: tenants.resellers,
-            reseller_of: tenants.reseller_of,
-            reseller_by_uniquehash: tenants.by_uniquehash,
+            directory: Arc::new(directory),
             catalog,
         }),
+        resellers: tenants.resellers,
+        mor_db,
         admin_key_source,
         reseller_key_sources: tenants.sources,
         catalog_file,

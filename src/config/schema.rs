@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::core::catalog::{MethodPatch, Product};
+use crate::core::catalog::{MethodPatch, MorVersion, Product};
 use crate::core::limits::QuotaSpec;
-use crate::core::policy::PathPolicy;
+use crate::core::policy::{PathPolicy, Undetermined, UnknownMethods};
 use crate::core::reply::ReplyMode;
 
 /// The whole file.
@@ -61,6 +61,9 @@ pub struct File {
     /// `[[resellers]]`.
     #[serde(default)]
     pub resellers: Vec<Reseller>,
+    /// `[directory]`: MOR's users, owners, keys and switches from its database.
+    #[serde(default)]
+    pub directory: Option<Directory>,
     /// `[limits]`.
     #[serde(default)]
     pub limits: Limits,
@@ -210,10 +213,14 @@ pub struct Api {
     pub allow_api: bool,
     /// MOR's "Allow GET API".
     pub allow_get: bool,
-    /// Verify hashes at the edge.
+    /// Verify hashes at the edge (the admin's "Disable hash checking" off).
     pub verify_hash: bool,
     /// API methods not in the catalogue.
-    pub unknown_methods: PathPolicy,
+    pub unknown_methods: UnknownMethods,
+    /// Actions whose hash list the documentation does not settle.
+    pub undetermined: Undetermined,
+    /// Which MOR's rule applies where X8 and the newer wiki pages disagree.
+    pub mor_version: MorVersion,
     /// `<prefix>/v2/...`.
     pub rest_v2: PathPolicy,
     /// Paths outside the prefix.
@@ -237,7 +244,9 @@ impl Default for Api {
             allow_api: true,
             allow_get: false,
             verify_hash: true,
-            unknown_methods: PathPolicy::Forward,
+            unknown_methods: UnknownMethods::Forward,
+            undetermined: Undetermined::Unchecked,
+            mor_version: MorVersion::Current,
             rest_v2: PathPolicy::Refuse,
             other_paths: PathPolicy::Refuse,
             max_body_bytes: 1024 * 1024,
@@ -277,6 +286,81 @@ pub struct Reseller {
     /// Its uniquehash.
     #[serde(default)]
     pub uniquehash: Option<String>,
+    /// MOR's "Allow API" for it and its users (default: `api.allow_api`).
+    #[serde(default)]
+    pub allow_api: Option<bool>,
+    /// Verify its users' hashes (MOR's "Disable hash checking" off;
+    /// default: `api.verify_hash`).
+    #[serde(default)]
+    pub verify_hash: Option<bool>,
+}
+
+/// What the gateway does before MOR's database was ever read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WithoutSnapshot {
+    /// Do not start: `run` ends with the database's error.
+    Exit,
+    /// Start, and refuse API calls (503) until the first snapshot.
+    Refuse,
+    /// Start, and decide with the static config until the first snapshot.
+    Static,
+}
+
+/// `[directory]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    /// `mysql://user@host[:port]/database`; no password in it.
+    pub url: String,
+    /// Environment variable holding the database password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// File holding the database password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Connect over TLS (the server's certificate verified).
+    #[serde(default)]
+    pub tls: bool,
+    /// CA certificates (PEM) the server is verified against (default: the
+    /// system store).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The users table (its five columns are read).
+    #[serde(default = "users_table")]
+    pub users_table: String,
+    /// The view over the five conflines rows.
+    #[serde(default = "settings_view")]
+    pub settings_view: String,
+    /// How often the snapshot is refreshed.
+    #[serde(default = "refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Longest a refresh may take (connect and both queries).
+    #[serde(default = "db_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Before the first snapshot.
+    #[serde(default = "without_snapshot")]
+    pub without_snapshot: WithoutSnapshot,
+}
+
+fn users_table() -> String {
+    "users".into()
+}
+
+fn settings_view() -> String {
+    "gateway_conflines".into()
+}
+
+fn refresh_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn db_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn without_snapshot() -> WithoutSnapshot {
+    WithoutSnapshot::Exit
 }
 
 /// `[limits]`.

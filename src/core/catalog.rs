@@ -21,6 +21,28 @@ pub enum Product {
     M4,
 }
 
+/// Which MOR release's rule an entry describes, where MOR X8 and the newer
+/// wiki pages disagree (`api.mor_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MorVersion {
+    /// MOR X8 (2017), the server model of shared/mor-api/mor-x8.toml.
+    X8,
+    /// Current MOR, as the newest wiki pages document it.
+    #[default]
+    Current,
+}
+
+impl MorVersion {
+    /// The name used in the config.
+    pub fn label(self) -> &'static str {
+        match self {
+            MorVersion::X8 => "x8",
+            MorVersion::Current => "current",
+        }
+    }
+}
+
 /// How MOR authenticates an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +64,9 @@ pub enum Auth {
     Unsigned,
     /// Always refused at the edge.
     Refuse,
+    /// Hash-checked by MOR, but the public documentation does not settle
+    /// which parameters are hashed: `api.undetermined` decides.
+    Undetermined,
 }
 
 impl Auth {
@@ -61,6 +86,7 @@ impl Auth {
             Auth::UsernameOnly => "username_only",
             Auth::Unsigned => "unsigned",
             Auth::Refuse => "refuse",
+            Auth::Undetermined => "undetermined",
         }
     }
 }
@@ -156,9 +182,23 @@ pub struct Method {
     /// Served over GET even when Allow GET API is off.
     #[serde(default)]
     pub get_always: bool,
-    /// Names (this one or an alias) routed with a `/<id>` suffix.
+    /// Legacy aliases MOR also routes with a `/<id>` suffix (the canonical
+    /// name always takes one: MOR's generic route).
     #[serde(default)]
     pub id_routes: Vec<String>,
+    /// The `/<id>` (params `id`) is a secret (a SIP password): never logged.
+    #[serde(default)]
+    pub secret_id: bool,
+    /// Takes a file: a `multipart/form-data` body is read (strictly).
+    #[serde(default)]
+    pub multipart: bool,
+    /// With [`Auth::Undetermined`]: the hash lists the documentation gives
+    /// (one per revision), for `api.undetermined = "candidates"`.
+    #[serde(default)]
+    pub candidates: Vec<Vec<String>>,
+    /// The MOR versions this entry describes (empty: every version).
+    #[serde(default)]
+    pub mor: Vec<MorVersion>,
     /// Why the entry is as it is.
     #[serde(default)]
     pub note: Option<String>,
@@ -183,6 +223,8 @@ pub struct MethodPatch {
     pub get_always: Option<bool>,
     /// Extra aliases.
     pub aliases: Option<Vec<String>>,
+    /// New hash lists for an undetermined rule.
+    pub candidates: Option<Vec<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -228,6 +270,7 @@ pub struct Found<'a> {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     product: Product,
+    version: MorVersion,
     methods: Vec<Method>,
     /// name or alias -> (index, is an alias)
     index: HashMap<String, (usize, bool)>,
@@ -277,6 +320,15 @@ fn check_method(m: &Method) -> Result<(), CatalogError> {
             m.auth.label()
         )));
     }
+    if m.auth != Auth::Undetermined && !m.candidates.is_empty() {
+        return Err(invalid(format!(
+            "method {}: candidates go with auth = \"undetermined\"",
+            m.name
+        )));
+    }
+    for c in &m.candidates {
+        check_list("candidates", &m.name, c)?;
+    }
     if m.auth != Auth::Global && !m.exclude.is_empty() {
         return Err(invalid(format!(
             "method {}: exclude goes with auth = \"global\"",
@@ -295,10 +347,22 @@ fn check_method(m: &Method) -> Result<(), CatalogError> {
 }
 
 impl Catalog {
-    /// Parses catalogue TOML and keeps the entries of `product`.
+    /// Parses catalogue TOML and keeps the entries of `product` for current
+    /// MOR.
     pub fn parse(text: &str, product: Product) -> Result<Catalog, CatalogError> {
+        Catalog::parse_for(text, product, MorVersion::Current)
+    }
+
+    /// Parses catalogue TOML and keeps the entries of `product` that
+    /// describe `version`.
+    pub fn parse_for(
+        text: &str,
+        product: Product,
+        version: MorVersion,
+    ) -> Result<Catalog, CatalogError> {
         let mut cat = Catalog {
             product,
+            version,
             methods: Vec::new(),
             index: HashMap::new(),
             global_order: Vec::new(),
@@ -345,7 +409,9 @@ impl Catalog {
             .collect();
         let mut seen = HashSet::new();
         for m in raw.methods {
-            if !m.products.contains(&self.product) {
+            if !m.products.contains(&self.product)
+                || !(m.mor.is_empty() || m.mor.contains(&self.version))
+            {
                 continue;
             }
             check_method(&m)?;
@@ -443,6 +509,10 @@ impl Catalog {
                 envelope: Envelope::Status,
                 get_always: false,
                 id_routes: Vec::new(),
+                secret_id: false,
+                multipart: false,
+                candidates: Vec::new(),
+                mor: Vec::new(),
                 note: Some("added by the gateway config".into()),
             },
         };
@@ -450,8 +520,15 @@ impl Catalog {
             m.hash = h.clone();
             m.auth = Auth::Own;
         }
+        if let Some(c) = &p.candidates {
+            m.candidates = c.clone();
+            m.auth = Auth::Undetermined;
+        }
         if let Some(a) = p.auth {
             m.auth = a;
+        }
+        if m.auth != Auth::Undetermined {
+            m.candidates.clear();
         }
         if m.auth != Auth::Own {
             m.hash.clear();
@@ -513,6 +590,11 @@ impl Catalog {
     /// The method at `index` (from [`Found::index`]).
     pub fn get(&self, index: usize) -> Option<&Method> {
         self.methods.get(index)
+    }
+
+    /// The MOR version whose entries were kept.
+    pub fn version(&self) -> MorVersion {
+        self.version
     }
 
     /// The server-wide order of hash-covered names.
@@ -594,9 +676,24 @@ impl Catalog {
             }
             Auth::Unsigned => "forwarded without a hash".into(),
             Auth::Refuse => "refused at the edge".into(),
+            Auth::Undetermined => {
+                let lists: Vec<String> = m
+                    .candidates
+                    .iter()
+                    .map(|c| format!("[{}]", c.join(", ")))
+                    .collect();
+                format!(
+                    "hash: undetermined (api.undetermined decides); documented lists: {}",
+                    if lists.is_empty() {
+                        "none".to_string()
+                    } else {
+                        lists.join(" or ")
+                    }
+                )
+            }
         };
         let _ = writeln!(s, "rule       {rule}");
-        if m.auth.hashed() {
+        if m.auth.hashed() || m.auth == Auth::Undetermined {
             let caller = match m.caller {
                 Caller::U => "the user named by u",
                 Caller::Username => "the user named by username",
@@ -613,8 +710,24 @@ impl Catalog {
         if m.get_always {
             let _ = writeln!(s, "GET        always allowed");
         }
-        if !m.id_routes.is_empty() {
-            let _ = writeln!(s, "/<id>      under {}", m.id_routes.join(", "));
+        let _ = writeln!(
+            s,
+            "/<id>      {}/<id> (params id){}{}",
+            m.name,
+            if m.id_routes.is_empty() {
+                String::new()
+            } else {
+                format!(", and under {}", m.id_routes.join(", "))
+            },
+            if m.secret_id {
+                "; the id is a secret, never logged"
+            } else {
+                ""
+            }
+        );
+        if !m.mor.is_empty() {
+            let v: Vec<&str> = m.mor.iter().map(|v| v.label()).collect();
+            let _ = writeln!(s, "version    MOR {}", v.join(", "));
         }
         if let Some(n) = &m.note {
             let _ = writeln!(s, "note       {n}");
@@ -631,6 +744,10 @@ mod tests {
 
     fn mor() -> Catalog {
         Catalog::parse(EMBEDDED, Product::Mor).unwrap()
+    }
+
+    fn x8() -> Catalog {
+        Catalog::parse_for(EMBEDDED, Product::Mor, MorVersion::X8).unwrap()
     }
 
     fn strings(v: &toml::Value) -> Vec<String> {
@@ -656,7 +773,7 @@ mod tests {
     #[test]
     fn catalogue_matches_the_x8_facts() {
         let x: toml::Value = toml::from_str(X8).unwrap();
-        let c = mor();
+        let c = x8();
         assert_eq!(c.global_order(), strings(&x["global"]["order"]).as_slice());
         let actions = &x["actions"];
         for (group, auth) in [

@@ -10,9 +10,10 @@
 use std::net::IpAddr;
 
 use crate::core::catalog::{Auth, Caller, Envelope, Method};
+use crate::core::directory::{self, Directory, Lookup, UserId};
 use crate::core::limits::{Allowance, Gate, LimitTrace};
 use crate::core::params::{ParamError, Params, Value};
-use crate::core::policy::{PathPolicy, Policy};
+use crate::core::policy::{PathPolicy, Policy, Undetermined, UnknownMethods};
 use crate::core::reply::{Reason, Refusal};
 use crate::core::route::{forward_path, route, ApiPath, PathKind, RouteError};
 use crate::core::signature;
@@ -37,9 +38,10 @@ pub struct Head<'a> {
 pub enum Signer {
     /// The admin (system) key.
     Admin,
-    /// A reseller's own key (its name).
+    /// A reseller's (another owner's) own key (its username).
     Reseller(String),
-    /// No hash was needed (method without hash, or hash checking off).
+    /// No hash was compared (an action without one, or a check skipped:
+    /// [`Forward::skipped`]).
     Unchecked,
     /// Not an API call (pass-through path).
     PassThrough,
@@ -69,6 +71,35 @@ impl CallInfo {
     }
 }
 
+/// Why a call MOR hash-checks was forwarded without the gateway's check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Skipped {
+    /// The caller's owner has hash checking off in MOR.
+    HashCheckingOff,
+    /// An uncatalogued action, with `api.unknown_methods = "unchecked"`.
+    UnknownMethod,
+    /// An action whose hash list is undetermined (`api.undetermined`).
+    Undetermined,
+}
+
+impl Skipped {
+    /// Every cause, for metric pre-registration.
+    pub const ALL: [Skipped; 3] = [
+        Skipped::HashCheckingOff,
+        Skipped::UnknownMethod,
+        Skipped::Undetermined,
+    ];
+
+    /// Stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Skipped::HashCheckingOff => "hash_checking_off",
+            Skipped::UnknownMethod => "unknown_method",
+            Skipped::Undetermined => "undetermined",
+        }
+    }
+}
+
 /// A forward decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
@@ -76,6 +107,8 @@ pub struct Forward {
     pub path_and_query: String,
     /// Who signed.
     pub signer: Signer,
+    /// Set when MOR checks a hash the gateway did not.
+    pub skipped: Option<Skipped>,
     /// Tightest rate-limit allowance, for RateLimit-* headers.
     pub allowance: Option<Allowance>,
 }
@@ -136,10 +169,11 @@ pub fn is_get(method: &str) -> bool {
 }
 
 /// Stage one, before the body is read: route, HTTP method, per-IP limit,
-/// API policies, the method's own rule. A refusal carries what is known of
-/// the call.
+/// API policies (those that do not depend on the caller), the method's own
+/// rule. A refusal carries what is known of the call.
 pub fn admit<G: Gate + ?Sized>(
     s: &Policy,
+    dir: &Directory,
     gate: &G,
     head: &Head<'_>,
 ) -> Result<Admitted, Box<Rejected>> {
@@ -196,15 +230,31 @@ pub fn admit<G: Gate + ?Sized>(
     if !get && !head.method.eq_ignore_ascii_case("POST") {
         return refuse(Refusal::new(Reason::MethodNotAllowed));
     }
-    let method = found.map(|f| f.method);
-    if api.id.is_some() && !method.is_some_and(|m| m.id_routes.contains(&api.method)) {
+    // MOR's generic route gives every canonical action a `/<id>`; of the
+    // legacy aliases only those the catalogue names take one.
+    if api.id.is_some()
+        && found.is_some_and(|f| {
+            f.alias
+                .is_some_and(|a| !f.method.id_routes.iter().any(|r| r == a))
+        })
+    {
         return refuse(Refusal::with(Reason::NotFound, "no such API path"));
     }
+    let method = found.map(|f| f.method);
     let auth = method.map_or(Auth::Global, |m| m.auth);
-    if !s.allow_api && auth != Auth::NoAuth {
-        return refuse(Refusal::new(Reason::ApiDisabled));
+    if auth != Auth::NoAuth {
+        if !dir.available {
+            let mut r = Refusal::new(Reason::DirectoryUnavailable);
+            r.retry_after = Some(std::time::Duration::from_secs(1));
+            return refuse(r);
+        }
+        // Per owner once the caller is known (stage two); here only when
+        // no owner at all has the API on.
+        if !dir.any_api() {
+            return refuse(Refusal::new(Reason::ApiDisabled));
+        }
     }
-    if get && !s.allow_get && !method.is_some_and(|m| m.get_always) {
+    if get && !dir.allow_get && !method.is_some_and(|m| m.get_always) {
         return refuse(Refusal::new(Reason::GetDisabled));
     }
     match auth {
@@ -215,9 +265,15 @@ pub fn admit<G: Gate + ?Sized>(
             ))
         }
         Auth::Refuse => return refuse(Refusal::new(Reason::MethodDisabled)),
+        Auth::Undetermined if s.undetermined == Undetermined::Refuse => {
+            return refuse(Refusal::with(
+                Reason::MethodDisabled,
+                "the hash rule of this action is not documented; refused by the gateway's configuration",
+            ))
+        }
         _ => {}
     }
-    if method.is_none() && s.unknown_methods == PathPolicy::Refuse {
+    if method.is_none() && s.unknown_methods == UnknownMethods::Refuse {
         return refuse(Refusal::new(Reason::UnknownMethod));
     }
     Ok(Admitted::Api(
@@ -232,12 +288,18 @@ pub fn admit<G: Gate + ?Sized>(
 
 /// Builds MOR's parameter view. Sources go in Rails' precedence, lowest
 /// first: body, query, then the path's `/<id>` and `.<format>`.
-fn view(head: &Head<'_>, api: &ApiPath, body: &[u8]) -> Result<Params, ParamError> {
+fn view(
+    head: &Head<'_>,
+    api: &ApiPath,
+    method: Option<&Method>,
+    body: &[u8],
+) -> Result<Params, ParamError> {
     let mut params = Params::new();
     params.add_body(
         head.content_type,
         body,
         head.method.eq_ignore_ascii_case("POST"),
+        method.is_some_and(|m| m.multipart),
     )?;
     if let Some(q) = head.query {
         params.add_form(q.as_bytes())?;
@@ -251,39 +313,40 @@ fn view(head: &Head<'_>, api: &ApiPath, body: &[u8]) -> Result<Params, ParamErro
     Ok(params)
 }
 
-/// Which keys may sign a call, by the caller's owner.
-enum Keys {
-    /// Admin, accountant, or a user of the admin.
-    Admin,
-    /// A reseller itself: its own key or the admin key.
-    ResellerOrAdmin(usize),
-    /// A user of a reseller: that reseller's key only.
-    Reseller(usize),
+/// The caller as MOR finds it ("current user"), by the action's rule.
+fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup, ParamError> {
+    let caller = m.map_or(Caller::U, |m| m.caller);
+    Ok(match caller {
+        Caller::UniquehashId => match params.scalar("id")?.filter(|id| !id.is_empty()) {
+            Some(id) => dir.by_uniquehash(id),
+            // MOR: user_register without an id is checked with the admin key.
+            None => Lookup::Known(directory::Caller {
+                owner: directory::ADMIN,
+                reseller_itself: false,
+            }),
+        },
+        Caller::U | Caller::Username => {
+            let name = if caller == Caller::U { "u" } else { "username" };
+            match params.scalar(name)? {
+                Some(n) => dir.by_username(n),
+                None if dir.complete() => Lookup::Unknown,
+                None => Lookup::Unlisted,
+            }
+        }
+    })
 }
 
-fn keys_for(s: &Policy, m: Option<&Method>, params: &Params) -> Result<Keys, ParamError> {
-    let caller = m.map_or(Caller::U, |m| m.caller);
-    if caller == Caller::UniquehashId {
-        // No id, or an id that is no configured reseller's: the admin key.
-        return Ok(params
-            .scalar("id")?
-            .and_then(|id| s.reseller_by_uniquehash.get(id))
-            .map_or(Keys::Admin, |&i| Keys::ResellerOrAdmin(i)));
-    }
-    let name = params.scalar(if caller == Caller::Username {
-        "username"
-    } else {
-        "u"
-    })?;
-    Ok(
-        match name.and_then(|n| s.reseller_of.get(n).map(|&i| (n, i))) {
-            None => Keys::Admin,
-            Some((n, i)) if s.resellers.get(i).is_some_and(|r| r.name == n) => {
-                Keys::ResellerOrAdmin(i)
-            }
-            Some((_, i)) => Keys::Reseller(i),
-        },
-    )
+/// What stage two does about the hash.
+#[derive(Clone, Copy)]
+enum Check<'a> {
+    /// The action takes no hash.
+    None,
+    /// The catalogue's rule (global order or own list).
+    Rule,
+    /// Any of these own lists (an undetermined action, `candidates`).
+    Lists(&'a [Vec<String>]),
+    /// MOR checks it; the gateway does not.
+    Skip(Skipped),
 }
 
 /// How the hash comparison of a call came out.
@@ -393,12 +456,13 @@ impl Pending {
 /// Stage two, with the whole body: everything else.
 pub fn finish<G: Gate + ?Sized>(
     s: &Policy,
+    dir: &Directory,
     gate: &G,
     head: &Head<'_>,
     admitted: Admitted,
     body: &[u8],
 ) -> Verdict {
-    match verify(s, head, admitted, body) {
+    match verify(s, dir, head, admitted, body) {
         Checked::Done(v) => v,
         Checked::Pending(p) => p.settle(gate),
     }
@@ -406,7 +470,13 @@ pub fn finish<G: Gate + ?Sized>(
 
 /// Stage two up to the limit layers: parameter view, caller, keys, hash,
 /// the path to forward to. Pure: no limiter is touched.
-pub fn verify(s: &Policy, head: &Head<'_>, admitted: Admitted, body: &[u8]) -> Checked {
+pub fn verify(
+    s: &Policy,
+    dir: &Directory,
+    head: &Head<'_>,
+    admitted: Admitted,
+    body: &[u8],
+) -> Checked {
     let (call, ip_allowance) = match admitted {
         Admitted::PassThrough(a, info) => {
             let mut pq = head.path.to_string();
@@ -418,6 +488,7 @@ pub fn verify(s: &Policy, head: &Head<'_>, admitted: Admitted, body: &[u8]) -> C
                 Forward {
                     path_and_query: pq,
                     signer: Signer::PassThrough,
+                    skipped: None,
                     allowance: a,
                 },
                 info,
@@ -437,7 +508,7 @@ pub fn verify(s: &Policy, head: &Head<'_>, admitted: Admitted, body: &[u8]) -> C
             info,
         ))
     };
-    let params = match view(head, &api, body) {
+    let params = match view(head, &api, method, body) {
         Ok(p) => p,
         Err(e) => return bad(&e, info),
     };
@@ -447,37 +518,116 @@ pub fn verify(s: &Policy, head: &Head<'_>, admitted: Admitted, body: &[u8]) -> C
     };
     info.user = user;
 
-    let auth = method.map_or(Auth::Global, |m| m.auth);
-    let (signer, hash) = if !auth.hashed() || !s.verify_hash {
-        (Signer::Unchecked, HashCheck::Skipped)
-    } else {
-        let checked = (|| {
-            let keys = keys_for(s, method, &params)?;
-            let parts = signature::hashed_parts(&s.catalog, method, &params)?;
-            Ok::<_, ParamError>((keys, parts, params.scalar("hash")?))
-        })();
-        let (keys, parts, given) = match checked {
-            Ok((k, p, Some(h))) => (k, p, h),
-            Ok((_, _, None)) => {
-                return Checked::Done(Verdict::Refuse(Refusal::new(Reason::BadHash), info))
-            }
+    let check = match method {
+        None if s.unknown_methods == UnknownMethods::Unchecked => {
+            Check::Skip(Skipped::UnknownMethod)
+        }
+        None => Check::Rule,
+        Some(m) => match m.auth {
+            Auth::Global | Auth::Own => Check::Rule,
+            Auth::Undetermined => match s.undetermined {
+                Undetermined::Candidates if !m.candidates.is_empty() => Check::Lists(&m.candidates),
+                _ => Check::Skip(Skipped::Undetermined),
+            },
+            _ => Check::None,
+        },
+    };
+    let done = |r: Refusal, info: CallInfo| Checked::Done(Verdict::Refuse(r, info));
+    // Whose settings apply: every call MOR checks a hash for, and the
+    // no-hash calls that name a user (login, a uniquehash).
+    let named = matches!(check, Check::None).then(|| {
+        method.is_some_and(|m| {
+            m.auth == Auth::Login || (m.auth == Auth::Balance && m.caller == Caller::UniquehashId)
+        })
+    });
+    let who = match named {
+        Some(false) => None,
+        _ => match lookup(dir, method, &params) {
+            Ok(l) => Some(l),
             Err(e) => return bad(&e, info),
-        };
-        let admin_allowed = !matches!(keys, Keys::Reseller(_));
-        let reseller = match keys {
-            Keys::Admin => None,
-            Keys::ResellerOrAdmin(i) | Keys::Reseller(i) => s.resellers.get(i),
-        };
-        // Every candidate key is always computed, so timing does not tell
-        // which one matched.
-        let admin_ok =
-            signature::digest(&parts, s.admin_key.expose()).matches(given) & admin_allowed;
-        let reseller_ok =
-            reseller.is_some_and(|r| signature::digest(&parts, r.key.expose()).matches(given));
-        match reseller {
-            _ if !(admin_ok | reseller_ok) => (Signer::Unchecked, HashCheck::Bad),
-            Some(r) if !admin_ok => (Signer::Reseller(r.name.clone()), HashCheck::Good),
-            _ => (Signer::Admin, HashCheck::Good),
+        },
+    };
+    let (signer, hash, skipped) = match (check, who) {
+        (Check::None, Some(Lookup::Known(c))) if !dir.allow_api(c) => {
+            return done(Refusal::new(Reason::ApiDisabled), info)
+        }
+        (Check::None, Some(Lookup::Unlisted)) if !dir.admin().allow_api => {
+            return done(Refusal::new(Reason::ApiDisabled), info)
+        }
+        (Check::None, _) | (_, None) => (Signer::Unchecked, HashCheck::Skipped, None),
+        (_, Some(Lookup::Unknown)) => return done(Refusal::new(Reason::UnknownUser), info),
+        (check, Some(l)) => {
+            // An unlisted caller (static config) has the admin's switches
+            // and may sign with any configured key.
+            let known;
+            let (allowed, off, signers): (bool, bool, &[UserId]) = match l {
+                Lookup::Known(c) => {
+                    known = dir.signers(c);
+                    (dir.allow_api(c), dir.hash_off(c), known.ids())
+                }
+                _ => {
+                    let a = dir.admin();
+                    (a.allow_api, a.allow_api && a.hash_off, dir.any_signers())
+                }
+            };
+            if !allowed {
+                return done(Refusal::new(Reason::ApiDisabled), info);
+            }
+            let skip = match check {
+                _ if off => Some(Skipped::HashCheckingOff),
+                Check::Skip(why) => Some(why),
+                _ => None,
+            };
+            if let Some(why) = skip {
+                (Signer::Unchecked, HashCheck::Skipped, Some(why))
+            } else {
+                if signers.is_empty() {
+                    return done(Refusal::new(Reason::NoSecretKey), info);
+                }
+                let given = match params.scalar("hash") {
+                    Ok(Some(h)) => h,
+                    Ok(None) => return done(Refusal::new(Reason::BadHash), info),
+                    Err(e) => return bad(&e, info),
+                };
+                let lists: Result<Vec<Vec<signature::Part<'_>>>, ParamError> = match check {
+                    Check::Lists(lists) => lists
+                        .iter()
+                        .map(|l| signature::own_parts(l, &params))
+                        .collect::<Result<_, _>>(),
+                    _ => signature::hashed_parts(&s.catalog, method, &params).map(|p| vec![p]),
+                };
+                let lists = match lists {
+                    Ok(l) => l,
+                    Err(e) => return bad(&e, info),
+                };
+                // Every candidate key and list is always computed, so timing
+                // does not tell which one matched.
+                let mut matched: Option<UserId> = None;
+                for id in signers.iter() {
+                    let Some(key) = dir.owner(*id).and_then(|o| o.key.as_ref()) else {
+                        continue;
+                    };
+                    let mut ok = false;
+                    for parts in &lists {
+                        ok |= signature::digest(parts, key.expose()).matches(given);
+                    }
+                    if ok && matched.is_none() {
+                        matched = Some(*id);
+                    }
+                }
+                match matched {
+                    None => (Signer::Unchecked, HashCheck::Bad, None),
+                    Some(directory::ADMIN) => (Signer::Admin, HashCheck::Good, None),
+                    Some(id) => (
+                        Signer::Reseller(
+                            dir.owner(id)
+                                .map_or_else(String::new, |o| o.name.to_string()),
+                        ),
+                        HashCheck::Good,
+                        None,
+                    ),
+                }
+            }
         }
     };
 
@@ -499,15 +649,28 @@ pub fn verify(s: &Policy, head: &Head<'_>, admitted: Admitted, body: &[u8]) -> C
         forward: Forward {
             path_and_query: pq,
             signer,
+            skipped,
             allowance: ip_allowance,
         },
     })
 }
 
-/// Both stages at once (tests, fuzzing, benchmarks).
+/// Both stages at once with the static config's directory (tests,
+/// fuzzing, benchmarks).
 pub fn decide<G: Gate + ?Sized>(s: &Policy, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
-    match admit(s, gate, head) {
-        Ok(a) => finish(s, gate, head, a, body),
+    decide_with(s, &s.directory, gate, head, body)
+}
+
+/// Both stages at once with `dir`.
+pub fn decide_with<G: Gate + ?Sized>(
+    s: &Policy,
+    dir: &Directory,
+    gate: &G,
+    head: &Head<'_>,
+    body: &[u8],
+) -> Verdict {
+    match admit(s, dir, gate, head) {
+        Ok(a) => finish(s, dir, gate, head, a, body),
         Err(r) => Verdict::Refuse(r.refusal, r.info),
     }
 }
@@ -667,8 +830,8 @@ admin_key_env = "MORGW_DECISION_SECRET"
         let s = settings("");
         let checked = |q: &str| {
             let h = head("POST", "/billing/api/user_details", Some(q));
-            let a = admit(&s, &Open, &h).unwrap();
-            match verify(&s, &h, a, b"") {
+            let a = admit(&s, &s.directory, &Open, &h).unwrap();
+            match verify(&s, &s.directory, &h, a, b"") {
                 Checked::Pending(p) => p,
                 Checked::Done(v) => panic!("decided without the limit layers: {v:?}"),
             }
@@ -724,8 +887,8 @@ admin_key_env = "MORGW_DECISION_SECRET"
         assert_eq!(reason(&p.settle(&Open)), Reason::BadHash);
         // No hash needed: the lockout does not apply.
         let h = head("POST", "/billing/api/user_login", Some("u=john&p=x"));
-        let a = admit(&s, &Open, &h).unwrap();
-        match verify(&s, &h, a, b"") {
+        let a = admit(&s, &s.directory, &Open, &h).unwrap();
+        match verify(&s, &s.directory, &h, a, b"") {
             Checked::Pending(p) => assert_eq!(p.hash(), HashCheck::Skipped),
             Checked::Done(v) => panic!("{v:?}"),
         }
@@ -741,7 +904,14 @@ admin_key_env = "MORGW_DECISION_SECRET"
             Verdict::Forward(f, _) => assert_eq!(f.signer, Signer::Reseller("res1".into())),
             other => panic!("{other:?}"),
         }
+        // A user the static config does not list may be anyone's: checked
+        // against every configured key, `signer` names the one that matched.
         let q = format!("u=someone&user_id=5&hash={}", h.as_str());
+        match post(&s, "/billing/api/user_details_get", &q) {
+            Verdict::Forward(f, _) => assert_eq!(f.signer, Signer::Reseller("res1".into())),
+            other => panic!("{other:?}"),
+        }
+        let q = format!("u=someone&user_id=6&hash={}", h.as_str());
         assert_eq!(
             reason(&post(&s, "/billing/api/user_details_get", &q)),
             Reason::BadHash
@@ -910,14 +1080,30 @@ admin_key_env = "MORGW_DECISION_SECRET"
                     .starts_with(&format!("/billing/api/user_details_get.{f}?"))
             );
         }
-        // `/<id>` only where MOR routes one: simple_balance.
+        // MOR's generic route: every canonical action takes a `/<id>`; of
+        // the legacy aliases only simple_balance does.
+        // The path id is params id, hashed where the rule hashes id.
         assert_eq!(
             reason(&post(&s, "/billing/api/user_details_get/5", q)),
+            Reason::BadHash
+        );
+        let h5 = signature::compute(
+            &["user_id", "id"],
+            |n| Some(if n == "id" { "5" } else { "123" }),
+            b"456789",
+        );
+        let q5 = format!("user_id=123&hash={}", h5.as_str());
+        assert_eq!(
+            fwd_path(&post(&s, "/billing/api/user_details_get/5", &q5)),
+            format!("/billing/api/user_details_get/5?{q5}")
+        );
+        assert_eq!(
+            reason(&post(&s, "/billing/api/user_details/5", q)),
             Reason::NotFound
         );
         assert_eq!(
-            reason(&post(&s, "/billing/api/user_simple_balance_get/5", "")),
-            Reason::NotFound
+            fwd_path(&post(&s, "/billing/api/user_simple_balance_get/5", "")),
+            "/billing/api/user_simple_balance_get/5"
         );
         assert_eq!(
             fwd_path(&post(&s, "/billing/api/simple_balance/abc.xml", "")),
@@ -1052,6 +1238,192 @@ admin_key_env = "MORGW_DECISION_SECRET"
         assert_eq!(env("/billing/api/did_close"), Envelope::PageStatus);
         assert_eq!(env("/billing/api/rate"), Envelope::Page);
         assert_eq!(env("/billing/api/devices_get"), Envelope::Status);
+    }
+
+    /// MOR's directory: per-owner switches, keys, unknown callers.
+    fn mor_dir() -> Directory {
+        use crate::core::directory::{ConfRow, UserRow};
+        let u = |id: u64, n: &str, t: &str, o: u64| UserRow {
+            id,
+            username: n.into(),
+            usertype: t.into(),
+            owner_id: o,
+            uniquehash: Some(format!("{n}uniq")),
+        };
+        let c = |n: &str, v: &str, o: u64| ConfRow {
+            name: n.into(),
+            value: v.as_bytes().to_vec(),
+            owner_id: o,
+        };
+        Directory::from_rows(
+            &[
+                u(0, "admin", "admin", 0),
+                u(2, "john", "user", 0),
+                u(4, "res1", "reseller", 0),
+                u(5, "ruser", "user", 4),
+                u(7, "res2", "reseller", 0),
+                u(8, "r2user", "user", 7),
+                u(9, "res3", "reseller", 0),
+                u(10, "r3user", "user", 9),
+            ],
+            &[
+                c("API_Secret_Key", "456789", 0),
+                c("Allow_API", "1", 0),
+                c("API_Secret_Key", "resellerkey", 4),
+                c("Allow_API", "1", 4),
+                c("API_Disable_hash_checking", "1", 4),
+                c("API_Secret_Key", "r2key", 7),
+                c("Allow_API", "0", 7),
+                c("Allow_API", "1", 9),
+            ],
+        )
+    }
+
+    #[test]
+    fn per_owner_switches_from_mors_directory() {
+        let s = settings("");
+        let d = mor_dir();
+        let call = |q: &str| {
+            decide_with(
+                &s,
+                &d,
+                &Open,
+                &head("POST", "/billing/api/user_details_get", Some(q)),
+                b"",
+            )
+        };
+        // res1 has hash checking off: its users pass unsigned, counted.
+        match call("u=ruser&user_id=5") {
+            Verdict::Forward(f, _) => {
+                assert_eq!(
+                    (f.signer, f.skipped),
+                    (Signer::Unchecked, Some(Skipped::HashCheckingOff))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // ... and only its users: the admin's are still checked.
+        assert_eq!(reason(&call("u=john&user_id=5")), Reason::BadHash);
+        let h = signature::compute(&["user_id"], |_| Some("5"), b"456789");
+        assert!(matches!(
+            call(&format!("u=john&user_id=5&hash={}", h.as_str())),
+            Verdict::Forward(..)
+        ));
+        // res2 has Allow API off: its users are refused with MOR's text.
+        assert_eq!(reason(&call("u=r2user&user_id=5")), Reason::ApiDisabled);
+        // res3 has Allow API on but no key: MOR's "API must have Secret Key".
+        assert_eq!(reason(&call("u=r3user&user_id=5")), Reason::NoSecretKey);
+        // ... while res3 itself may sign with the admin's key.
+        assert!(matches!(
+            call(&format!("u=res3&user_id=5&hash={}", h.as_str())),
+            Verdict::Forward(..)
+        ));
+        // A user MOR does not have: MOR's "Access Denied", nothing forwarded.
+        assert_eq!(
+            reason(&call(&format!("u=ghost&user_id=5&hash={}", h.as_str()))),
+            Reason::UnknownUser
+        );
+        // Allow GET API is the admin's, read from the directory.
+        let v = decide_with(
+            &s,
+            &d,
+            &Open,
+            &head("GET", "/billing/api/user_details_get", Some("u=john")),
+            b"",
+        );
+        assert_eq!(reason(&v), Reason::GetDisabled);
+        // Before the first snapshot, with without_snapshot = "refuse".
+        let v = decide_with(
+            &s,
+            &Directory::unavailable(),
+            &Open,
+            &head("POST", "/billing/api/user_details_get", Some("u=john")),
+            b"",
+        );
+        assert_eq!(reason(&v), Reason::DirectoryUnavailable);
+    }
+
+    #[test]
+    fn per_reseller_switches_in_the_static_config() {
+        let s = settings("");
+        let s2 = crate::config::Settings::from_toml(
+            "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"MORGW_DECISION_KEY\"\n[[resellers]]\nname = \"res1\"\nkey_env = \"MORGW_DECISION_RKEY\"\nusers = [\"ruser\"]\nverify_hash = false\n[[resellers]]\nname = \"res2\"\nkey_env = \"MORGW_DECISION_RKEY\"\nusers = [\"r2user\"]\nallow_api = false\n",
+            None,
+            &env(),
+        )
+        .unwrap();
+        let p = &s2.policy;
+        match post(p, "/billing/api/user_details_get", "u=ruser&user_id=1") {
+            Verdict::Forward(f, _) => assert_eq!(f.skipped, Some(Skipped::HashCheckingOff)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reason(&post(
+                p,
+                "/billing/api/user_details_get",
+                "u=r2user&user_id=1"
+            )),
+            Reason::ApiDisabled
+        );
+        assert_eq!(
+            reason(&post(
+                p,
+                "/billing/api/user_details_get",
+                "u=john&user_id=1"
+            )),
+            Reason::BadHash
+        );
+        assert_eq!(
+            reason(&post(
+                &s,
+                "/billing/api/user_details_get",
+                "u=ruser&user_id=1"
+            )),
+            Reason::BadHash
+        );
+    }
+
+    #[test]
+    fn undetermined_and_unknown_by_policy() {
+        let s = settings("");
+        // number_pool_create: the 2022 text (key alone) or Dec 2024 ([u]).
+        let key_only = signature::compute::<&str, _>(&[], |_| None, b"456789");
+        let with_u = signature::compute(&["u"], |_| Some("admin"), b"456789");
+        let q = |h: &str| format!("u=admin&name=test2&hash={h}");
+        match post(&s, "/billing/api/number_pool_create", &q("0")) {
+            Verdict::Forward(f, _) => assert_eq!(f.skipped, Some(Skipped::Undetermined)),
+            other => panic!("{other:?}"),
+        }
+        let c = settings("[api]\nundetermined = \"candidates\"\n");
+        for h in [key_only.as_str(), with_u.as_str()] {
+            match post(&c, "/billing/api/number_pool_create", &q(h)) {
+                Verdict::Forward(f, _) => assert_eq!((f.signer, f.skipped), (Signer::Admin, None)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            reason(&post(&c, "/billing/api/number_pool_create", &q("0"))),
+            Reason::BadHash
+        );
+        // No documented list: forwarded unchecked even with candidates.
+        match post(&c, "/billing/api/spy_call", "u=admin") {
+            Verdict::Forward(f, _) => assert_eq!(f.skipped, Some(Skipped::Undetermined)),
+            other => panic!("{other:?}"),
+        }
+        let r = settings("[api]\nundetermined = \"refuse\"\n");
+        assert_eq!(
+            reason(&post(
+                &r,
+                "/billing/api/number_pool_create",
+                &q(key_only.as_str())
+            )),
+            Reason::MethodDisabled
+        );
+        let u = settings("[api]\nunknown_methods = \"unchecked\"\n");
+        match post(&u, "/billing/api/brand_new_get", "u=admin") {
+            Verdict::Forward(f, _) => assert_eq!(f.skipped, Some(Skipped::UnknownMethod)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -4,10 +4,11 @@
 pub mod catalog;
 pub mod client;
 pub mod decision;
+pub mod directory;
 pub mod framing;
 pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod reply;
-pub(crate) mod route;
+pub mod route;
 pub mod signature;

@@ -229,13 +229,99 @@ impl Params {
         Ok(())
     }
 
+    /// Parses a `multipart/form-data` body strictly: each part has a
+    /// `Content-Disposition: form-data; name="..."` (and optionally a
+    /// `filename`, which makes the part a file: a structured value, never
+    /// hashed) and at most a `Content-Type`; text parts must be UTF-8.
+    /// Anything Rack might read another way (escapes or `*=` parameters,
+    /// other part headers, bracket names, text outside the parts) is refused.
+    pub fn add_multipart(&mut self, content_type: &str, body: &[u8]) -> Result<(), ParamError> {
+        const BAD: ParamError = ParamError::BadBody("multipart/form-data");
+        let boundary = content_type
+            .split(';')
+            .skip(1)
+            .find_map(|p| {
+                let (k, v) = p.trim().split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("boundary")
+                    .then(|| v.trim().trim_matches('"').to_string())
+            })
+            .filter(|b| {
+                !b.is_empty()
+                    && b.len() <= 70
+                    && b.bytes().all(|c| c.is_ascii_graphic() && c != b'"')
+            })
+            .ok_or(BAD)?;
+        let delim = format!("--{boundary}");
+        let next_delim = format!("\r\n{delim}");
+        let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+        let mut rest = body.strip_prefix(delim.as_bytes()).ok_or(BAD)?;
+        loop {
+            if let Some(end) = rest.strip_prefix(b"--") {
+                if !end.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                    return Err(BAD);
+                }
+                return Ok(());
+            }
+            rest = rest.strip_prefix(b"\r\n").ok_or(BAD)?;
+            let head_end = find(rest, b"\r\n\r\n").ok_or(BAD)?;
+            let head = std::str::from_utf8(&rest[..head_end]).map_err(|_| BAD)?;
+            let after = &rest[head_end + 4..];
+            let n = find(after, next_delim.as_bytes()).ok_or(BAD)?;
+            let content = &after[..n];
+            rest = &after[n + next_delim.len()..];
+            let (mut name, mut filename) = (None, None);
+            for line in head.split("\r\n") {
+                let (k, v) = line.split_once(':').ok_or(BAD)?;
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "content-type" => {}
+                    "content-disposition" => {
+                        let mut fields = v.split(';');
+                        if !fields
+                            .next()
+                            .is_some_and(|f| f.trim().eq_ignore_ascii_case("form-data"))
+                        {
+                            return Err(BAD);
+                        }
+                        for f in fields {
+                            let (fk, fv) = f.trim().split_once('=').ok_or(BAD)?;
+                            let fv = fv
+                                .strip_prefix('"')
+                                .and_then(|x| x.strip_suffix('"'))
+                                .ok_or(BAD)?;
+                            if fv.contains(['"', '\\']) {
+                                return Err(BAD);
+                            }
+                            match fk.to_ascii_lowercase().as_str() {
+                                "name" if name.is_none() => name = Some(fv.to_string()),
+                                "filename" if filename.is_none() => filename = Some(fv.to_string()),
+                                _ => return Err(BAD),
+                            }
+                        }
+                    }
+                    _ => return Err(BAD),
+                }
+            }
+            let name = name
+                .filter(|n| !n.is_empty() && !n.contains('['))
+                .ok_or(BAD)?;
+            let value = match filename {
+                Some(f) => Value::Structured(format!("file:{f}:{}", content.len())),
+                None => Value::Str(String::from_utf8(content.to_vec()).map_err(|_| BAD)?),
+            };
+            self.insert(&name, value)?;
+        }
+    }
+
     /// Parses a request body according to its `Content-Type`, as Rack would.
-    /// `is_post` matters because Rack treats a POST without a type as a form.
+    /// `is_post` matters because Rack treats a POST without a type as a form;
+    /// `multipart` allows `multipart/form-data` (the actions that take a file).
     pub fn add_body(
         &mut self,
         content_type: Option<&str>,
         body: &[u8],
         is_post: bool,
+        multipart: bool,
     ) -> Result<(), ParamError> {
         let media = content_type
             .map(|c| {
@@ -250,6 +336,9 @@ impl Params {
             Some("application/x-www-form-urlencoded") => self.add_form(body),
             None if is_post => self.add_form(body),
             Some(m) if m == "application/json" || m.ends_with("+json") => self.add_json(body),
+            Some("multipart/form-data") if multipart => {
+                self.add_multipart(content_type.unwrap_or(""), body)
+            }
             _ if body.is_empty() => Ok(()),
             // Rack parses a typeless body only for POST; MOR ignores it otherwise.
             None => Ok(()),
@@ -357,6 +446,45 @@ pub fn encode(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod multipart_tests {
+    use super::*;
+
+    const CT: &str = "multipart/form-data; boundary=XyZ";
+
+    fn parse(body: &str) -> Result<Params, ParamError> {
+        let mut p = Params::new();
+        p.add_multipart(CT, body.as_bytes())?;
+        Ok(p)
+    }
+
+    #[test]
+    fn text_and_file_parts() {
+        let p = parse("--XyZ\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n7\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"n.csv\"\r\nContent-Type: text/csv\r\n\r\n1\n2\r\n--XyZ--\r\n").unwrap();
+        assert_eq!(p.scalar("id").unwrap(), Some("7"));
+        assert!(matches!(p.get("file"), Some(Value::Structured(_))));
+    }
+
+    #[test]
+    fn anything_ambiguous_is_refused() {
+        for bad in [
+            "--XyZ\r\nContent-Disposition: form-data; name*=UTF-8''id\r\n\r\n7\r\n--XyZ--",
+            "--XyZ\r\nContent-Disposition: form-data; name=\"i\\\"d\"\r\n\r\n7\r\n--XyZ--",
+            "--XyZ\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\nNw==\r\n--XyZ--",
+            "--XyZ\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n7\r\n--XyZ",
+            "junk--XyZ\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n7\r\n--XyZ--",
+            "--XyZ\r\nContent-Disposition: form-data; name=\"a[]\"\r\n\r\n7\r\n--XyZ--",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        // Two parts with one name and different values: a conflict.
+        assert!(parse("--XyZ\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n7\r\n--XyZ\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\n8\r\n--XyZ--").is_err());
+        // Not allowed where the action takes no file.
+        let mut p = Params::new();
+        assert!(p.add_body(Some(CT), b"--XyZ--", true, false).is_err());
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +598,7 @@ mod tests {
             Some("application/json; charset=utf-8"),
             br#"{"user_id":1}"#,
             true,
+            false,
         )
         .unwrap();
         p.add_form(b"user_id=1").unwrap();
@@ -478,7 +607,8 @@ mod tests {
             p.add_body(
                 Some("application/x-www-form-urlencoded"),
                 b"user_id=2",
-                true
+                true,
+                false
             ),
             Err(ParamError::Conflict(_))
         ));
@@ -487,17 +617,17 @@ mod tests {
     #[test]
     fn body_types() {
         let mut p = Params::new();
-        p.add_body(None, b"a=1", true).unwrap();
+        p.add_body(None, b"a=1", true, false).unwrap();
         assert_eq!(s(&p, "a").as_deref(), Some("1"));
         assert!(matches!(
-            Params::new().add_body(Some("multipart/form-data; boundary=x"), b"--x", true),
+            Params::new().add_body(Some("multipart/form-data; boundary=x"), b"--x", true, false),
             Err(ParamError::UnsupportedBody(_))
         ));
         assert!(Params::new()
-            .add_body(Some("text/plain"), b"", true)
+            .add_body(Some("text/plain"), b"", true, false)
             .is_ok());
         let mut p = Params::new();
-        p.add_body(None, b"a=1", false).unwrap();
+        p.add_body(None, b"a=1", false, false).unwrap();
         assert!(p.is_empty());
     }
 

@@ -1,14 +1,15 @@
-//! What the decision core needs to know of the configuration: MOR's API
-//! policies, the keys, who owns which user, and the method catalogue. Built
-//! by [`crate::config`]; read-only while requests are decided.
+//! What the decision core needs to know of the configuration: the path
+//! policies, the method catalogue, and the static directory (owners, keys,
+//! switches; [`crate::core::directory`]). Built by [`crate::config`];
+//! read-only while requests are decided.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::core::catalog::Catalog;
+use crate::core::directory::Directory;
 
 /// What to do with a request whose path is not a catalogued API method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -18,6 +19,35 @@ pub enum PathPolicy {
     Refuse,
     /// Forward (for unknown API methods: after verifying the hash by the global order).
     Forward,
+}
+
+/// What to do with an API method that is not in the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownMethods {
+    /// Answer "Unknown API method"; nothing is forwarded.
+    Refuse,
+    /// Verify the hash by MOR's global order, then forward.
+    Forward,
+    /// Forward without the gateway's own hash check (MOR checks it);
+    /// counted as unchecked.
+    Unchecked,
+}
+
+/// What to do with an action whose hash list the documentation does not
+/// settle (catalogue `auth = "undetermined"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Undetermined {
+    /// Forward without the gateway's own hash check (MOR checks it);
+    /// counted as unchecked.
+    Unchecked,
+    /// Forward when the hash matches one of the lists the documentation's
+    /// revisions give; an action with none documented is forwarded
+    /// unchecked.
+    Candidates,
+    /// Refuse at the edge.
+    Refuse,
 }
 
 /// An API secret key. Its `Debug` and `Display` never show the value.
@@ -47,44 +77,22 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A reseller tenant: its own key and the usernames it owns.
-#[derive(Debug, Clone)]
-pub struct Reseller {
-    /// The reseller's own MOR username.
-    pub name: String,
-    /// Its API secret key.
-    pub key: Secret,
-    /// Usernames of its users.
-    pub users: Vec<String>,
-    /// Its uniquehash (the `id` of user_register), if configured.
-    pub uniquehash: Option<String>,
-}
-
 /// The core's view of the configuration.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// API path prefix without trailing slash, e.g. `/billing/api`.
     pub prefix: String,
-    /// MOR "Allow API".
-    pub allow_api: bool,
-    /// MOR "Allow GET API".
-    pub allow_get: bool,
-    /// Verify hashes (MOR "Disable hash checking" off).
-    pub verify_hash: bool,
     /// Unknown API methods.
-    pub unknown_methods: PathPolicy,
+    pub unknown_methods: UnknownMethods,
+    /// Actions whose hash list is undetermined.
+    pub undetermined: Undetermined,
     /// `<prefix>/v2/...` REST paths.
     pub rest_v2: PathPolicy,
     /// Paths outside the API prefix.
     pub other_paths: PathPolicy,
-    /// Admin (system) API key.
-    pub admin_key: Secret,
-    /// Reseller tenants.
-    pub resellers: Vec<Reseller>,
-    /// Username -> index in `resellers` (the reseller itself and its users).
-    pub reseller_of: HashMap<String, usize>,
-    /// Uniquehash -> index in `resellers`.
-    pub reseller_by_uniquehash: HashMap<String, usize>,
+    /// The directory of the static config (owners, keys, switches); the
+    /// running gateway may decide with a snapshot of MOR's database instead.
+    pub directory: Arc<Directory>,
     /// Method catalogue (with configured aliases and patches merged).
     pub catalog: Catalog,
 }

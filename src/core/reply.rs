@@ -57,11 +57,17 @@ pub enum Reason {
     UpstreamError,
     /// MOR did not answer within the timeout.
     UpstreamTimeout,
+    /// The caller is not in MOR's directory (MOR has no current user).
+    UnknownUser,
+    /// The caller's owner has Allow API on but no API secret key.
+    NoSecretKey,
+    /// MOR's directory was never loaded and the config says to refuse then.
+    DirectoryUnavailable,
 }
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 21] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -80,6 +86,9 @@ impl Reason {
         Reason::ClientTimeout,
         Reason::UpstreamError,
         Reason::UpstreamTimeout,
+        Reason::UnknownUser,
+        Reason::NoSecretKey,
+        Reason::DirectoryUnavailable,
     ];
 
     /// MOR's own error text where MOR has one, else the gateway's.
@@ -102,6 +111,9 @@ impl Reason {
             Reason::ClientTimeout => "Request timeout",
             Reason::UpstreamError => "MOR server unavailable",
             Reason::UpstreamTimeout => "MOR server timed out",
+            Reason::UnknownUser => "Access Denied",
+            Reason::NoSecretKey => "API must have Secret Key",
+            Reason::DirectoryUnavailable => "MOR settings not loaded yet, try later",
         }
     }
 
@@ -111,14 +123,16 @@ impl Reason {
             Reason::ApiDisabled
             | Reason::BadHash
             | Reason::UsernameOnly
-            | Reason::MethodDisabled => 403,
+            | Reason::MethodDisabled
+            | Reason::UnknownUser
+            | Reason::NoSecretKey => 403,
             Reason::GetDisabled | Reason::MethodNotAllowed => 405,
             Reason::LockedOut | Reason::Limited => 429,
             Reason::BadRequest => 400,
             Reason::UnknownMethod | Reason::NotFound => 404,
             Reason::BodyTooLarge => 413,
             Reason::BadFraming => 400,
-            Reason::Overloaded => 503,
+            Reason::Overloaded | Reason::DirectoryUnavailable => 503,
             Reason::ClientClosed => 499,
             Reason::ClientTimeout => 408,
             Reason::UpstreamError => 502,
@@ -135,6 +149,7 @@ impl Reason {
                 Reason::BodyTooLarge
                 | Reason::BadFraming
                 | Reason::Overloaded
+                | Reason::DirectoryUnavailable
                 | Reason::ClientClosed
                 | Reason::ClientTimeout
                 | Reason::UpstreamError
@@ -183,6 +198,9 @@ impl Reason {
             Reason::ClientTimeout => "client_timeout",
             Reason::UpstreamError => "upstream_error",
             Reason::UpstreamTimeout => "upstream_timeout",
+            Reason::UnknownUser => "unknown_user",
+            Reason::NoSecretKey => "no_secret_key",
+            Reason::DirectoryUnavailable => "directory_unavailable",
         }
     }
 }

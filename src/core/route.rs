@@ -4,7 +4,9 @@
 //! `/<id>` and `.<format>` suffixes are recognised so they are verified too
 //! (which names take a `/<id>` is the catalogue's to say).
 
-use crate::core::catalog::valid_name;
+use std::borrow::Cow;
+
+use crate::core::catalog::{valid_name, Catalog};
 use crate::core::params::encode;
 
 /// Why a path was refused.
@@ -146,6 +148,30 @@ fn api(name: &str, id: Option<String>, format: Option<String>) -> Result<PathKin
     }))
 }
 
+/// What is shown of a path in logs: the path, except that everything after
+/// the action's name is `[redacted]` when the action's `/<id>` is a secret
+/// (a SIP password). Judged on the path as sent, whether it routes or not.
+pub fn redact_path<'a>(path: &'a str, prefix: &str, catalog: &Catalog) -> Cow<'a, str> {
+    let pre = prefix.split('/').filter(|s| !s.is_empty()).count();
+    let mut segs = path.split('/').filter(|s| !s.is_empty());
+    let Some(action) = segs.nth(pre) else {
+        return Cow::Borrowed(path);
+    };
+    if segs.next().is_none() || !secret_action(action, catalog) {
+        return Cow::Borrowed(path);
+    }
+    let keep = path.find(action).map_or(0, |i| i + action.len());
+    Cow::Owned(format!("{}/[redacted]", &path[..keep]))
+}
+
+/// True when a path segment names (leniently decoded, format dropped) an
+/// action whose id is a secret.
+pub fn secret_action(segment: &str, catalog: &Catalog) -> bool {
+    let name = decode_segment(segment).unwrap_or_else(|_| segment.to_string());
+    let name = name.split('.').next().unwrap_or("");
+    catalog.lookup(name).is_some_and(|f| f.method.secret_id)
+}
+
 /// The canonical path forwarded to MOR.
 pub fn forward_path(prefix: &str, method: &str, id: Option<&str>, format: Option<&str>) -> String {
     let mut p = String::with_capacity(prefix.len() + method.len() + 16);
@@ -255,6 +281,31 @@ mod tests {
             Ok(PathKind::Other)
         );
         assert_eq!(route("*", P), Err(RouteError::NotAbsolute));
+    }
+
+    #[test]
+    fn secret_ids_are_redacted_for_logs() {
+        let c = Catalog::parse(
+            crate::core::catalog::EMBEDDED,
+            crate::core::catalog::Product::Mor,
+        )
+        .unwrap();
+        for p in [
+            "/billing/api/user_balance_get_by_psw/s3cr3t-pw",
+            "/billing/api/user_balance_get_by_psw/s3cr3t-pw.xml",
+            "//billing/api/user_balance_get_by%5Fpsw/s3cr3t-pw/more",
+        ] {
+            let r = redact_path(p, P, &c);
+            assert!(!r.contains("s3cr3t"), "{r}");
+            assert!(r.ends_with("/[redacted]"), "{r}");
+        }
+        for p in [
+            "/billing/api/user_balance_get_by_username/john_sip",
+            "/billing/api/user_balance_get_by_psw",
+            "/billing/api/card_group_get/5",
+        ] {
+            assert_eq!(redact_path(p, P, &c), p);
+        }
     }
 
     #[test]

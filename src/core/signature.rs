@@ -109,6 +109,17 @@ fn text_of<'a>(name: &str, v: &'a Value) -> Result<&'a str, ParamError> {
         .ok_or_else(|| ParamError::NotScalar(name.to_string()))
 }
 
+/// The raw values of `list`'s present names, in order (an own list).
+pub fn own_parts<'a>(list: &'a [String], params: &'a Params) -> Result<Vec<Part<'a>>, ParamError> {
+    let mut parts = Vec::with_capacity(list.len());
+    for name in list {
+        if let Some(v) = params.get(name) {
+            parts.push((name.as_str(), Cow::Borrowed(text_of(name, v)?)));
+        }
+    }
+    Ok(parts)
+}
+
 /// What MOR hashes for a call to `method` (`None`: an uncatalogued action,
 /// hashed by the global order), in order. A list or map where a value is
 /// hashed is refused: its Ruby text form is not reproduced.
@@ -125,13 +136,7 @@ pub fn hashed_parts<'a>(
         if nothing {
             return Ok(Vec::new());
         }
-        let mut parts = Vec::with_capacity(m.hash.len());
-        for name in &m.hash {
-            if let Some(v) = params.get(name) {
-                parts.push((name.as_str(), Cow::Borrowed(text_of(name, v)?)));
-            }
-        }
-        return Ok(parts);
+        return own_parts(&m.hash, params);
     }
     let exclude: &[String] = method.map_or(&[], |m| &m.exclude);
     let mut found: Vec<(usize, Part<'a>)> = Vec::new();

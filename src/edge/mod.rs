@@ -2,6 +2,8 @@
 
 pub mod connections;
 pub mod forward;
+pub mod mirror;
+pub mod mor_db;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod shared_limits;

@@ -25,9 +25,11 @@ use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Si
 use crate::core::framing;
 use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::core::route::redact_path;
+use crate::edge::mirror::Mirror;
 use crate::edge::shared_limits::{DecidedIp, SharedLimits};
 use crate::edge::upstreams::Upstreams;
-use crate::ops::accesslog::{micros, redact_query, AccessLog, Record, Timestamp};
+use crate::ops::accesslog::{micros, redact_query_also, AccessLog, Record, Timestamp};
 use crate::ops::metrics::Metrics;
 
 /// Settings, limiter state and upstreams, swapped together on reload.
@@ -55,6 +57,8 @@ pub struct Shared {
     buffered: Arc<AtomicUsize>,
     /// The HTTPS listeners' certificate, swapped on reload.
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
+    /// MOR's directory in force (static config or a database snapshot).
+    pub mirror: Mirror,
 }
 
 /// Hands the current certificate to each TLS handshake, so that a reload
@@ -122,7 +126,10 @@ impl Shared {
             .map(|t| Arc::new(ArcSwap::new(t.material.clone())));
         register_settings(&metrics, &settings);
         let shared_limits = shared_limits(&settings, &metrics);
+        let mirror = Mirror::new(&settings);
+        metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
         Ok(Shared {
+            mirror,
             state: ArcSwap::from_pointee(State {
                 settings,
                 limits: Arc::new(limits),
@@ -158,6 +165,7 @@ impl Shared {
         register_settings(&self.metrics, &settings);
         // A new Redis client each time: the address or password may have changed.
         let shared_limits = shared_limits(&settings, &self.metrics);
+        self.mirror.configure(&settings, &self.metrics);
         self.state.store(Arc::new(State {
             settings,
             limits: Arc::new(limits),
@@ -195,6 +203,21 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// A path as logs show it, and whether its action's id is a secret (then
+/// its `id` query values are redacted too).
+fn shown_path<'a>(shared: &Shared, path: &'a str) -> (std::borrow::Cow<'a, str>, bool) {
+    let st = shared.state.load();
+    let p = &st.settings.policy;
+    let shown = redact_path(path, &p.prefix, &p.catalog);
+    let pre = p.prefix.split('/').filter(|s| !s.is_empty()).count();
+    let secret = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .nth(pre)
+        .is_some_and(|a| crate::core::route::secret_action(a, &p.catalog));
+    (shown, secret)
 }
 
 /// Per-request context.
@@ -394,6 +417,7 @@ impl ProxyHttp for Gateway {
         session.as_downstream_mut().set_pipelining_enabled(true);
         let st = self.shared.state.load_full();
         ctx.state = Some(st.clone());
+        let dir = self.shared.mirror.load();
         let s = &st.settings;
         let ip = client_ip(session, s);
         ctx.ip = Some(ip);
@@ -417,9 +441,14 @@ impl ProxyHttp for Gateway {
             Some(sh) if sh.per_ip() => {
                 let mut trace = LimitTrace::default();
                 let answer = sh.check_ip(ip, &st.limits, &mut trace).await;
-                decision::admit(&s.policy, &DecidedIp(answer, trace), &head_of(session, ip))
+                decision::admit(
+                    &s.policy,
+                    &dir,
+                    &DecidedIp(answer, trace),
+                    &head_of(session, ip),
+                )
             }
-            _ => decision::admit(&s.policy, &*st.limits, &head_of(session, ip)),
+            _ => decision::admit(&s.policy, &dir, &*st.limits, &head_of(session, ip)),
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -459,13 +488,14 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.req_bytes = body.len();
-        let verdict = match decision::verify(&s.policy, &head_of(session, ip), admitted, &body) {
-            Checked::Done(v) => v,
-            Checked::Pending(p) => match &st.shared_limits {
-                Some(sh) => sh.settle(p, &st.limits).await,
-                None => p.settle(&*st.limits),
-            },
-        };
+        let verdict =
+            match decision::verify(&s.policy, &dir, &head_of(session, ip), admitted, &body) {
+                Checked::Done(v) => v,
+                Checked::Pending(p) => match &st.shared_limits {
+                    Some(sh) => sh.settle(p, &st.limits).await,
+                    None => p.settle(&*st.limits),
+                },
+            };
         match verdict {
             Verdict::Refuse(r, info) => {
                 ctx.info = info;
@@ -492,9 +522,10 @@ impl ProxyHttp for Gateway {
     /// and the query with its secrets redacted (never the raw URI).
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
         let req = session.req_header();
+        let (path, id_secret) = shown_path(&self.shared, req.uri.path());
         match req.uri.query() {
-            Some(q) => format!("{} {}?{}", req.method, req.uri.path(), redact_query(q)),
-            None => format!("{} {}", req.method, req.uri.path()),
+            Some(q) => format!("{} {path}?{}", req.method, redact_query_also(q, id_secret)),
+            None => format!("{} {path}", req.method),
         }
     }
 
@@ -534,7 +565,14 @@ impl ProxyHttp for Gateway {
         let label = ctx.info.label();
         let req = session.req_header();
         let http_method = req.method.as_str();
-        m.observe_request(&ctx.info, http_method, ctx.refused, elapsed.as_secs_f64());
+        let skipped = ctx.forward.as_ref().and_then(|f| f.skipped);
+        m.observe_request(
+            &ctx.info,
+            http_method,
+            ctx.refused,
+            skipped,
+            elapsed.as_secs_f64(),
+        );
         m.request_bytes
             .with_label_values(&[label])
             .inc_by(ctx.req_bytes as u64);
@@ -550,6 +588,7 @@ impl ProxyHttp for Gateway {
             .map(|h| h.status.as_u16())
             .unwrap_or(0);
         let (verdict, reason) = Reason::labels(ctx.refused);
+        let (path, id_secret) = shown_path(&self.shared, req.uri.path());
         let signer = ctx.forward.as_ref().map(|f| match &f.signer {
             Signer::Admin => "admin".to_string(),
             Signer::Reseller(n) => format!("reseller:{n}"),
@@ -560,8 +599,8 @@ impl ProxyHttp for Gateway {
             ts: Timestamp::now(),
             client_ip: ctx.ip.map(|i| i.to_string()).unwrap_or_default(),
             http_method,
-            path: req.uri.path(),
-            query: req.uri.query().map(redact_query),
+            path: &path,
+            query: req.uri.query().map(|q| redact_query_also(q, id_secret)),
             api_method: ctx.info.method.as_deref(),
             alias: ctx.info.alias.as_deref(),
             user: ctx.info.user.as_deref(),

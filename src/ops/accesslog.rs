@@ -93,7 +93,9 @@ pub fn is_secret_name(name: &str) -> bool {
 /// Pairs are split on `&` and `;` as MOR splits them; a name is judged by its
 /// base (`p[]`, `hash[x]` are `p`, `hash`); a name that does not decode is
 /// treated as secret. Separators and the other pairs are kept as sent.
-pub fn redact_query(q: &str) -> String {
+/// With `id_secret` the `id` values are redacted too (the device password of
+/// user_balance_get_by_psw).
+pub fn redact_query_also(q: &str, id_secret: bool) -> String {
     let mut out = String::with_capacity(q.len());
     let mut rest = q;
     loop {
@@ -101,7 +103,10 @@ pub fn redact_query(q: &str) -> String {
         let pair = &rest[..end];
         let name = pair.split_once('=').map_or(pair, |(k, _)| k);
         let secret = match crate::core::params::decode(name.as_bytes()) {
-            Ok(n) => is_secret_name(n.split('[').next().unwrap_or("")),
+            Ok(n) => {
+                let base = n.split('[').next().unwrap_or("");
+                is_secret_name(base) || (id_secret && base == "id")
+            }
             Err(_) => true,
         };
         if secret && pair.contains('=') {
@@ -464,7 +469,7 @@ mod tests {
     #[test]
     fn redacts_secrets_keeps_rest() {
         let q = "u=admin&p=pw&hash=abc&user_id=5&pswd=x&new_password=y&api_secret=z&h%61sh=q";
-        let r = redact_query(q);
+        let r = redact_query_also(q, false);
         assert_eq!(
             r,
             "u=admin&p=[redacted]&hash=[redacted]&user_id=5&pswd=[redacted]&new_password=[redacted]&api_secret=[redacted]&h%61sh=[redacted]"
@@ -474,10 +479,15 @@ mod tests {
     #[test]
     fn redacts_list_forms_semicolons_and_undecodable_names() {
         assert_eq!(
-            redact_query("p[]=pw&hash[x]=h;u=a;p=q&%ZZ=v&%FF=w&user_id=1"),
+            redact_query_also("p[]=pw&hash[x]=h;u=a;p=q&%ZZ=v&%FF=w&user_id=1", false),
             "p[]=[redacted]&hash[x]=[redacted];u=a;p=[redacted]&%ZZ=[redacted]&%FF=[redacted]&user_id=1"
         );
-        assert_eq!(redact_query(""), "");
-        assert_eq!(redact_query("&&hash"), "&&hash");
+        assert_eq!(redact_query_also("", false), "");
+        assert_eq!(redact_query_also("&&hash", false), "&&hash");
+        assert_eq!(redact_query_also("id=s3cr3t&u=a", false), "id=s3cr3t&u=a");
+        assert_eq!(
+            redact_query_also("id=s3cr3t&u=a", true),
+            "id=[redacted]&u=a"
+        );
     }
 }

@@ -9,7 +9,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::core::decision::CallInfo;
+use crate::core::decision::{CallInfo, Skipped};
 use crate::core::reply::Reason;
 
 /// Access-log lines not written, by reason: `queue_full` (the writer's
@@ -118,6 +118,24 @@ pub struct Metrics {
     pub shared_limits_fallbacks: IntCounterVec,
     /// Round trip of one shared-limit decision to Redis.
     pub shared_limits_duration: Histogram,
+    /// Calls MOR hash-checks that were forwarded without the gateway's
+    /// check, by reason ([`Skipped::label`]).
+    pub unchecked: IntCounterVec,
+    /// MOR's directory (exported while `[directory]` is on): users in the
+    /// snapshot in force.
+    pub directory_users: IntGauge,
+    /// Owners with settings in the snapshot in force.
+    pub directory_owners: IntGauge,
+    /// Unix time of the last good snapshot.
+    pub directory_loaded: Gauge,
+    /// Seconds since the last good snapshot (since start if none yet).
+    pub directory_age: Gauge,
+    /// The configured refresh interval, in seconds.
+    pub directory_interval: Gauge,
+    /// How long the last refresh took, in seconds.
+    pub directory_refresh_seconds: Gauge,
+    /// Refreshes by result (ok, failed).
+    pub directory_refreshes: IntCounterVec,
 }
 
 /// Registers a metric built from static definitions and returns it.
@@ -289,8 +307,50 @@ impl Metrics {
                     .buckets(SHARED_BUCKETS.to_vec()),
                 ),
             ),
+            unchecked: counter(
+                &r,
+                "unchecked_total",
+                "Calls MOR hash-checks that the gateway forwarded without its own check, by reason (hash_checking_off, unknown_method, undetermined).",
+                &["reason"],
+            ),
+            // The directory's series are registered only while [directory]
+            // is on (see `mirror_directory`).
+            directory_users: static_metric(IntGauge::new(
+                "directory_users",
+                "Users in MOR's directory snapshot in force.",
+            )),
+            directory_owners: static_metric(IntGauge::new(
+                "directory_owners",
+                "Owners with API settings in MOR's directory snapshot in force.",
+            )),
+            directory_loaded: static_metric(Gauge::new(
+                "directory_snapshot_timestamp_seconds",
+                "Unix time the directory snapshot in force was read from MOR's database (0: never).",
+            )),
+            directory_age: static_metric(Gauge::new(
+                "directory_snapshot_age_seconds",
+                "Seconds since the directory snapshot in force was read (since start if never).",
+            )),
+            directory_interval: static_metric(Gauge::new(
+                "directory_refresh_interval_seconds",
+                "The configured directory refresh interval.",
+            )),
+            directory_refresh_seconds: static_metric(Gauge::new(
+                "directory_refresh_duration_seconds",
+                "How long the last directory refresh took (connect, both queries, building the snapshot).",
+            )),
+            directory_refreshes: static_metric(IntCounterVec::new(
+                Opts::new(
+                    "directory_refreshes_total",
+                    "Directory refreshes from MOR's database by result (ok, failed).",
+                ),
+                &["result"],
+            )),
             registry: r,
         };
+        for k in Skipped::ALL {
+            m.unchecked.with_label_values(&[k.label()]);
+        }
         reg(&m.registry, Ok(ACCESS_LOG_DROPPED.clone()));
         reg(&m.registry, Ok(LOG_SUPPRESSED.clone()));
         for reason in ["queue_full", "write_error"] {
@@ -323,6 +383,34 @@ impl Metrics {
             let _ = self
                 .registry
                 .unregister(Box::new(self.shared_limits_up.clone()));
+        }
+    }
+
+    /// Exports the directory's series while `[directory]` is on (with its
+    /// refresh interval), and none of them when it is off.
+    pub fn mirror_directory(&self, interval: Option<std::time::Duration>) {
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+            Box::new(self.directory_users.clone()),
+            Box::new(self.directory_owners.clone()),
+            Box::new(self.directory_loaded.clone()),
+            Box::new(self.directory_age.clone()),
+            Box::new(self.directory_interval.clone()),
+            Box::new(self.directory_refresh_seconds.clone()),
+            Box::new(self.directory_refreshes.clone()),
+        ];
+        for c in collectors {
+            // Registering twice (a reload) or removing what is not there
+            // changes nothing.
+            let _ = match interval {
+                Some(_) => self.registry.register(c),
+                None => self.registry.unregister(c),
+            };
+        }
+        if let Some(i) = interval {
+            self.directory_interval.set(i.as_secs_f64());
+            for result in ["ok", "failed"] {
+                self.directory_refreshes.with_label_values(&[result]);
+            }
         }
     }
 
@@ -370,8 +458,12 @@ impl Metrics {
         info: &CallInfo,
         http_method: &str,
         reason: Option<Reason>,
+        skipped: Option<Skipped>,
         seconds: f64,
     ) {
+        if let Some(k) = skipped {
+            self.unchecked.with_label_values(&[k.label()]).inc();
+        }
         let api_method = info.label();
         let (outcome, reason_label) = Reason::labels(reason);
         let http_method = match http_method {
@@ -423,14 +515,16 @@ mod tests {
             method: Some("user_details_get".into()),
             ..CallInfo::default()
         };
-        m.observe_request(&call, "POST", None, 0.01);
+        m.observe_request(&call, "POST", None, Some(Skipped::Undetermined), 0.01);
         m.observe_request(
             &CallInfo::default(),
             "PUT",
             Some(Reason::MethodNotAllowed),
+            None,
             0.001,
         );
-        m.observe_request(&call, "POST", Some(Reason::BadHash), 0.001);
+        m.observe_request(&call, "POST", Some(Reason::BadHash), None, 0.001);
+        m.mirror_directory(Some(std::time::Duration::from_secs(10)));
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains(
             r#"mor_gateway_requests_total{api_method="user_details_get",http_method="POST",outcome="forwarded",reason=""} 1"#
@@ -442,6 +536,8 @@ mod tests {
             text.contains(r#"mor_gateway_hash_failures_total{api_method="user_details_get"} 1"#)
         );
         assert!(text.contains("mor_gateway_build_info{"));
+        assert!(text.contains(r#"mor_gateway_unchecked_total{reason="undetermined"} 1"#));
+        assert!(text.contains("mor_gateway_directory_refresh_interval_seconds 10"));
         assert!(text.contains(r#"mor_gateway_access_log_dropped_total{reason="queue_full"}"#));
         assert!(text.contains("mor_gateway_log_suppressed_total "));
         // Process-wide counters are shared by every registry.

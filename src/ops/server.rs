@@ -20,8 +20,10 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config::Settings;
+use crate::config::{Settings, WithoutSnapshot};
 use crate::edge::connections::Connections;
+use crate::edge::mirror::Refresher;
+use crate::edge::mor_db::{self, DbError};
 use crate::edge::proxy::{Gateway, Shared};
 use crate::ops::accesslog::AccessLog;
 use crate::ops::metrics::Metrics;
@@ -39,6 +41,10 @@ pub enum ServerError {
     /// The TLS listeners could not be set up.
     #[error("tls: {0}")]
     Tls(String),
+    /// MOR's database could not be read at start and the config says not
+    /// to start without it (`directory.without_snapshot = "exit"`).
+    #[error("directory: cannot read MOR's database at start: {0} (directory.without_snapshot = \"exit\")")]
+    Directory(DbError),
     /// A listener cannot bind its address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -132,13 +138,36 @@ impl ServeHttp for MetricsApp {
                 };
                 let n = shared.unwrap_or_else(|| st.limits.active_lockouts());
                 m.lockouts_active.set(i64::try_from(n).unwrap_or(i64::MAX));
+                if st.settings.mor_db.is_some() {
+                    m.directory_age.set(self.shared.mirror.age());
+                }
                 text_response(200, "text/plain; version=0.0.4; charset=utf-8", m.render())
             }
             "/healthz" => text_response(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 let st = self.shared.state.load_full();
+                let no_snapshot = st
+                    .settings
+                    .mor_db
+                    .as_ref()
+                    .filter(|_| !self.shared.mirror.ever_loaded())
+                    .map(|d| d.without_snapshot);
                 if !listeners_serving(&st.settings.listen).await {
                     text_response(503, "text/plain", b"a listener is not serving\n".to_vec())
+                } else if no_snapshot == Some(WithoutSnapshot::Refuse) {
+                    text_response(
+                        503,
+                        "text/plain",
+                        b"MOR's directory was never read: API calls are refused until it is\n"
+                            .to_vec(),
+                    )
+                } else if no_snapshot.is_some() && st.upstreams.any_up() {
+                    text_response(
+                        200,
+                        "text/plain",
+                        b"ready (MOR's directory was never read: deciding with the static config)\n"
+                            .to_vec(),
+                    )
                 } else if st.upstreams.any_up() {
                     text_response(200, "text/plain", b"ready\n".to_vec())
                 } else {
@@ -292,6 +321,102 @@ pub fn check(settings: &Settings) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// What `check` finds in MOR's database (with `[directory]`): a snapshot's
+/// counts and switches, and whether the account can read more than it
+/// needs. Lines to print; the database being unreachable is reported, not
+/// an error (the gateway can start without it if the config says so).
+pub fn check_directory(settings: &Settings) -> Vec<String> {
+    use std::fmt::Write;
+    let Some(db) = &settings.mor_db else {
+        return Vec::new();
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("directory      not checked: {e}")],
+    };
+    let mut out = Vec::new();
+    rt.block_on(async {
+        let read = tokio::time::timeout(db.timeout, mor_db::read(db, None)).await;
+        match read {
+            Ok(Ok((mor_db::Read::Fresh(d), _))) => {
+                let on = |b: bool| if b { "on" } else { "off" };
+                out.push(format!(
+                    "directory      read: {} users, {} owners; admin: Allow API {}, hash checking {}, key {}; Allow GET API {}; Devices_Check_Ballance {}",
+                    d.user_count,
+                    d.owner_count,
+                    on(d.admin().allow_api),
+                    on(!d.admin().hash_off),
+                    if d.admin().key.is_some() { "set" } else { "EMPTY" },
+                    on(d.allow_get),
+                    on(d.balance_over_http)
+                ));
+                let unusual = d.unusual_owners();
+                let mut line = format!(
+                    "owners         {} with Allow API off, hash checking off or no key",
+                    unusual.len()
+                );
+                for (id, o) in unusual.iter().take(20) {
+                    let _ = write!(
+                        line,
+                        "\n               {} (id {id}): Allow API {}, hash checking {}, key {}",
+                        o.name,
+                        on(o.allow_api),
+                        on(!(o.allow_api && o.hash_off)),
+                        if o.key.is_some() { "set" } else { "empty" }
+                    );
+                }
+                if unusual.len() > 20 {
+                    let _ = write!(line, "\n               ... and {} more", unusual.len() - 20);
+                }
+                out.push(line);
+            }
+            Ok(Ok((mor_db::Read::Unchanged, _))) => {}
+            Ok(Err(e)) => out.push(format!("directory      WARNING: cannot read MOR's database: {e}")),
+            Err(_) => out.push(format!(
+                "directory      WARNING: MOR's database did not answer within {:?}",
+                db.timeout
+            )),
+        }
+        match tokio::time::timeout(db.timeout, mor_db::grants(db)).await {
+            Ok(Ok(lines)) => {
+                let extra = mor_db::excess(&lines, &db.database, &db.users_table, &db.settings_view);
+                if extra.is_empty() {
+                    out.push("grants         least privilege: the five users columns and the settings view only".into());
+                } else {
+                    let mut line = "grants         WARNING: the account can read more than it needs (README: \"Mirroring MOR's settings\"):".to_string();
+                    for g in extra {
+                        let _ = write!(line, "\n               {g}");
+                    }
+                    out.push(line);
+                }
+            }
+            Ok(Err(e)) => out.push(format!("grants         not checked: {e}")),
+            Err(_) => out.push("grants         not checked: no answer".into()),
+        }
+    });
+    out
+}
+
+/// The first read of MOR's database, before the server starts: installed
+/// when it works; when it fails, `without_snapshot` decides.
+fn first_snapshot(shared: &Shared, settings: &Settings) -> Result<(), ServerError> {
+    let Some(db) = &settings.mor_db else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Directory(DbError::Row(e.to_string())))?;
+    match rt.block_on(shared.mirror.refresh(db, &shared.metrics)) {
+        Ok(()) => Ok(()),
+        Err(e) if db.without_snapshot == WithoutSnapshot::Exit => Err(ServerError::Directory(e)),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Installs the process's handlers for SIGHUP, SIGUSR1 and SIGUSR2 at once
 /// (their default action ends the process); until housekeeping watches
 /// them, a delivery is recorded and dropped. tokio keeps a handler installed
@@ -326,6 +451,7 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     let log = AccessLog::open(s.access_log, s.access_log_path.as_deref())
         .map_err(ServerError::AccessLog)?;
     let shared = Arc::new(Shared::new(s.clone(), metrics, log).map_err(ServerError::Upstreams)?);
+    first_snapshot(&shared, &s)?;
 
     let conf = ServerConf {
         upstream_keepalive_pool_size: s.upstream.keepalive_pool_size,
@@ -407,6 +533,12 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
         server.add_service(svc);
     }
 
+    server.add_service(background_service(
+        "directory",
+        Refresher {
+            shared: shared.clone(),
+        },
+    ));
     server.add_service(background_service(
         "housekeeping",
         Housekeeping {

@@ -20,6 +20,7 @@
 //! answers with that status and no body.
 
 pub mod data;
+pub mod db;
 pub mod json;
 pub mod rails;
 pub mod rules;
@@ -37,7 +38,7 @@ use serde::Serialize;
 
 use data::{Answer, Data};
 use rails::{unescape_path, Params};
-use rules::{Envelope, Policy, Rules, Verdict};
+use rules::{Envelope, Kind, Policy, Rules, Verdict, Version};
 use xml::{doc, error_doc};
 
 /// Simulator settings (MOR's API tab).
@@ -57,6 +58,14 @@ pub struct SimSettings {
     pub prefix: String,
     /// Answer every API call with one fixed document (benchmarks).
     pub fixed_reply: bool,
+    /// Resellers' own switches: (username, Allow API, Disable hash checking).
+    pub reseller_switches: Vec<(String, bool, bool)>,
+    /// Which MOR where X8 and the newer wiki pages disagree.
+    pub version: Version,
+    /// MOR's database (`mysql://user:password@host:port/db`): the callers
+    /// and API settings are read from it for every call instead of the
+    /// fields above.
+    pub db_url: Option<String>,
 }
 
 impl SimSettings {
@@ -70,6 +79,9 @@ impl SimSettings {
             check_hash: true,
             prefix: "/billing/api".into(),
             fixed_reply: false,
+            reseller_switches: Vec::new(),
+            version: Version::Current,
+            db_url: None,
         }
     }
 }
@@ -99,6 +111,7 @@ pub struct Seen {
 pub struct Simulator {
     settings: SimSettings,
     rules: Rules,
+    db: Option<db::SimDb>,
     data: Mutex<Data>,
     seen: Mutex<VecDeque<Seen>>,
 }
@@ -142,7 +155,8 @@ fn not_found() -> Response<Vec<u8>> {
 pub struct Target {
     /// Action name or alias, as in the path (decoded).
     pub name: String,
-    /// `/<id>` (only after `simple_balance`).
+    /// `/<id>` (MOR's generic route; of the aliases only after
+    /// `simple_balance`).
     pub id: Option<String>,
     /// `.<format>`.
     pub format: Option<String>,
@@ -160,8 +174,9 @@ fn split_format(seg: &str) -> Option<(String, Option<String>)> {
 }
 
 /// MOR's API routes under `prefix`: `/<name>[.<fmt>]` and
-/// `/simple_balance/<id>[.<fmt>]`; one trailing `/` is ignored (Rails
-/// normalises it away). `None`: no route (404).
+/// `/<name>/<id>[.<fmt>]` (the generic route; which names take an id is
+/// [`Simulator`]'s to say); one trailing `/` is ignored (Rails normalises it
+/// away). `None`: no route (404).
 pub fn route(path: &str, prefix: &str) -> Option<Target> {
     let rest = path
         .strip_prefix(prefix.trim_end_matches('/'))?
@@ -177,10 +192,10 @@ pub fn route(path: &str, prefix: &str) -> Option<Target> {
                 format,
             })
         }
-        [first, id] if unescape_path(first) == "simple_balance" => {
+        [first, id] if !first.contains('.') => {
             let (id, format) = split_format(id)?;
             Some(Target {
-                name: "simple_balance".into(),
+                name: unescape_path(first),
                 id: Some(id),
                 format,
             })
@@ -196,10 +211,22 @@ impl Simulator {
         reason = "the facts are embedded at build time and unit-tested; start-up only"
     )]
     pub fn new(settings: SimSettings) -> Simulator {
-        let rules = Rules::embedded().expect("the embedded facts are valid (unit-tested)");
+        let rules = Rules::embedded_for(settings.version)
+            .expect("the embedded facts are valid (unit-tested)");
+        let db = settings
+            .db_url
+            .as_deref()
+            .and_then(|u| match db::SimDb::new(u) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!("simulator: bad database URL: {e}");
+                    None
+                }
+            });
         Simulator {
             settings,
             rules,
+            db,
             data: Mutex::new(Data::seed(now_secs())),
             seen: Mutex::new(VecDeque::new()),
         }
@@ -246,29 +273,9 @@ impl Simulator {
             return xml_response(200, doc("<status>ok</status>"));
         }
         let s = &self.settings;
-        let Some(target) = route(path, &s.prefix) else {
-            return not_found();
-        };
-        if s.fixed_reply {
-            return xml_response(200, doc(FIXED_REPLY));
-        }
-        let Some(action) = self.rules.resolve(&target.name) else {
-            return not_found();
-        };
-        let mut path_params = Vec::new();
-        if let Some(id) = &target.id {
-            path_params.push(("id", id.as_str()));
-        }
-        if let Some(f) = &target.format {
-            path_params.push(("format", f.as_str()));
-        }
-        let Ok(params) = Params::from_request(method, query, content_type, body, &path_params)
-        else {
-            return error_response(400, Envelope::Status, "Bad request");
-        };
-        let envelope = self.rules.envelope(action);
-        let Ok(mut data) = self.data.lock() else {
-            return error_response(500, envelope, "Internal error");
+        let prepared = match self.prepare(method, path, query, content_type, body) {
+            Ok(p) => p,
+            Err(r) => return *r,
         };
         let policy = Policy {
             admin_key: &s.key,
@@ -276,12 +283,82 @@ impl Simulator {
             allow_api: s.allow_api,
             allow_get: s.allow_get,
             check_hash: s.check_hash,
+            reseller_switches: &s.reseller_switches,
         };
-        match self.rules.decide(action, method, &params, &policy, &*data) {
+        self.answer(&prepared, &policy, None)
+    }
+
+    /// Routes and parses a call; `Err` is the answer (404, 400, test hooks).
+    fn prepare(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<Prepared, Box<Response<Vec<u8>>>> {
+        let s = &self.settings;
+        let target = route(path, &s.prefix).ok_or_else(|| Box::new(not_found()))?;
+        if s.fixed_reply {
+            return Err(Box::new(xml_response(200, doc(FIXED_REPLY))));
+        }
+        let action = self
+            .rules
+            .resolve(&target.name)
+            .ok_or_else(|| Box::new(not_found()))?;
+        // A legacy alias followed by /<id> reaches no action, except
+        // simple_balance.
+        if target.id.is_some()
+            && !self.rules.is_action(&target.name)
+            && target.name != "simple_balance"
+        {
+            return Err(Box::new(not_found()));
+        }
+        let mut path_params = Vec::new();
+        if let Some(id) = &target.id {
+            path_params.push(("id", id.as_str()));
+        }
+        if let Some(f) = &target.format {
+            path_params.push(("format", f.as_str()));
+        }
+        let params = Params::from_request(method, query, content_type, body, &path_params)
+            .map_err(|_| Box::new(error_response(400, Envelope::Status, "Bad request")))?;
+        Ok(Prepared {
+            action: action.to_string(),
+            method: method.to_string(),
+            params,
+        })
+    }
+
+    /// Decides and answers a prepared call with these settings (and, with
+    /// a database, the caller it found).
+    fn answer(
+        &self,
+        p: &Prepared,
+        policy: &Policy<'_>,
+        db: Option<&db::Auth>,
+    ) -> Response<Vec<u8>> {
+        let action = p.action.as_str();
+        let envelope = self.rules.envelope(action);
+        let Ok(mut data) = self.data.lock() else {
+            return error_response(500, envelope, "Internal error");
+        };
+        let verdict = match db {
+            Some(auth) => self
+                .rules
+                .decide(action, &p.method, &p.params, policy, auth),
+            None => self
+                .rules
+                .decide(action, &p.method, &p.params, policy, &*data),
+        };
+        match verdict {
             Verdict::Refuse(msg) => error_response(200, envelope, msg),
             Verdict::Serve => {
                 let kind = self.rules.kind(action);
-                match data.answer(action, kind, &params, now_secs()) {
+                if kind == Kind::BalanceOverHttp && db.is_some_and(|a| !a.balance_over_http) {
+                    return error_response(200, envelope, "Feature disabled");
+                }
+                match data.answer(action, kind, &p.params, now_secs()) {
                     Answer::Doc(body) => xml_response(200, doc(&body)),
                     Answer::Error(msg) => error_response(200, envelope, &msg),
                     Answer::Text(t) => respond(200, "text/plain; charset=utf-8", t),
@@ -289,6 +366,55 @@ impl Simulator {
             }
         }
     }
+
+    /// With a database: the caller and settings read from it, then
+    /// [`Simulator::answer`].
+    async fn handle_db(
+        &self,
+        db: &db::SimDb,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Response<Vec<u8>> {
+        if path.starts_with("/_sim/") {
+            return self.handle(method, path, query, content_type, body);
+        }
+        let p = match self.prepare(method, path, query, content_type, body) {
+            Ok(p) => p,
+            Err(r) => return *r,
+        };
+        let by = self.rules.caller_by(&p.action);
+        let value = p
+            .params
+            .get(by.param())
+            .and_then(rails::Value::to_s)
+            .map(|v| v.into_owned());
+        let auth = match db.auth(by, value).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("simulator: database: {e}");
+                return error_response(500, self.rules.envelope(&p.action), "Internal error");
+            }
+        };
+        let policy = Policy {
+            admin_key: &auth.admin_key,
+            resellers: &auth.resellers,
+            allow_api: auth.allow_api,
+            allow_get: auth.allow_get,
+            check_hash: auth.check_hash,
+            reseller_switches: &auth.switches,
+        };
+        self.answer(&p, &policy, Some(&auth))
+    }
+}
+
+/// A routed and parsed call.
+struct Prepared {
+    action: String,
+    method: String,
+    params: Params,
 }
 
 #[async_trait]
@@ -352,13 +478,26 @@ impl ServeHttp for Simulator {
             }
             return r;
         }
-        self.handle(
-            &method,
-            &path,
-            query.as_deref(),
-            content_type.as_deref(),
-            &body,
-        )
+        match &self.db {
+            Some(db) => {
+                self.handle_db(
+                    db,
+                    &method,
+                    &path,
+                    query.as_deref(),
+                    content_type.as_deref(),
+                    &body,
+                )
+                .await
+            }
+            None => self.handle(
+                &method,
+                &path,
+                query.as_deref(),
+                content_type.as_deref(),
+                &body,
+            ),
+        }
     }
 }
 

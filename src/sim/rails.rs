@@ -139,6 +139,8 @@ pub enum BodyKind {
     Form,
     /// `application/json` or any `*/*+json`.
     Json,
+    /// `multipart/form-data` (Rack's multipart parser).
+    Multipart,
     /// Anything else: the body adds no parameters.
     Ignored,
 }
@@ -161,6 +163,7 @@ pub fn body_kind(content_type: Option<&str>, method: &str) -> BodyKind {
         None => BodyKind::Ignored,
         Some("application/x-www-form-urlencoded") => BodyKind::Form,
         Some("application/json") => BodyKind::Json,
+        Some("multipart/form-data") => BodyKind::Multipart,
         Some(m) if m.ends_with("+json") && m.contains('/') => BodyKind::Json,
         Some(_) => BodyKind::Ignored,
     }
@@ -237,8 +240,63 @@ impl Params {
         match body_kind(content_type, method) {
             BodyKind::Form => Params::from_form(body),
             BodyKind::Json => Params::from_json(body),
+            BodyKind::Multipart => Params::from_multipart(content_type.unwrap_or(""), body),
             BodyKind::Ignored => Ok(Params::new()),
         }
+    }
+
+    /// A multipart/form-data body: each part's `name` from its
+    /// Content-Disposition; a part with a `filename` becomes a hash (Rack's
+    /// uploaded file: filename, type), the others strings.
+    pub fn from_multipart(content_type: &str, body: &[u8]) -> Result<Params, ParamError> {
+        let boundary = content_type
+            .split(';')
+            .filter_map(|p| p.trim().strip_prefix("boundary="))
+            .next()
+            .map(|b| b.trim_matches('"').to_string())
+            .ok_or_else(|| ParamError::BadJson("multipart body without a boundary".into()))?;
+        let delim = format!("--{boundary}").into_bytes();
+        let mut p = Params::new();
+        let mut pieces = Vec::new();
+        let mut i = 0;
+        while let Some(at) = body[i..]
+            .windows(delim.len())
+            .position(|w| w == delim.as_slice())
+        {
+            pieces.push(&body[i..i + at]);
+            i += at + delim.len();
+        }
+        for piece in pieces.into_iter().skip(1) {
+            let piece = piece.strip_prefix(b"\r\n").unwrap_or(piece);
+            let piece = piece.strip_suffix(b"\r\n").unwrap_or(piece);
+            let Some(split) = piece.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&piece[..split]).into_owned();
+            let content = &piece[split + 4..];
+            let field = |key: &str| {
+                head.split([';', '\n']).find_map(|f| {
+                    let (k, v) = f.trim().split_once('=')?;
+                    k.trim()
+                        .eq_ignore_ascii_case(key)
+                        .then(|| v.trim().trim_matches('"').to_string())
+                })
+            };
+            let Some(name) = field("name") else {
+                continue;
+            };
+            let value = match field("filename") {
+                Some(f) => {
+                    let mut m = BTreeMap::new();
+                    m.insert("filename".to_string(), Value::Str(f.into_bytes()));
+                    m.insert("tempfile".to_string(), Value::Str(content.to_vec()));
+                    Value::Map(m)
+                }
+                None => Value::Str(content.to_vec()),
+            };
+            p.set(&name, value);
+        }
+        Ok(p)
     }
 
     /// Rails `params`: body, then the query over it, then the path's

@@ -23,6 +23,8 @@ use super::rails::{Params, Value};
 pub const X8_FACTS: &str = include_str!("facts/mor-x8.toml");
 /// The public wiki's per-method facts (embedded).
 pub const WIKI_FACTS: &str = include_str!("facts/endpoints.toml");
+/// The wiki's actions newer than X8 (embedded).
+pub const NEWER_FACTS: &str = include_str!("facts/newer-actions.toml");
 
 /// "API Requests are disabled".
 pub const API_DISABLED: &str = "API Requests are disabled";
@@ -32,13 +34,40 @@ pub const GET_DISABLED: &str = "GET Requests are disabled";
 pub const INCORRECT_HASH: &str = "Incorrect hash";
 /// "Access Denied".
 pub const ACCESS_DENIED: &str = "Access Denied";
+/// "API must have Secret Key".
+pub const NO_SECRET_KEY: &str = "API must have Secret Key";
+
+/// Which MOR the simulator plays where MOR X8 and the newer wiki pages
+/// disagree (`[[x8_differs]]` of newer-actions.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Version {
+    /// MOR X8.
+    X8,
+    /// Current MOR, as the newest wiki pages show it.
+    #[default]
+    Current,
+}
+
+/// The `[[x8_differs]]` prose, as code: (action, what current MOR does).
+/// did_subscription_stop hashes `did_id` (the page) instead of X8's own
+/// list `dids_id`; did_device_assign answers every error in
+/// `<page><status>`; dids_get prints errors as `<page><error>`.
+const CURRENT_LISTS: &[(&str, &[&str])] = &[("did_subscription_stop", &["did_id"])];
+const CURRENT_ENVELOPES: &[(&str, Envelope)] = &[
+    ("did_device_assign", Envelope::PageStatus),
+    ("dids_get", Envelope::Page),
+];
+/// MOR X8 answers did_device_assign's hash refusal from its before_filter,
+/// at the root (`<status><error>`), whatever endpoints.toml's page shows.
+const X8_ENVELOPES: &[(&str, Envelope)] = &[("did_device_assign", Envelope::Status)];
 
 /// How MOR handles an action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// `[actions].hash_checked`: caller + key + hash (own list or global walk).
     HashChecked,
-    /// A method newer than X8: caller + key + the wiki's `hash_params`.
+    /// A method newer than X8: caller + key + the wiki's `hash_params` (any
+    /// of the revisions' lists where they disagree).
     WikiHashed,
     /// `[actions].login`: `u` + `p` against the password; no hash.
     Login,
@@ -107,14 +136,17 @@ pub trait Directory {
 pub struct Policy<'a> {
     /// The admin (system) API key.
     pub admin_key: &'a [u8],
-    /// Resellers: (username, own key).
+    /// Resellers: (username, own key; empty: none set).
     pub resellers: &'a [(String, Vec<u8>)],
-    /// "Allow API".
+    /// The admin's "Allow API".
     pub allow_api: bool,
-    /// "Allow GET API".
+    /// "Allow GET API" (global).
     pub allow_get: bool,
-    /// Hash checking on.
+    /// The admin's hash checking on ("Disable hash checking" off).
     pub check_hash: bool,
+    /// Resellers' own switches: (username, Allow API, Disable hash
+    /// checking); a reseller not listed has Allow API on, hash checked.
+    pub reseller_switches: &'a [(String, bool, bool)],
 }
 
 /// The outcome of the authentication stage.
@@ -336,6 +368,31 @@ struct Endpoint {
     error_wrapper: Option<String>,
 }
 
+#[derive(Deserialize)]
+struct NewerFile {
+    endpoint: Vec<NewerEndpoint>,
+}
+
+#[derive(Deserialize)]
+struct NewerEndpoint {
+    name: String,
+    #[serde(default)]
+    hash_params: Vec<String>,
+    #[serde(default)]
+    hash_params_by_revision: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    undetermined: bool,
+    error_wrapper: Option<String>,
+}
+
+fn envelope_named(action: &str, wrapper: &str) -> Result<Envelope, String> {
+    match wrapper {
+        "page/status" => Ok(Envelope::PageStatus),
+        "page" => Ok(Envelope::Page),
+        other => Err(format!("{action}: unknown error_wrapper '{other}'")),
+    }
+}
+
 /// The rules, read from the facts.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -346,7 +403,9 @@ pub struct Rules {
     /// The global order without `never_hashed`, each with its filter.
     order: Vec<(String, Option<Filter>)>,
     own_lists: HashMap<String, Vec<String>>,
-    wiki_lists: HashMap<String, Vec<String>>,
+    /// Newer than X8: every list MOR may use (several where the wiki's
+    /// revisions disagree; the simulator accepts any of them).
+    wiki_lists: HashMap<String, Vec<Vec<String>>>,
     envelopes: HashMap<String, Envelope>,
 }
 
@@ -361,9 +420,66 @@ fn dup_free(what: &str, names: &[String]) -> Result<(), String> {
 }
 
 impl Rules {
-    /// The rules from the embedded facts files.
+    /// The rules from the embedded facts files, for current MOR.
     pub fn embedded() -> Result<Rules, String> {
-        Rules::parse(X8_FACTS, WIKI_FACTS)
+        Rules::embedded_for(Version::Current)
+    }
+
+    /// The rules from the embedded facts files, for `version`.
+    pub fn embedded_for(version: Version) -> Result<Rules, String> {
+        let mut r = Rules::parse(X8_FACTS, WIKI_FACTS)?;
+        r.add_newer(NEWER_FACTS)?;
+        if version == Version::Current {
+            for (a, list) in CURRENT_LISTS {
+                let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+                r.own_lists.insert(a.to_string(), list);
+            }
+            for (a, env) in CURRENT_ENVELOPES {
+                r.envelopes.insert(a.to_string(), *env);
+            }
+        } else {
+            for (a, env) in X8_ENVELOPES {
+                r.envelopes.insert(a.to_string(), *env);
+            }
+        }
+        Ok(r)
+    }
+
+    /// Adds the actions of newer-actions.toml: each hashes its page's list
+    /// (raw values, in the page's order); where the wiki does not settle the
+    /// list, any list a revision gives (none documented: the key alone).
+    pub fn add_newer(&mut self, text: &str) -> Result<(), String> {
+        let n: NewerFile = toml::from_str(text).map_err(|e| format!("newer-actions.toml: {e}"))?;
+        for e in n.endpoint {
+            if self.kinds.contains_key(&e.name) {
+                return Err(format!("newer action `{}` is already an X8 action", e.name));
+            }
+            let mut lists: Vec<Vec<String>> = Vec::new();
+            if e.undetermined {
+                for l in e.hash_params_by_revision.into_values() {
+                    if !lists.contains(&l) {
+                        lists.push(l);
+                    }
+                }
+                if lists.is_empty() {
+                    lists.push(Vec::new());
+                }
+            } else {
+                lists.push(e.hash_params);
+            }
+            if let Some(w) = &e.error_wrapper {
+                self.envelopes
+                    .insert(e.name.clone(), envelope_named(&e.name, w)?);
+            }
+            self.kinds.insert(e.name.clone(), Kind::WikiHashed);
+            self.wiki_lists.insert(e.name, lists);
+        }
+        Ok(())
+    }
+
+    /// True for a canonical action name (not an alias).
+    pub fn is_action(&self, name: &str) -> bool {
+        self.kinds.contains_key(name)
     }
 
     /// Reads the rules from mor-x8.toml and endpoints.toml texts.
@@ -462,7 +578,7 @@ impl Rules {
                 kinds.insert(e.name.clone(), Kind::Open);
             } else {
                 kinds.insert(e.name.clone(), Kind::WikiHashed);
-                wiki_lists.insert(e.name.clone(), e.hash_params.clone());
+                wiki_lists.insert(e.name.clone(), vec![e.hash_params.clone()]);
             }
         }
 
@@ -527,8 +643,8 @@ impl Rules {
             }
             return Some(out);
         }
-        if let Some(list) = self.wiki_lists.get(action) {
-            for name in list {
+        if let Some(lists) = self.wiki_lists.get(action) {
+            for name in lists.first().map_or(&[][..], |l| &l[..]) {
                 if let Some(v) = params.get(name) {
                     out.extend_from_slice(&v.to_s()?);
                 }
@@ -557,6 +673,26 @@ impl Rules {
         Some(out)
     }
 
+    /// Every text MOR may hash for this call (one, or one per list of an
+    /// undetermined newer action); `None` as [`Rules::hashed_text`].
+    pub fn hashed_texts(&self, action: &str, params: &Params) -> Option<Vec<Vec<u8>>> {
+        match self.wiki_lists.get(action) {
+            Some(lists) if lists.len() > 1 => lists
+                .iter()
+                .map(|l| {
+                    let mut out = Vec::new();
+                    for name in l {
+                        if let Some(v) = params.get(name) {
+                            out.extend_from_slice(&v.to_s()?);
+                        }
+                    }
+                    Some(out)
+                })
+                .collect(),
+            _ => self.hashed_text(action, params).map(|t| vec![t]),
+        }
+    }
+
     /// Allow API, Allow GET API, then (for signed actions) caller, keys and
     /// hash. Other groups pass here; their actions check the rest.
     pub fn decide(
@@ -568,41 +704,125 @@ impl Rules {
         dir: &dyn Directory,
     ) -> Verdict {
         let kind = self.kind(action);
-        if kind != Kind::NoAuth && !policy.allow_api {
-            return Verdict::Refuse(API_DISABLED);
+        if kind == Kind::NoAuth {
+            return Verdict::Serve;
         }
         let get =
             http_method.eq_ignore_ascii_case("GET") || http_method.eq_ignore_ascii_case("HEAD");
-        if get && !policy.allow_get && !self.get_always.contains(action) {
-            return Verdict::Refuse(GET_DISABLED);
-        }
-        if !matches!(kind, Kind::HashChecked | Kind::WikiHashed) {
-            return Verdict::Serve;
-        }
         let by = self.caller_by(action);
         let named = params.get(by.param());
         let caller = named.and_then(Value::to_s).and_then(|v| dir.find(by, &v));
-        let keys = match &caller {
-            Some(p) => signing_keys(Some(p), policy),
-            // Prose rule: user_register without an id is signed by the admin.
-            None if action == "user_register" && id_blank(named) => signing_keys(None, policy),
-            None => return Verdict::Refuse(ACCESS_DENIED),
+        let signed = matches!(kind, Kind::HashChecked | Kind::WikiHashed);
+        // Whose Allow API: the caller's owner where MOR knows the caller
+        // (signed actions, login, a uniquehash), else the admin's.
+        let owner = match &caller {
+            Some(p) if signed || kind == Kind::Login || by == CallerBy::UniquehashId => {
+                owner_of(p, policy)
+            }
+            _ => Owner::admin(policy),
         };
-        if !policy.check_hash {
+        if !owner.allow_api {
+            return Verdict::Refuse(API_DISABLED);
+        }
+        if get && !policy.allow_get && !self.get_always.contains(action) {
+            return Verdict::Refuse(GET_DISABLED);
+        }
+        if !signed {
             return Verdict::Serve;
         }
-        let Some(text) = self.hashed_text(action, params) else {
+        let owner = match &caller {
+            Some(_) => owner,
+            // Prose rule: user_register without an id is signed by the admin.
+            None if action == "user_register" && id_blank(named) => Owner::admin(policy),
+            None => return Verdict::Refuse(ACCESS_DENIED),
+        };
+        if owner.hash_off {
+            return Verdict::Serve;
+        }
+        let keys: Vec<&[u8]> = owner.keys.into_iter().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            return Verdict::Refuse(NO_SECRET_KEY);
+        }
+        let Some(texts) = self.hashed_texts(action, params) else {
             return Verdict::Refuse(INCORRECT_HASH);
         };
         let given = params.get("hash").and_then(Value::to_s).unwrap_or_default();
-        if keys
-            .iter()
-            .any(|k| sha1_hex(&text, k).as_bytes() == given.as_ref())
-        {
+        let ok = keys.iter().any(|k| {
+            texts
+                .iter()
+                .any(|t| sha1_hex(t, k).as_bytes() == given.as_ref())
+        });
+        if ok {
             Verdict::Serve
         } else {
             Verdict::Refuse(INCORRECT_HASH)
         }
+    }
+}
+
+/// A caller's owner as the checks need it (`[keys]` of mor-x8.toml).
+struct Owner<'a> {
+    allow_api: bool,
+    hash_off: bool,
+    keys: Vec<&'a [u8]>,
+}
+
+impl<'a> Owner<'a> {
+    fn admin(policy: &Policy<'a>) -> Owner<'a> {
+        Owner {
+            allow_api: policy.allow_api,
+            hash_off: policy.allow_api && !policy.check_hash,
+            keys: vec![policy.admin_key],
+        }
+    }
+}
+
+/// A reseller's own switches (Allow API, Disable hash checking).
+fn switches(policy: &Policy<'_>, name: &str) -> (bool, bool) {
+    policy
+        .reseller_switches
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .map_or((true, false), |(_, a, h)| (*a, *h))
+}
+
+/// The owner whose settings apply to `p`: the admin for staff and the
+/// admin's users; a reseller for itself (the admin's Allow API, key and
+/// hash switch count too) and for its users (its own only).
+fn owner_of<'a>(p: &Principal, policy: &Policy<'a>) -> Owner<'a> {
+    let key_of = |name: &str| {
+        policy
+            .resellers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.as_slice())
+    };
+    let admin = Owner::admin(policy);
+    if p.staff {
+        return admin;
+    }
+    if let Some(own) = key_of(&p.username) {
+        let (allow, off) = switches(policy, &p.username);
+        let mut keys = vec![own];
+        if policy.allow_api {
+            keys.push(policy.admin_key);
+        }
+        return Owner {
+            allow_api: allow || policy.allow_api,
+            hash_off: (allow && off) || admin.hash_off,
+            keys,
+        };
+    }
+    match p.owner.as_deref().and_then(|o| key_of(o).map(|k| (o, k))) {
+        Some((name, key)) => {
+            let (allow, off) = switches(policy, name);
+            Owner {
+                allow_api: allow,
+                hash_off: allow && off,
+                keys: vec![key],
+            }
+        }
+        None => admin,
     }
 }
 
@@ -617,28 +837,12 @@ fn id_blank(v: Option<&Value>) -> bool {
 
 /// The keys a caller may sign with (`[keys]`): the admin key for the admin,
 /// accountants and the admin's users (and for no caller); a reseller's own
-/// key or the admin key for the reseller; only the reseller's key for a
-/// reseller's user. A user whose owner is not a configured reseller counts
-/// as the admin's.
+/// key or (the admin's Allow API on) the admin key for the reseller; only
+/// the reseller's key for a reseller's user. A user whose owner is not a
+/// configured reseller counts as the admin's.
 pub fn signing_keys<'a>(caller: Option<&Principal>, policy: &Policy<'a>) -> Vec<&'a [u8]> {
-    let key_of = |name: &str| {
-        policy
-            .resellers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, k)| k.as_slice())
-    };
-    let Some(p) = caller else {
-        return vec![policy.admin_key];
-    };
-    if p.staff {
-        return vec![policy.admin_key];
-    }
-    if let Some(own) = key_of(&p.username) {
-        return vec![own, policy.admin_key];
-    }
-    match p.owner.as_deref().and_then(key_of) {
-        Some(res) => vec![res],
+    match caller {
+        Some(p) => owner_of(p, policy).keys,
         None => vec![policy.admin_key],
     }
 }
@@ -706,6 +910,7 @@ mod tests {
             allow_api: true,
             allow_get: true,
             check_hash: true,
+            reseller_switches: &[],
         }
     }
 
@@ -731,22 +936,27 @@ mod tests {
         ] {
             assert_eq!(r.kind(open), Kind::Open, "{open}");
         }
-        assert_eq!(
-            r.wiki_methods(),
-            [
-                "active_calls_get",
-                "did_close",
-                "did_rates_details_get",
-                "did_rates_details_update",
-                "ivr_dial_plan_update",
-                "local_calls_get",
-                "location_rule_get",
-                "provider_rules_get",
-                "reseller_groups_get",
-                "tariffs_get",
-                "user_delete",
-            ]
-        );
+        let wiki = r.wiki_methods();
+        for m in [
+            "active_calls_get",
+            "did_close",
+            "did_rates_details_get",
+            "did_rates_details_update",
+            "ivr_dial_plan_update",
+            "local_calls_get",
+            "location_rule_get",
+            "provider_rules_get",
+            "reseller_groups_get",
+            "tariffs_get",
+            "user_delete",
+            "did_terminate",
+            "number_pool_create",
+            "autodialer_upload_numbers",
+        ] {
+            assert!(wiki.contains(&m), "{m}");
+        }
+        // endpoints.toml's eleven, and the 46 of newer-actions.toml.
+        assert_eq!(wiki.len(), 11 + 46);
         assert_eq!(r.order.len(), 209 - 3);
     }
 

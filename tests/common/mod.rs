@@ -141,11 +141,17 @@ pub struct Gw {
 /// Secrets that must never appear in a gateway's logs: the keys the tests
 /// use, and any run of 40 hex digits (a hash, valid or not).
 pub fn secrets_in(text: &str) -> Vec<String> {
-    let mut found: Vec<String> = [KEY, "resellerkey", "s3cr3t-pw"]
-        .iter()
-        .filter(|k| text.contains(*k))
-        .map(|k| k.to_string())
-        .collect();
+    let mut found: Vec<String> = [
+        KEY,
+        "resellerkey",
+        "s3cr3t-pw",
+        DB_PASSWORD,
+        "rotated-reseller-key",
+    ]
+    .iter()
+    .filter(|k| text.contains(*k))
+    .map(|k| k.to_string())
+    .collect();
     let b = text.as_bytes();
     let mut run = 0;
     for (i, c) in b.iter().enumerate() {
@@ -214,7 +220,11 @@ impl Gw {
         self.proc.signal("HUP");
     }
     fn config_text(&self, body: &str) -> String {
-        config_text(self.addr, self.metrics, body)
+        config_text(
+            self.addr,
+            self.metrics,
+            &body.replace("{GW_DIR}", &self.dir.display().to_string()),
+        )
     }
 }
 
@@ -238,9 +248,24 @@ fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
 /// A gateway config body in front of `upstreams`: `top` holds top-level
 /// keys (reply_mode, ...), `tables` extra tables ([api], [limits], ...).
 pub fn body_for(upstreams: &[SocketAddr], top: &str, tables: &str) -> String {
+    body_logged(upstreams, top, tables, "mode = \"off\"")
+}
+
+/// [`body_for`] with the access log in the gateway's own directory (its
+/// lines are checked for secrets when the gateway stops).
+pub fn body_with_log(upstreams: &[SocketAddr], top: &str, tables: &str) -> String {
+    body_logged(
+        upstreams,
+        top,
+        tables,
+        "mode = \"file\"\npath = \"{GW_DIR}/access.log\"",
+    )
+}
+
+fn body_logged(upstreams: &[SocketAddr], top: &str, tables: &str, log: &str) -> String {
     let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout = \"500ms\"\nread_timeout = \"3s\"\npass_headers = [\"X-Sim-Delay-Ms\", \"X-Sim-Status\"]\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\nmode = \"off\"\n\n{tables}\n",
+        "{top}\n[upstream]\nservers = [{}]\nconnect_timeout = \"500ms\"\nread_timeout = \"3s\"\npass_headers = [\"X-Sim-Delay-Ms\", \"X-Sim-Status\"]\n\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\n[access_log]\n{log}\n\n{tables}\n",
         ups.join(", ")
     )
 }
@@ -256,12 +281,14 @@ pub fn start_gateway_env(body: &str, env: &[(&str, &str)]) -> Gw {
     let (gp, mp) = (free_port(), free_port());
     let (a, m) = (addr(gp), addr(mp));
     let config = dir.join("gateway.toml");
-    std::fs::write(&config, config_text(a, m, body)).expect("write config");
+    let body = body.replace("{GW_DIR}", &dir.display().to_string());
+    std::fs::write(&config, config_text(a, m, &body)).expect("write config");
     let mut cmd = Command::new(BIN);
     cmd.args(["run", "-c"])
         .arg(&config)
         .env("GW_KEY", KEY)
         .env("GW_RESELLER_KEY", "resellerkey")
+        .env("GW_DB_PASSWORD", DB_PASSWORD)
         // The default log filter, whatever the test runner's environment.
         .env_remove("MOR_GATEWAY_LOG")
         .stdout(Stdio::null())
@@ -482,4 +509,213 @@ pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
     s
+}
+
+/// The password of the gateway's database account in the MariaDB tests (a
+/// secret: it must reach no log).
+pub const DB_PASSWORD: &str = "db-pw-s3cr3t";
+
+/// A data directory with MariaDB's system tables, made once per test binary
+/// (mariadb-install-db takes seconds); each server copies it.
+fn mariadb_template() -> &'static PathBuf {
+    static T: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let d = temp_dir().join("mariadb-template");
+        let out = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--innodb-log-file-size=4M",
+                "--innodb-buffer-pool-size=16M",
+                "--skip-log-bin",
+            ])
+            .arg(format!("--datadir={}", d.display()))
+            .output()
+            .expect("mariadb-install-db (Debian package mariadb-server; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d
+    })
+}
+
+/// A MariaDB server of our own: port chosen free, data in a temp dir,
+/// stopped by its pid.
+pub struct Mariadb {
+    pub proc: Option<Proc>,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Mariadb {
+    /// Copies the template data directory and starts the server.
+    pub fn start() -> Mariadb {
+        let dir = temp_dir();
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(mariadb_template())
+            .arg(dir.join("data"))
+            .output()
+            .expect("cp");
+        assert!(out.status.success(), "copy the MariaDB template");
+        let mut m = Mariadb {
+            proc: None,
+            port: free_port(),
+            dir,
+        };
+        m.run();
+        m
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.join("mysqld.sock")
+    }
+
+    /// Starts (or restarts) mariadbd on the same port and data.
+    pub fn run(&mut self) {
+        let child = Command::new("mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-log-file-size=4M",
+                "--innodb-buffer-pool-size=16M",
+                "--innodb-flush-log-at-trx-commit=0",
+            ])
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--socket={}", self.sock().display()))
+            .arg(format!(
+                "--pid-file={}",
+                self.dir.join("mysqld.pid").display()
+            ))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("mariadb.err").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mariadbd (Debian package mariadb-server; .ci/run installs it)");
+        self.proc = Some(Proc {
+            child,
+            name: "mariadb".into(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.try_sql("SELECT 1").is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mariadbd did not start on port {}", self.port);
+    }
+
+    /// Stops the server by its pid (SIGTERM, waits for it to exit).
+    pub fn stop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            drop(p);
+        }
+    }
+
+    fn try_sql(&self, sql: &str) -> Result<String, String> {
+        let out = Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "--batch", "--skip-column-names"])
+            .arg(format!("--socket={}", self.sock().display()))
+            .args(["-e", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs SQL as root (over the socket); panics on an error.
+    pub fn sql(&self, sql: &str) -> String {
+        self.try_sql(sql)
+            .unwrap_or_else(|e| panic!("SQL failed: {e}\n{sql}"))
+    }
+
+    /// MOR's tables (shared/mor-api/mor-db.md) with the simulator's users
+    /// and settings (admin key [`KEY`], res1's `resellerkey`), MOR's own
+    /// account for the simulator, and the gateway's least-privilege account:
+    /// column grants on users and a view over the five conflines rows.
+    pub fn mor(&self) {
+        self.sql(&format!(
+            r#"
+CREATE DATABASE mor;
+CREATE TABLE mor.users (id INT PRIMARY KEY, username VARCHAR(255) NOT NULL, password VARCHAR(255),
+  usertype VARCHAR(20) NOT NULL, owner_id INT NOT NULL DEFAULT 0, uniquehash VARCHAR(64), first_name VARCHAR(255));
+CREATE TABLE mor.conflines (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(255) NOT NULL,
+  value TEXT, owner_id INT NOT NULL DEFAULT 0);
+INSERT INTO mor.users (id, username, password, usertype, owner_id, uniquehash) VALUES
+  (0, 'admin', 'x', 'admin', 0, 'adminuniq'), (2, 'john', 'x', 'user', 0, 'johnuniq'),
+  (3, 'anna', 'x', 'user', 0, 'annauniq'), (4, 'res1', 'x', 'reseller', 0, 'res1uniq'),
+  (5, 'ruser', 'x', 'user', 4, 'ruseruniq'), (6, 'acc1', 'x', 'accountant', 0, 'acc1uniq'),
+  (123, 'client123', 'x', 'user', 0, 'client123uniq');
+INSERT INTO mor.conflines (name, value, owner_id) VALUES
+  ('API_Secret_Key', '{KEY}', 0), ('Allow_API', '1', 0), ('Allow_GET_API', '0', 0),
+  ('API_Disable_hash_checking', '0', 0), ('Devices_Check_Ballance', '1', 0),
+  ('Email_Smtp_Password', 'smtp-pw-never-read', 0), ('Paypal_Password', 'pp-pw-never-read', 0),
+  ('API_Secret_Key', 'resellerkey', 4), ('Allow_API', '1', 4), ('API_Disable_hash_checking', '0', 4);
+CREATE VIEW mor.gateway_conflines AS SELECT id, name, value, owner_id FROM mor.conflines
+  WHERE name IN ('API_Secret_Key', 'Allow_API', 'API_Disable_hash_checking', 'Allow_GET_API', 'Devices_Check_Ballance');
+CREATE USER 'mor-gateway'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}';
+GRANT SELECT (id, username, usertype, owner_id, uniquehash) ON mor.users TO 'mor-gateway'@'127.0.0.1';
+GRANT SELECT ON mor.gateway_conflines TO 'mor-gateway'@'127.0.0.1';
+CREATE USER 'mor'@'127.0.0.1' IDENTIFIED BY 'mor-app-pw';
+GRANT ALL ON mor.* TO 'mor'@'127.0.0.1';
+"#
+        ));
+    }
+
+    /// The simulator's (MOR's own) database URL.
+    pub fn mor_url(&self) -> String {
+        format!("mysql://mor:mor-app-pw@127.0.0.1:{}/mor", self.port)
+    }
+
+    /// The `[directory]` table of a gateway config reading this server.
+    pub fn directory_toml(&self, extra: &str) -> String {
+        format!(
+            "[directory]\nurl = \"mysql://mor-gateway@127.0.0.1:{}/mor\"\npassword_env = \"GW_DB_PASSWORD\"\nrefresh_interval = \"1s\"\ntimeout = \"2s\"\n{extra}\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The simulator reading MOR's database at `url` (callers and settings).
+pub fn start_sim_db(url: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = free_port();
+    let a = addr(port);
+    let child = Command::new(BIN)
+        .args(["sim", "--listen", &a.to_string(), "--key-env", "SIM_KEY"])
+        .args(["--db-url-env", "SIM_DB_URL"])
+        .args(extra)
+        .env("SIM_KEY", "unused-with-a-database")
+        .env("SIM_DB_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn simulator");
+    let p = Proc {
+        child,
+        name: "sim".into(),
+    };
+    wait_listening(a, "simulator");
+    (p, a)
 }
