@@ -188,6 +188,25 @@ fn man_pages_come_from_the_cli_and_document_the_daemon() {
         assert!(main.contains(needed), "missing {needed}:\n{main}");
     }
     assert!(!main.contains("manpage"), "the generator is hidden");
+    // Every page points at installed paths, never at the source tree.
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        for source_path in ["config/", "deploy/", "target/", "src/", "dashboards/"] {
+            for (i, _) in text.match_indices(source_path) {
+                let before = &text[..i];
+                assert!(
+                    before.ends_with("/usr/share/doc/mor-gateway/")
+                        || before.ends_with("/etc/mor-gateway/")
+                        || before.ends_with('/'),
+                    "{page} points at the source tree: ...{}",
+                    &text[i.saturating_sub(40)..(i + 30).min(text.len())]
+                );
+            }
+        }
+    }
+    assert!(main.contains("/usr/share/doc/mor\\-gateway/gateway.toml.reference"));
+    let run_page = std::fs::read_to_string(dir.join("mor-gateway-run.8")).unwrap();
+    assert!(run_page.contains("/usr/share/doc/mor\\-gateway/gateway.toml.reference"));
     let stdout = Command::new(BIN).arg("manpage").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&stdout.stdout), main);
     let help = Command::new(BIN).arg("--help").output().unwrap();
@@ -249,4 +268,56 @@ fn every_packaged_file_exists_and_the_license_is_apache_2() {
         assert!(license.contains(needed), "LICENSE lacks {needed}");
     }
     assert_eq!(license.lines().count(), 202, "the full standard text");
+}
+
+/// `manpage --dir D --gzip` writes what the packages install, can run again
+/// over its own output (README's `gzip -9n` could not), and gives the same
+/// bytes each time (no name or time in the gzip header).
+#[test]
+fn gzipped_man_pages_can_be_rebuilt_in_place() {
+    use std::io::Read;
+    let dir = temp_dir();
+    let build = || {
+        let out = Command::new(BIN)
+            .args(["manpage", "--gzip", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let first = build();
+    let second = build();
+    assert_eq!(first, second, "a rebuild gives the same bytes");
+    assert_eq!(first.len(), 6);
+    let main = &first
+        .iter()
+        .find(|(n, _)| n == "mor-gateway.8.gz")
+        .unwrap()
+        .1;
+    // gzip -n: no name flag, no time.
+    assert_eq!(&main[..4], &[0x1f, 0x8b, 8, 0]);
+    assert_eq!(&main[4..8], &[0, 0, 0, 0]);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&main[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let plain = Command::new(BIN).arg("manpage").output().unwrap();
+    assert_eq!(text, String::from_utf8_lossy(&plain.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
 }
