@@ -1,5 +1,5 @@
 //! Bakes the git revision into the binary (`mor_gateway_build_info`,
-//! `--version`).
+//! `--version`), and guards the `static` feature's promise.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,6 +15,7 @@ const INPUTS: &[&str] = &[
 ];
 
 fn main() {
+    static_openssl_guard();
     println!("cargo:rerun-if-env-changed=MOR_GATEWAY_GIT_SHA");
     let version = env!("CARGO_PKG_VERSION");
     // A build outside git (a source tarball) may be told its revision.
@@ -62,4 +63,21 @@ fn git(args: &[&str]) -> Option<String> {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty() || args.first() == Some(&"status"))
+}
+
+/// The `static` feature promises OpenSSL compiled into the binary. openssl-sys
+/// links the system's instead when OPENSSL_NO_VENDOR is set (the Debian build
+/// sets it in .cargo/config.toml): refuse such a build rather than produce a
+/// "static" binary that needs libssl.
+fn static_openssl_guard() {
+    println!("cargo:rerun-if-env-changed=OPENSSL_NO_VENDOR");
+    if std::env::var_os("CARGO_FEATURE_STATIC").is_none() {
+        return;
+    }
+    if std::env::var("DEP_OPENSSL_VENDORED").as_deref() != Ok("1") {
+        println!(
+            "cargo::error=feature `static`: OpenSSL is not the vendored one; \
+             build with OPENSSL_NO_VENDOR=0 (deploy/package.sh static does)"
+        );
+    }
 }

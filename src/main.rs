@@ -360,7 +360,32 @@ Ctrl-C stops the demo."#,
 
 const DEMO_KEY_RES: &[u8] = DEMO_RESELLER_KEY.as_bytes();
 
+/// A binary with OpenSSL compiled in (feature `static`) would look for CA
+/// certificates where that OpenSSL was built to (/usr/local/ssl), not where
+/// this host keeps them (/etc/pki/tls on RHEL, /etc/ssl on Debian): point
+/// it at the host's store with SSL_CERT_FILE / SSL_CERT_DIR, unless they
+/// are set, before any thread starts. `https://` upstreams without
+/// `upstream.ca_file` are verified against it (Redis' native-tls probes the
+/// same places itself).
+#[cfg(feature = "static")]
+fn use_host_ca_store() {
+    if openssl_probe::has_ssl_cert_env_vars() {
+        return;
+    }
+    let found = openssl_probe::probe();
+    if let Some(f) = found.cert_file {
+        std::env::set_var("SSL_CERT_FILE", f);
+    }
+    if let Ok(dirs) = std::env::join_paths(found.cert_dir) {
+        if !dirs.is_empty() {
+            std::env::set_var("SSL_CERT_DIR", dirs);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(feature = "static")]
+    use_host_ca_store();
     let cli = Cli::parse();
     mor_gateway::ops::logging::init();
     let result = match cli.cmd {
