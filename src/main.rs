@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-use mor_gateway::config::Settings;
-use mor_gateway::core::catalog::{Catalog, Product, EMBEDDED};
+use mor_gateway::config::envfile::EnvFile;
+use mor_gateway::config::{Env, Settings};
+use mor_gateway::core::decision::{decide, Head, Verdict};
+use mor_gateway::core::limits::Open;
 use mor_gateway::core::params::Params;
 use mor_gateway::core::signature;
 use mor_gateway::ops::server::{self, Plan};
@@ -19,7 +21,7 @@ mod manpage;
 #[derive(Parser)]
 #[command(
     name = "mor-gateway",
-    version,
+    version = env!("MOR_GATEWAY_VERSION"),
     about = "Verifying API gateway for Kolmisoft MOR",
     long_about = "A reverse proxy in front of a Kolmisoft MOR billing server. It re-verifies \
 MOR's SHA1 request hash as MOR X8 does, enforces MOR's API policies, refuses ambiguous \
@@ -36,7 +38,7 @@ struct Cli {
 enum Cmd {
     /// Serve with a config file (SIGHUP reloads it).
     Run {
-        /// Config file (see config/gateway.toml).
+        /// Config file (every key: /usr/share/doc/mor-gateway/gateway.toml.reference).
         #[arg(short, long)]
         config: PathBuf,
         /// Zero-downtime upgrade: take the listening sockets over from the
@@ -50,22 +52,33 @@ enum Cmd {
         /// Config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Read the secrets' variables from this systemd EnvironmentFile (as
+        /// the service gets them), e.g. /etc/mor-gateway/secrets.env.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
         /// Print the effective rule of this method (canonical name or alias).
         #[arg(long)]
         method: Option<String>,
     },
     /// Print the hash MOR expects for a call (filters applied) and a curl
-    /// line that works with the config's allow_get.
+    /// line to the gateway that the config lets through (none, and exit
+    /// status 1, for a call the gateway would refuse).
     Sign {
         /// Environment variable holding the secret key.
         #[arg(long)]
         key_env: String,
-        /// Config file whose catalogue and allow_get to use (default: built in, MOR, POST).
+        /// Config file whose catalogue, policies, listen address and API
+        /// prefix to use (default: built in, MOR, POST only, port 8080).
         #[arg(short, long)]
         config: Option<PathBuf>,
-        /// Base URL of the API.
-        #[arg(long, default_value = "http://127.0.0.1:8080/billing/api")]
-        base: String,
+        /// Read variables (the key, the config's secrets) from this systemd
+        /// EnvironmentFile, e.g. /etc/mor-gateway/secrets.env.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+        /// Base URL of the API (default: the config's first listener and
+        /// api.prefix, or http://127.0.0.1:8080/billing/api).
+        #[arg(long)]
+        base: Option<String>,
         /// The call, e.g. 'user_details_get?u=admin&user_id=123'.
         call: String,
     },
@@ -121,6 +134,10 @@ enum Cmd {
         /// Write mor-gateway.8 and one page per command into this directory.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// With --dir: write the pages gzipped (NAME.8.gz, no name or time
+        /// in the header, like gzip -9n), replacing earlier ones.
+        #[arg(long, requires = "dir")]
+        gzip: bool,
     },
 }
 
@@ -131,26 +148,82 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const DEMO_KEY: &str = "456789";
 const DEMO_RESELLER_KEY: &str = "resellerkey";
 
-fn env_key(var: &str) -> Result<Vec<u8>, String> {
-    match std::env::var_os(var) {
+/// Where variables come from: the process, or an `--env-file` over it.
+fn environment(env_file: Option<&PathBuf>) -> Result<Box<dyn Env>, String> {
+    match env_file {
+        Some(p) => Ok(Box::new(EnvFile::load(p).map_err(|e| e.to_string())?)),
+        None => Ok(Box::new(mor_gateway::config::ProcessEnv)),
+    }
+}
+
+fn env_key(env: &dyn Env, var: &str) -> Result<Vec<u8>, String> {
+    match env.var(var) {
         Some(v) if !v.is_empty() => Ok(v.into_encoded_bytes()),
         Some(_) => Err(format!("environment variable {var} is empty")),
         None => Err(format!("environment variable {var} is not set")),
     }
 }
 
-fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Result<(), String> {
-    let key = env_key(key_env)?;
-    let (catalog, allow_get) = match &config {
-        Some(p) => {
-            let s = Settings::load(p).map_err(|e| e.to_string())?;
-            (s.policy.catalog.clone(), s.policy.directory.allow_get)
-        }
-        None => (
-            Catalog::parse(EMBEDDED, Product::Mor).map_err(|e| e.to_string())?,
-            false,
-        ),
+/// Loads a config file with variables from `env`.
+fn load(path: &std::path::Path, env: &dyn Env) -> Result<Settings, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Settings::from_toml(&text, Some(path), env).map_err(|e| e.to_string())
+}
+
+/// The built-in policy `sign` uses without a config: MOR's defaults, the
+/// signing key as the admin key.
+struct KeyOnly(Vec<u8>);
+
+impl Env for KeyOnly {
+    fn var(&self, _: &str) -> Option<std::ffi::OsString> {
+        Some(std::os::unix::ffi::OsStringExt::from_vec(self.0.clone()))
+    }
+}
+
+const SIGN_DEFAULT: &str = "listen = [\"127.0.0.1:8080\"]\n\
+    [upstream]\nservers = [\"127.0.0.1:8081\"]\n\
+    [secrets]\nadmin_key_env = \"KEY\"\n";
+
+/// The URL of the config's API as a local client reaches it: the first
+/// plain listener (else the first HTTPS one), a wildcard address as
+/// loopback, and `api.prefix`.
+fn base_of(s: &Settings) -> String {
+    let (scheme, addr, default_port) = match (s.listen.first(), &s.tls) {
+        (Some(a), _) => ("http", *a, 80),
+        (None, Some(t)) if !t.listen.is_empty() => ("https", t.listen[0], 443),
+        _ => ("http", SocketAddr::from(([127, 0, 0, 1], 80)), 80),
     };
+    let host = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+    };
+    let port = if addr.port() == default_port {
+        String::new()
+    } else {
+        format!(":{}", addr.port())
+    };
+    format!("{scheme}://{host}{port}{}", s.policy.prefix)
+}
+
+fn sign(
+    key_env: &str,
+    config: Option<PathBuf>,
+    env_file: Option<PathBuf>,
+    base: Option<String>,
+    call: &str,
+) -> Result<(), String> {
+    let env = environment(env_file.as_ref())?;
+    let key = env_key(env.as_ref(), key_env)?;
+    let settings = match &config {
+        Some(p) => load(p, env.as_ref())?,
+        None => Settings::from_toml(SIGN_DEFAULT, None, &KeyOnly(key.clone()))
+            .map_err(|e| e.to_string())?,
+    };
+    let policy = &settings.policy;
+    let catalog = &policy.catalog;
     let (method, query) = call.split_once('?').unwrap_or((call, ""));
     let method = method.trim_start_matches('/');
     let kept: Vec<&str> = query
@@ -169,9 +242,10 @@ fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Resul
         None => println!("method  {method} (not catalogued: MOR's global order)"),
     }
     let sep = if query.is_empty() { "" } else { "&" };
+    let base = base.unwrap_or_else(|| base_of(&settings));
     let url = format!("{}/{method}", base.trim_end_matches('/'));
     let signed = if m.is_none_or(|m| m.auth.hashed()) {
-        let parts = signature::hashed_parts(&catalog, m, &params).map_err(|e| e.to_string())?;
+        let parts = signature::hashed_parts(catalog, m, &params).map_err(|e| e.to_string())?;
         let h = signature::digest(&parts, &key);
         let shown: Vec<String> = parts.iter().map(|(n, t)| format!("{n}={t}")).collect();
         println!(
@@ -188,7 +262,29 @@ fn sign(key_env: &str, config: Option<PathBuf>, base: &str, call: &str) -> Resul
         println!("hashed  nothing: this action takes no hash");
         query.clone()
     };
-    let get_ok = allow_get || m.is_some_and(|m| m.get_always);
+    let get_ok = policy.directory.allow_get || m.is_some_and(|m| m.get_always);
+    // The call as the printed curl line sends it, through the gateway's own
+    // decision (no rate limits): a line for a call it refuses helps nobody.
+    let path = format!("{}/{method}", policy.prefix);
+    let head = Head {
+        method: if get_ok { "GET" } else { "POST" },
+        path: &path,
+        query: get_ok.then_some(signed.as_str()),
+        content_type: (!get_ok).then_some("application/x-www-form-urlencoded"),
+        client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    let body = if get_ok { "" } else { signed.as_str() };
+    if let Verdict::Refuse(r, _) = decide(policy, &Open, &head, body.as_bytes()) {
+        let source = config.as_ref().map_or_else(
+            || "the built-in defaults".to_string(),
+            |p| p.display().to_string(),
+        );
+        return Err(format!(
+            "the gateway refuses this call ({}: {}) with {source}: no curl line",
+            r.reason.label(),
+            r.message()
+        ));
+    }
     if get_ok {
         println!("curl -s '{url}?{signed}'");
     } else {
@@ -276,7 +372,32 @@ Ctrl-C stops the demo."#,
 
 const DEMO_KEY_RES: &[u8] = DEMO_RESELLER_KEY.as_bytes();
 
+/// A binary with OpenSSL compiled in (feature `static`) would look for CA
+/// certificates where that OpenSSL was built to (/usr/local/ssl), not where
+/// this host keeps them (/etc/pki/tls on RHEL, /etc/ssl on Debian): point
+/// it at the host's store with SSL_CERT_FILE / SSL_CERT_DIR, unless they
+/// are set, before any thread starts. `https://` upstreams without
+/// `upstream.ca_file` are verified against it (Redis' native-tls probes the
+/// same places itself).
+#[cfg(feature = "static")]
+fn use_host_ca_store() {
+    if openssl_probe::has_ssl_cert_env_vars() {
+        return;
+    }
+    let found = openssl_probe::probe();
+    if let Some(f) = found.cert_file {
+        std::env::set_var("SSL_CERT_FILE", f);
+    }
+    if let Ok(dirs) = std::env::join_paths(found.cert_dir) {
+        if !dirs.is_empty() {
+            std::env::set_var("SSL_CERT_DIR", dirs);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(feature = "static")]
+    use_host_ca_store();
     let cli = Cli::parse();
     mor_gateway::ops::logging::init();
     let result = match cli.cmd {
@@ -296,8 +417,12 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())
                 })
         }
-        Cmd::Check { config, method } => match Settings::load(&config)
-            .map_err(|e| e.to_string())
+        Cmd::Check {
+            config,
+            env_file,
+            method,
+        } => match environment(env_file.as_ref())
+            .and_then(|env| load(&config, env.as_ref()))
             .and_then(|s| server::check(&s).map(|()| s).map_err(|e| e.to_string()))
         {
             Ok(s) => {
@@ -321,12 +446,13 @@ fn main() -> ExitCode {
         Cmd::Sign {
             key_env,
             config,
+            env_file,
             base,
             call,
-        } => sign(&key_env, config, &base, &call),
+        } => sign(&key_env, config, env_file, base, &call),
         Cmd::Demo { port } => demo(port),
-        Cmd::Manpage { dir } => match dir {
-            Some(d) => manpage::write_all(Cli::command(), &d).map(|files| {
+        Cmd::Manpage { dir, gzip } => match dir {
+            Some(d) => manpage::write_all(Cli::command(), &d, gzip).map(|files| {
                 for f in files {
                     println!("{}", f.display());
                 }
@@ -346,42 +472,40 @@ fn main() -> ExitCode {
             threads,
             tls_cert,
             tls_key,
-        } => {
-            (|| {
-                let mut st = SimSettings::new(&env_key(&key_env)?);
-                st.allow_get = !no_get;
-                st.fixed_reply = fixed_reply;
-                if mor_version == "x8" {
-                    st.version = mor_gateway::sim::rules::Version::X8;
-                }
-                for r in reseller_switches {
-                    let parsed = r.split_once('=').and_then(|(n, v)| {
-                        let (a, h) = v.split_once(',')?;
-                        Some((n.to_string(), a == "1", h == "1"))
-                    });
-                    st.reseller_switches.push(parsed.ok_or_else(|| {
+        } => (|| {
+            let env = mor_gateway::config::ProcessEnv;
+            let mut st = SimSettings::new(&env_key(&env, &key_env)?);
+            st.allow_get = !no_get;
+            st.fixed_reply = fixed_reply;
+            if mor_version == "x8" {
+                st.version = mor_gateway::sim::rules::Version::X8;
+            }
+            for r in reseller_switches {
+                let parsed = r.split_once('=').and_then(|(n, v)| {
+                    let (a, h) = v.split_once(',')?;
+                    Some((n.to_string(), a == "1", h == "1"))
+                });
+                st.reseller_switches.push(parsed.ok_or_else(|| {
                     format!("--reseller-switches takes NAME=ALLOW_API,DISABLE_HASH_CHECKING, got '{r}'")
                 })?);
-                }
-                if let Some(var) = db_url_env {
-                    let url = env_key(&var)?;
-                    st.db_url =
-                        Some(String::from_utf8(url).map_err(|_| format!("{var} is not UTF-8"))?);
-                }
-                for r in resellers {
-                    let (name, var) = r
-                        .split_once('=')
-                        .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
-                    st.resellers.push((name.to_string(), env_key(var)?));
-                }
-                let tls = match (tls_cert, tls_key) {
-                    (Some(c), Some(k)) => Some((c, k)),
-                    (None, None) => None,
-                    _ => return Err("--tls-cert and --tls-key go together".to_string()),
-                };
-                server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
-            })()
-        }
+            }
+            if let Some(var) = db_url_env {
+                let url = env_key(&env, &var)?;
+                st.db_url = Some(String::from_utf8(url).map_err(|_| format!("{var} is not UTF-8"))?);
+            }
+            for r in resellers {
+                let (name, var) = r
+                    .split_once('=')
+                    .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
+                st.resellers.push((name.to_string(), env_key(&env, var)?));
+            }
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err("--tls-cert and --tls-key go together".to_string()),
+            };
+            server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
+        })(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

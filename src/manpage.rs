@@ -73,7 +73,10 @@ The configuration (every key and its default:
 .TP
 \fI/etc/mor\-gateway/secrets.env\fR
 Optional, root\-only: \fBMOR_API_SECRET=\fR\fI...\fR, read by systemd
-(\fBEnvironmentFile=\fR) before the service starts.
+(\fBEnvironmentFile=\fR) before the service starts;
+\fBmor\-gateway check \-c\fR \fIFILE\fR \fB\-\-env\-file\fR
+\fI/etc/mor\-gateway/secrets.env\fR reads it the same way. Purging the
+package removes it.
 .TP
 \fI/var/log/mor\-gateway/access.log\fR
 The access log: one JSON object per line (\fBts\fR RFC 3339 UTC with
@@ -126,20 +129,41 @@ pub fn main_page(cmd: Command, w: &mut dyn Write) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `mor-gateway.8` and one page per visible command into `dir`;
-/// returns the files written.
-pub fn write_all(mut cmd: Command, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+/// Writes `mor-gateway.8` and one page per visible command into `dir`
+/// (with `gzip`: `NAME.8.gz`, as packages install them, with no file name
+/// or time in the gzip header, so that a rebuild gives the same bytes);
+/// files already there are replaced. Returns the files written.
+pub fn write_all(
+    mut cmd: Command,
+    dir: &Path,
+    gzip: bool,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
     cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     std::fs::create_dir_all(dir)?;
-    let mut out = Vec::new();
-    let main = dir.join(man(cmd.clone()).get_filename());
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&main)?);
-    main_page(cmd.clone(), &mut f)?;
-    f.flush()?;
-    out.push(main);
+    let mut pages = Vec::new();
+    let mut main = Vec::new();
+    main_page(cmd.clone(), &mut main)?;
+    pages.push((man(cmd.clone()).get_filename(), main));
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        out.push(man(sub.clone()).generate_to(dir)?);
+        let m = man(sub.clone());
+        let mut page = Vec::new();
+        m.render(&mut page)?;
+        pages.push((m.get_filename(), page));
+    }
+    let mut out = Vec::new();
+    for (name, page) in pages {
+        let (path, bytes) = if gzip {
+            let mut z = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::best());
+            z.write_all(&page)?;
+            (dir.join(format!("{name}.gz")), z.finish()?)
+        } else {
+            (dir.join(name), page)
+        };
+        std::fs::write(&path, bytes)?;
+        out.push(path);
     }
     Ok(out)
 }

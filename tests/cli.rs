@@ -152,7 +152,7 @@ fn sign_prints_mor_hash_and_signed_url() {
     let cfg = dir.join("gw.toml");
     std::fs::write(
         &cfg,
-        "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[api]\nallow_get = true\n[secrets]\nadmin_key_env = \"SIGN_KEY\"\n",
+        "listen = [\"0.0.0.0:80\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[api]\nallow_get = true\n[secrets]\nadmin_key_env = \"SIGN_KEY\"\n",
     )
     .unwrap();
     let cfgs = cfg.to_str().unwrap();
@@ -167,8 +167,9 @@ fn sign_prints_mor_hash_and_signed_url() {
         ],
         &[("SIGN_KEY", "456789")],
     );
+    // The config listens on 0.0.0.0:80: the line goes to loopback, port 80.
     assert!(text(&o).0.contains(
-        "curl -s 'http://127.0.0.1:8080/billing/api/user_details_get?u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441'"
+        "curl -s 'http://127.0.0.1/billing/api/user_details_get?u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441'"
     ), "{}", text(&o).0);
     let o = run(
         &[
@@ -237,4 +238,263 @@ fn sign_prints_mor_hash_and_signed_url() {
     let o = run(&["sign", "--key-env", "SIGN_UNSET", "x?a=1"], &[]);
     assert!(!o.status.success());
     assert!(text(&o).1.contains("SIGN_UNSET"));
+}
+
+/// The curl line of `sign -c` reaches the gateway that config describes
+/// (its listener and api.prefix) and MOR answers it; a call the gateway
+/// refuses gets no line, an error naming why, and the gateway does refuse it.
+#[test]
+fn sign_with_a_config_prints_a_line_that_gateway_serves_and_none_it_refuses() {
+    use common::{gw_and_sim, post_form, send, KEY};
+    let (gw, _sim, _) = gw_and_sim("", "");
+    let config = gw.config.to_str().unwrap();
+    let o = run(
+        &[
+            "sign",
+            "--key-env",
+            "GW_KEY",
+            "-c",
+            config,
+            "user_details_get?u=admin&user_id=123",
+        ],
+        &[("GW_KEY", KEY)],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    let line = out.lines().find(|l| l.starts_with("curl ")).unwrap();
+    let url = format!("http://{}/billing/api/user_details_get", gw.addr);
+    let prefix = format!("curl -s -X POST '{url}' -d '");
+    let body = line
+        .strip_prefix(&prefix)
+        .and_then(|b| b.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("{line} is not a POST to {url}"));
+    let r = send(
+        gw.addr,
+        post_form("/billing/api/user_details_get", body).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains("<username>client123</username>"),
+        "{}",
+        r.text()
+    );
+
+    // user_devices: MOR serves it with `u` alone; the gateway refuses it.
+    let o = run(
+        &[
+            "sign",
+            "--key-env",
+            "GW_KEY",
+            "-c",
+            config,
+            "user_devices?u=john",
+        ],
+        &[("GW_KEY", KEY)],
+    );
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(!out.contains("curl"), "{out}");
+    assert!(
+        err.contains("refuses this call (username_only") && err.contains(config),
+        "{err}"
+    );
+    let r = send(
+        gw.addr,
+        post_form("/billing/api/user_devices", "u=john").as_bytes(),
+    );
+    assert!(r.text().contains("<error>"), "{}", r.text());
+
+    // A key that is not the config's: the gateway would refuse the hash.
+    let o = run(
+        &[
+            "sign",
+            "--key-env",
+            "OTHER_KEY",
+            "-c",
+            config,
+            "user_details_get?u=admin&user_id=123",
+        ],
+        &[("GW_KEY", KEY), ("OTHER_KEY", "not-the-key")],
+    );
+    let (out, err) = text(&o);
+    assert!(!o.status.success() && !out.contains("curl"), "{out}");
+    assert!(err.contains("bad_hash"), "{err}");
+
+    // An HTTPS-only gateway on 443 with its own prefix.
+    let dir = temp_dir();
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let p = config_in(
+        &dir,
+        &format!(
+            "listen = []\n[tls]\nlisten = [\"[::]:443\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[api]\nprefix = \"/mor/api\"\n[secrets]\nadmin_key_env = \"CLI_KEY\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let o = run(
+        &[
+            "sign",
+            "--key-env",
+            "CLI_KEY",
+            "-c",
+            p.to_str().unwrap(),
+            "user_details_get?u=admin&user_id=123",
+        ],
+        &[("CLI_KEY", "k")],
+    );
+    let (out, err) = text(&o);
+    assert!(
+        out.contains("curl -s -X POST 'https://[::1]/mor/api/user_details_get'"),
+        "{out}{err}"
+    );
+}
+
+fn config_in(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("gw.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+/// `check --env-file` reads the secret as systemd's EnvironmentFile= gives
+/// it to the service; errors name the file and line, never a value.
+#[test]
+fn check_reads_the_secret_from_an_env_file() {
+    let dir = temp_dir();
+    let p = config_in(&dir, GOOD);
+    let env = dir.join("secrets.env");
+    std::fs::write(&env, "# the API secret\nCLI_KEY='s3cr3t value'\n").unwrap();
+    let check = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["check", "-c", p.to_str().unwrap()])
+            .args(extra)
+            .env_remove("CLI_KEY");
+        c.output().unwrap()
+    };
+    let missing = check(&[]);
+    assert!(!missing.status.success());
+    assert!(text(&missing).1.contains("CLI_KEY"), "{:?}", text(&missing));
+    let ok = check(&["--env-file", env.to_str().unwrap()]);
+    let (out, err) = text(&ok);
+    assert!(ok.status.success(), "{out}{err}");
+    assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"));
+
+    std::fs::write(&env, "CLI_KEY=s3cr3t\ns3cr3t-without-a-name\n").unwrap();
+    let bad = check(&["--env-file", env.to_str().unwrap()]);
+    let (out, err) = text(&bad);
+    assert!(!bad.status.success());
+    assert!(
+        err.contains(&format!("{}, line 2: expected NAME=VALUE", env.display())),
+        "{err}"
+    );
+    assert!(!out.contains("s3cr3t") && !err.contains("s3cr3t"), "{err}");
+    let absent = check(&["--env-file", "/nonexistent/secrets.env"]);
+    assert!(text(&absent).1.contains("/nonexistent/secrets.env"));
+}
+
+/// `check` (often run as root before the service ever ran) creates no
+/// access log; it still refuses a log `run` could not open.
+#[test]
+fn check_creates_no_access_log_and_still_finds_a_bad_one() {
+    let dir = temp_dir();
+    let log = dir.join("access.log");
+    let with_log = |path: &std::path::Path| {
+        config_in(
+            &dir,
+            &format!(
+                "{GOOD}[access_log]\nmode = \"file\"\npath = \"{}\"\n",
+                path.display()
+            ),
+        )
+    };
+    let check =
+        |p: &std::path::Path| run(&["check", "-c", p.to_str().unwrap()], &[("CLI_KEY", "k")]);
+    let o = check(&with_log(&log));
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(!log.exists(), "check created {}", log.display());
+    // An existing log opens for appending and is left as it was.
+    std::fs::write(&log, "line\n").unwrap();
+    let o = check(&with_log(&log));
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "line\n");
+    for (path, says) in [
+        (dir.join("nodir/access.log"), "nodir"),
+        (dir.clone(), "is a directory"),
+        (log.join("x.log"), "not a directory"),
+    ] {
+        let o = check(&with_log(&path));
+        let (_, err) = text(&o);
+        assert!(!o.status.success(), "{}", path.display());
+        assert!(
+            err.contains("access log") && err.to_lowercase().contains(says),
+            "{err}"
+        );
+        assert!(!path.exists() || path.is_dir());
+    }
+}
+
+/// `--version` names the git revision the binary was built from.
+#[test]
+fn version_names_the_git_revision() {
+    let o = run(&["--version"], &[]);
+    let out = text(&o).0;
+    assert!(o.status.success());
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.starts_with(concat!("mor-gateway ", env!("CARGO_PKG_VERSION"), " (git ")),
+        "{first}"
+    );
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Some(h) = head.ok().filter(|h| h.status.success()) {
+        let sha = String::from_utf8_lossy(&h.stdout).trim().to_string();
+        assert!(
+            first.contains(&format!("(git {sha}")),
+            "{first} vs HEAD {sha}"
+        );
+    }
+}
+
+/// `sim` on an address in use fails at once, naming it (pingora alone
+/// would retry the bind forever).
+#[test]
+fn sim_on_a_busy_port_fails_at_once_naming_the_address() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = busy.local_addr().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["sim", "--listen", &a.to_string(), "--key-env", "SIM_KEY"])
+        .env("SIM_KEY", "k")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sim still runs 10 s after a failed bind");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains(&format!("cannot listen on {a}")), "{err}");
+    drop(busy);
 }

@@ -188,6 +188,25 @@ fn man_pages_come_from_the_cli_and_document_the_daemon() {
         assert!(main.contains(needed), "missing {needed}:\n{main}");
     }
     assert!(!main.contains("manpage"), "the generator is hidden");
+    // Every page points at installed paths, never at the source tree.
+    for page in &pages {
+        let text = std::fs::read_to_string(dir.join(page)).unwrap();
+        for source_path in ["config/", "deploy/", "target/", "src/", "dashboards/"] {
+            for (i, _) in text.match_indices(source_path) {
+                let before = &text[..i];
+                assert!(
+                    before.ends_with("/usr/share/doc/mor-gateway/")
+                        || before.ends_with("/etc/mor-gateway/")
+                        || before.ends_with('/'),
+                    "{page} points at the source tree: ...{}",
+                    &text[i.saturating_sub(40)..(i + 30).min(text.len())]
+                );
+            }
+        }
+    }
+    assert!(main.contains("/usr/share/doc/mor\\-gateway/gateway.toml.reference"));
+    let run_page = std::fs::read_to_string(dir.join("mor-gateway-run.8")).unwrap();
+    assert!(run_page.contains("/usr/share/doc/mor\\-gateway/gateway.toml.reference"));
     let stdout = Command::new(BIN).arg("manpage").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&stdout.stdout), main);
     let help = Command::new(BIN).arg("--help").output().unwrap();
@@ -249,4 +268,195 @@ fn every_packaged_file_exists_and_the_license_is_apache_2() {
         assert!(license.contains(needed), "LICENSE lacks {needed}");
     }
     assert_eq!(license.lines().count(), 202, "the full standard text");
+}
+
+/// `manpage --dir D --gzip` writes what the packages install, can run again
+/// over its own output (README's `gzip -9n` could not), and gives the same
+/// bytes each time (no name or time in the gzip header).
+#[test]
+fn gzipped_man_pages_can_be_rebuilt_in_place() {
+    use std::io::Read;
+    let dir = temp_dir();
+    let build = || {
+        let out = Command::new(BIN)
+            .args(["manpage", "--gzip", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let first = build();
+    let second = build();
+    assert_eq!(first, second, "a rebuild gives the same bytes");
+    assert_eq!(first.len(), 6);
+    let main = &first
+        .iter()
+        .find(|(n, _)| n == "mor-gateway.8.gz")
+        .unwrap()
+        .1;
+    // gzip -n: no name flag, no time.
+    assert_eq!(&main[..4], &[0x1f, 0x8b, 8, 0]);
+    assert_eq!(&main[4..8], &[0, 0, 0, 0]);
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&main[..])
+        .read_to_string(&mut text)
+        .unwrap();
+    let plain = Command::new(BIN).arg("manpage").output().unwrap();
+    assert_eq!(text, String::from_utf8_lossy(&plain.stdout));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The RPM (cargo generate-rpm) holds what the .deb holds: every deb asset
+/// is an RPM asset with the same source, destination and mode (the license
+/// file aside), the /etc files are %config(noreplace), and each Debian
+/// maintainer script's work has its RPM scriptlet. (.ci/run compares the
+/// two built packages file by file.)
+#[test]
+fn the_rpm_holds_the_debs_files_config_files_and_scriptlets() {
+    let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let meta = &cargo["package"]["metadata"];
+    let deb = meta["deb"]["assets"].as_array().unwrap();
+    let rpm = meta["generate-rpm"]["assets"].as_array().unwrap();
+    let rpm_assets: Vec<(String, String, String, Option<&toml::Value>)> = rpm
+        .iter()
+        .map(|a| {
+            (
+                a["source"].as_str().unwrap().to_string(),
+                a["dest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches('/')
+                    .to_string(),
+                a["mode"].as_str().unwrap().to_string(),
+                a.get("config"),
+            )
+        })
+        .collect();
+    for a in deb {
+        let (src, dest, mode) = (
+            a[0].as_str().unwrap(),
+            a[1].as_str().unwrap(),
+            a[2].as_str().unwrap(),
+        );
+        let found = rpm_assets.iter().find(|(s, _, _, _)| s == src);
+        let (_, rdest, rmode, config) =
+            found.unwrap_or_else(|| panic!("the RPM lacks the .deb's {src}"));
+        // "dir/" puts the file in dir under its own name, in both tools.
+        let file = |d: &str| {
+            if d.ends_with('/') {
+                format!("{d}{}", src.rsplit('/').next().unwrap())
+            } else {
+                d.to_string()
+            }
+        };
+        assert_eq!(file(rdest), file(dest), "{src}");
+        assert_eq!(rmode, mode, "{src}");
+        if dest.starts_with("etc/") {
+            assert_eq!(
+                config.and_then(|c| c.as_str()),
+                Some("noreplace"),
+                "{dest} is a conffile of the .deb"
+            );
+        } else {
+            assert!(config.is_none(), "{dest}");
+        }
+    }
+    // The units (cargo deb's systemd-units) and the license (its
+    // license-file) are the RPM's own assets.
+    let extra: Vec<&str> = rpm_assets
+        .iter()
+        .filter(|(s, _, _, _)| !deb.iter().any(|a| a[0].as_str() == Some(s)))
+        .map(|(_, d, _, _)| d.as_str())
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            "usr/lib/systemd/system/mor-gateway.service",
+            "usr/lib/systemd/system/mor-gateway@.service",
+            "usr/share/licenses/mor-gateway/LICENSE",
+        ]
+    );
+    let g = &meta["generate-rpm"];
+    let script = |k: &str| read(g[k].as_str().unwrap());
+    let (post, preun, postun) = (
+        script("post_install_script"),
+        script("pre_uninstall_script"),
+        script("post_uninstall_script"),
+    );
+    let (postinst, prerm, postrm) = (
+        read("deploy/debian/postinst"),
+        read("deploy/debian/prerm"),
+        read("deploy/debian/postrm"),
+    );
+    let log_dir = "install -d -m 0750 /var/log/mor-gateway";
+    assert!(postinst.contains(log_dir) && post.contains(log_dir));
+    assert!(prerm.contains("mor-gateway@a.service mor-gateway@b.service"));
+    assert!(preun.contains("stop mor-gateway.service mor-gateway@a.service mor-gateway@b.service"));
+    // Erasing (rpm: $1 = 0) and purging (dpkg) remove the secret; an
+    // upgrade never does.
+    let secret = "rm -f /etc/mor-gateway/secrets.env /etc/mor-gateway/admin.key";
+    let (before, after) = postrm
+        .split_once("if [ \"$1\" = \"purge\" ]; then")
+        .unwrap();
+    assert!(!before.contains(secret));
+    assert!(after.split("fi").next().unwrap().contains(secret));
+    let (before, after) = postun.split_once("if [ \"$1\" -eq 0 ]; then").unwrap();
+    assert!(!before.contains(secret));
+    assert!(after.split("fi").next().unwrap().contains(secret));
+    assert!(
+        preun.contains("if [ \"$1\" -eq 0 ]"),
+        "an upgrade stops nothing"
+    );
+}
+
+/// README's Deploy: one command builds the packages (no `gzip` that fails on
+/// a second run), an RPM path, the secret checked through --env-file, and a
+/// Prometheus configuration that is added to, never copied over.
+#[test]
+fn readme_deploy_builds_with_the_script_and_never_overwrites_prometheus() {
+    let readme = read("README.md");
+    let deploy = readme
+        .split_once("\n## Deploy\n")
+        .unwrap()
+        .1
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(
+        !readme.contains("gzip -9n"),
+        "the man pages: manpage --gzip"
+    );
+    assert!(deploy.contains("deploy/package.sh deb"));
+    assert!(deploy.contains("deploy/package.sh rpm"));
+    assert!(deploy.contains("sudo dnf install ./mor-gateway-0.1.0-1.x86_64.rpm"));
+    assert!(deploy.contains("Listen 127.0.0.1:8081"));
+    assert!(deploy.contains("--env-file /etc/mor-gateway/secrets.env"));
+    for line in deploy.lines() {
+        let l = line.trim();
+        if l.starts_with("sudo cp") || l.starts_with("cp ") || l.starts_with("sudo install") {
+            assert!(
+                !l.ends_with("/etc/prometheus/") && !l.contains("/etc/prometheus/prometheus.yml"),
+                "copies over Prometheus' own configuration: {l}"
+            );
+        }
+    }
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(deploy.contains(&format!("mor-gateway_{version}-1_amd64.deb")));
+    assert!(deploy.contains(&format!("mor-gateway-{version}-1.x86_64.rpm")));
 }

@@ -4,6 +4,7 @@
 //! [`Settings`] is what the running gateway reads. Secret values are never
 //! printed.
 
+pub mod envfile;
 pub mod resolve;
 pub mod schema;
 

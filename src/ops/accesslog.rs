@@ -183,6 +183,60 @@ pub struct AccessLog {
     target: Mutex<(LogMode, Option<PathBuf>)>,
 }
 
+/// Whether `run` will be able to write the log for `mode` and `path`,
+/// without creating or changing anything (for `check`, often run as root
+/// before the service ever ran): an existing file must open for appending;
+/// a missing one needs an existing directory with a write permission bit
+/// (`run` creates the file there).
+pub fn check_target(mode: LogMode, path: Option<&Path>) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::PermissionsExt;
+    let (LogMode::File, Some(p)) = (mode, path) else {
+        return Ok(());
+    };
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} is a directory", p.display()),
+        )),
+        Ok(_) => OpenOptions::new()
+            .append(true)
+            .open(p)
+            .map(drop)
+            .map_err(|e| Error::new(e.kind(), format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let m = std::fs::metadata(dir).map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!("{}: its directory {}: {e}", p.display(), dir.display()),
+                )
+            })?;
+            if !m.is_dir() {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("{}: {} is not a directory", p.display(), dir.display()),
+                ));
+            }
+            if m.permissions().mode() & 0o222 == 0 {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "{}: its directory {} is not writable",
+                        p.display(),
+                        dir.display()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(Error::new(e.kind(), format!("{}: {e}", p.display()))),
+    }
+}
+
 impl AccessLog {
     /// Opens the log for `mode` (appending to `path` for file mode) and
     /// starts its writer thread.

@@ -20,12 +20,12 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::config::{Settings, WithoutSnapshot};
+use crate::config::{LogMode, Settings, WithoutSnapshot};
 use crate::edge::connections::Connections;
 use crate::edge::mirror::Refresher;
 use crate::edge::mor_db::{self, DbError};
 use crate::edge::proxy::{Gateway, Shared};
-use crate::ops::accesslog::AccessLog;
+use crate::ops::accesslog::{self, AccessLog};
 use crate::ops::metrics::Metrics;
 use crate::sim::{SimSettings, Simulator};
 
@@ -310,13 +310,17 @@ fn base_conf(threads: usize) -> ServerConf {
     }
 }
 
-/// Builds everything `run` builds from `settings` except the listeners
-/// (limiters, the upstream set, the access log file), so that a
-/// configuration `check` accepts also starts (`mor-gateway check`).
+/// Builds everything `run` builds from `settings` except the listeners and
+/// the access log file (limiters, the upstream set; the log's file or
+/// directory is checked, not created), so that a configuration `check`
+/// accepts also starts (`mor-gateway check`).
 pub fn check(settings: &Settings) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
-    let log = AccessLog::open(settings.access_log, settings.access_log_path.as_deref())
+    // Whether `run` can write it, creating nothing (check often runs as
+    // root, before the service ever did).
+    accesslog::check_target(settings.access_log, settings.access_log_path.as_deref())
         .map_err(ServerError::AccessLog)?;
+    let log = AccessLog::open(LogMode::Off, None).map_err(ServerError::AccessLog)?;
     Shared::new(Arc::new(settings.clone()), metrics, log).map_err(ServerError::Upstreams)?;
     Ok(())
 }
@@ -561,6 +565,8 @@ pub fn run_simulator(
     threads: usize,
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<(), ServerError> {
+    // pingora would retry a busy address forever: fail at once, naming it.
+    probe_binds(&[addr])?;
     let mut server = Server::new_with_opt_and_conf(None, base_conf(threads));
     server.bootstrap();
     let mut svc = Service::new(
