@@ -472,40 +472,43 @@ fn main() -> ExitCode {
             threads,
             tls_cert,
             tls_key,
-        } => (|| {
-            let env = mor_gateway::config::ProcessEnv;
-            let mut st = SimSettings::new(&env_key(&env, &key_env)?);
-            st.allow_get = !no_get;
-            st.fixed_reply = fixed_reply;
-            if mor_version == "x8" {
-                st.version = mor_gateway::sim::rules::Version::X8;
-            }
-            for r in reseller_switches {
-                let parsed = r.split_once('=').and_then(|(n, v)| {
-                    let (a, h) = v.split_once(',')?;
-                    Some((n.to_string(), a == "1", h == "1"))
-                });
-                st.reseller_switches.push(parsed.ok_or_else(|| {
+        } => {
+            (|| {
+                let env = mor_gateway::config::ProcessEnv;
+                let mut st = SimSettings::new(&env_key(&env, &key_env)?);
+                st.allow_get = !no_get;
+                st.fixed_reply = fixed_reply;
+                if mor_version == "x8" {
+                    st.version = mor_gateway::sim::rules::Version::X8;
+                }
+                for r in reseller_switches {
+                    let parsed = r.split_once('=').and_then(|(n, v)| {
+                        let (a, h) = v.split_once(',')?;
+                        Some((n.to_string(), a == "1", h == "1"))
+                    });
+                    st.reseller_switches.push(parsed.ok_or_else(|| {
                     format!("--reseller-switches takes NAME=ALLOW_API,DISABLE_HASH_CHECKING, got '{r}'")
                 })?);
-            }
-            if let Some(var) = db_url_env {
-                let url = env_key(&env, &var)?;
-                st.db_url = Some(String::from_utf8(url).map_err(|_| format!("{var} is not UTF-8"))?);
-            }
-            for r in resellers {
-                let (name, var) = r
-                    .split_once('=')
-                    .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
-                st.resellers.push((name.to_string(), env_key(&env, var)?));
-            }
-            let tls = match (tls_cert, tls_key) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => return Err("--tls-cert and --tls-key go together".to_string()),
-            };
-            server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
-        })(),
+                }
+                if let Some(var) = db_url_env {
+                    let url = env_key(&env, &var)?;
+                    st.db_url =
+                        Some(String::from_utf8(url).map_err(|_| format!("{var} is not UTF-8"))?);
+                }
+                for r in resellers {
+                    let (name, var) = r
+                        .split_once('=')
+                        .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
+                    st.resellers.push((name.to_string(), env_key(&env, var)?));
+                }
+                let tls = match (tls_cert, tls_key) {
+                    (Some(c), Some(k)) => Some((c, k)),
+                    (None, None) => None,
+                    _ => return Err("--tls-cert and --tls-key go together".to_string()),
+                };
+                server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
+            })()
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
