@@ -45,6 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ClientSettings;
 use crate::core::catalog::Envelope;
+use crate::core::framing::LineScan;
 use crate::core::reply::{error_xml, XML_CONTENT_TYPE};
 use crate::edge::proxy::Shared;
 use crate::edge::proxy_protocol::{self, Refused};
@@ -252,6 +253,9 @@ struct Conn {
     notify: Notify,
     /// The socket of a cut connection, given back by the dropped [`Guarded`].
     salvage: Mutex<Option<Stream>>,
+    /// The request line of the request being read, as it arrived (pingora
+    /// percent-encodes control characters in the target before parsing).
+    line: Mutex<LineScan>,
 }
 
 tokio::task_local! {
@@ -263,6 +267,15 @@ tokio::task_local! {
 /// [`Connections`] it does nothing.
 pub fn header_complete() {
     let _ = CONN.try_with(|c| c.phase.store(BODY, Ordering::Relaxed));
+}
+
+/// True when the request line of the current request arrived with a
+/// control character or a space in its target. Unknown (false) for a request
+/// whose header came whole in the bytes read with the previous request (a
+/// pipelined request), and outside a connection of [`Connections`].
+pub fn request_target_bad() -> bool {
+    CONN.try_with(|c| lock(&c.line).bad_target() == Some(true))
+        .unwrap_or(false)
 }
 
 /// A client stream that reads exactly like the stream it wraps, except that
@@ -378,12 +391,15 @@ impl AsyncRead for Guarded {
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n > 0 {
+                    let mut line = lock(&this.conn.line);
                     if phase == IDLE {
                         // The first byte of a kept-alive request.
                         this.conn.phase.store(HEADER, Ordering::Relaxed);
                         this.read = 0;
                         this.deadline = Instant::now() + this.timeout;
+                        *line = LineScan::default();
                     }
+                    line.feed(&buf.filled()[before..]);
                     this.read += n;
                 }
                 Poll::Ready(Ok(()))
@@ -635,6 +651,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             cut: AtomicU8::new(0),
             notify: Notify::new(),
             salvage: Mutex::new(None),
+            line: Mutex::new(LineScan::default()),
         });
         let guarded: Stream = Box::new(Guarded::new(stream, conn.clone(), client));
         drop(settings);
@@ -675,6 +692,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             };
             let (stream, persistent) = reused?.consume();
             conn.phase.store(IDLE, Ordering::Relaxed);
+            // A pipelined next request may be parsed without a read: no
+            // verdict of this one's request line may carry over to it.
+            *lock(&conn.line) = LineScan::default();
             session = ServerSession::new_http1(stream);
             if let Some(p) = persistent {
                 p.apply_to_session(&mut session);

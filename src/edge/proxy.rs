@@ -399,11 +399,27 @@ impl ProxyHttp for Gateway {
         ctx.ip = Some(ip);
         let ds = session.as_downstream_mut();
         ds.set_read_timeout(Some(s.client.read_timeout));
-        ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
+        // Keep-alive only where HTTP allows it: pingora has turned it off
+        // for HTTP/1.0 without `Connection: keep-alive`, for
+        // `Connection: close` and for a length sent with Transfer-Encoding.
+        if ds.get_keepalive().is_some() {
+            ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
+        }
         let req = session.req_header();
-        let api = req.uri.path().starts_with(s.policy.prefix.as_str());
-        let headers = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-        if let Err(e) = framing::check(headers, api) {
+        let line = framing::Line {
+            method: req.method.as_str(),
+            http11: req.version == http::Version::HTTP_11,
+            api: req.uri.path().starts_with(s.policy.prefix.as_str()),
+        };
+        // The header lines as received: pingora's parsed view has already
+        // dropped a Content-Length sent with Transfer-Encoding.
+        let raw = session.as_downstream().to_h1_raw();
+        let framed = if super::connections::request_target_bad() {
+            Err(framing::FramingError::Target)
+        } else {
+            framing::check(line, framing::header_lines(&raw))
+        };
+        if let Err(e) = framed {
             session.set_keepalive(None);
             self.refuse(
                 session,
