@@ -382,6 +382,8 @@ fn check_refuses_nonsense_connection_settings() {
         ),
         ("proxy_protocol = true", "proxy_protocol"),
         ("[client]\nmax_connections = -1", "max_connections"),
+        ("[client]\nipv6_prefix = 8", "client.ipv6_prefix"),
+        ("[client]\nipv6_prefix = 129", "client.ipv6_prefix"),
     ] {
         let (ok, out) = check(extra);
         assert!(!ok && out.contains(key), "{extra}: {out}");

@@ -186,6 +186,9 @@ pub struct ClientSettings {
     /// Open client connections per client address (0: unlimited; 503
     /// beyond). A peer in `trusted_proxies` is not counted per address.
     pub max_connections_per_address: usize,
+    /// IPv6 clients are one address per network of this prefix length, for
+    /// every per-address decision ([`crate::core::client::group`]).
+    pub ipv6_prefix: u8,
 }
 
 /// Where and how the limits are shared (`[limits.shared]`).
@@ -383,9 +386,10 @@ impl Settings {
         };
         let _ = writeln!(
             s,
-            "connections    {} open at most, {} per client address",
+            "connections    {} open at most, {} per client address (IPv6: per /{})",
             cap(c.max_connections),
-            cap(c.max_connections_per_address)
+            cap(c.max_connections_per_address),
+            c.ipv6_prefix
         );
         let _ = writeln!(s, "max body       {} bytes", self.max_body_bytes);
         let _ = writeln!(

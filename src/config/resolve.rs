@@ -467,6 +467,12 @@ fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
             "must not exceed client.max_connections (0 is unlimited)",
         ));
     }
+    if !(16..=128).contains(&c.ipv6_prefix) {
+        return Err(invalid(
+            "client.ipv6_prefix",
+            "must be between 16 and 128 (bits of an IPv6 address that name one client)",
+        ));
+    }
     Ok(ClientSettings {
         trusted_proxies: cidrs("client.trusted_proxies", &c.trusted_proxies)?,
         read_timeout: positive("client.read_timeout", c.read_timeout)?,
@@ -475,6 +481,7 @@ fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
         max_header_bytes: c.max_header_bytes,
         max_connections: c.max_connections,
         max_connections_per_address: c.max_connections_per_address,
+        ipv6_prefix: c.ipv6_prefix,
     })
 }
 
@@ -560,7 +567,11 @@ fn shared_limits(
     })
 }
 
-fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigError> {
+fn limits(
+    l: schema::Limits,
+    catalog: &Catalog,
+    ipv6_prefix: u8,
+) -> Result<LimitSettings, ConfigError> {
     let exempt = cidrs("limits.exempt", &l.exempt)?;
     if let Some(q) = &l.per_ip {
         quota_ok("limits.per_ip", q)?;
@@ -612,6 +623,7 @@ fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigE
         max_tracked_keys: l.max_tracked_keys,
         headers: l.headers,
         lockout,
+        ipv6_prefix,
     })
 }
 
@@ -705,7 +717,8 @@ pub fn resolve(
         Some(sh) => Some(shared_limits(env, sh)?),
         None => None,
     };
-    let limits = limits(raw.limits, &catalog)?;
+    let client = client(raw.client)?;
+    let limits = limits(raw.limits, &catalog, client.ipv6_prefix)?;
 
     let metrics_listen = match raw.metrics.listen.as_str() {
         "" => None,
@@ -736,7 +749,7 @@ pub fn resolve(
         work_stealing: raw.work_stealing,
         shutdown_grace: raw.shutdown_grace,
         upgrade_sock: raw.upgrade_sock,
-        client: client(raw.client)?,
+        client,
         reply_mode: raw.reply_mode,
         upstream,
         max_body_bytes: api.max_body_bytes,

@@ -105,6 +105,8 @@ pub struct Client {
     pub max_connections: usize,
     /// Open client connections per client address (0: unlimited).
     pub max_connections_per_address: usize,
+    /// IPv6 clients count as one address per network of this prefix length.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for Client {
@@ -117,6 +119,7 @@ impl Default for Client {
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 256,
+            ipv6_prefix: 64,
         }
     }
 }

@@ -45,6 +45,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ClientSettings;
 use crate::core::catalog::Envelope;
+use crate::core::client::group;
 use crate::core::framing::LineScan;
 use crate::core::reply::{error_xml, XML_CONTENT_TYPE};
 use crate::edge::proxy::Shared;
@@ -256,6 +257,8 @@ struct Conn {
     /// The request line of the request being read, as it arrived (pingora
     /// percent-encodes control characters in the target before parsing).
     line: Mutex<LineScan>,
+    /// The connection began with a PROXY protocol header.
+    proxied: bool,
 }
 
 tokio::task_local! {
@@ -267,6 +270,12 @@ tokio::task_local! {
 /// [`Connections`] it does nothing.
 pub fn header_complete() {
     let _ = CONN.try_with(|c| c.phase.store(BODY, Ordering::Relaxed));
+}
+
+/// True when the current connection began with a PROXY protocol header
+/// (then it alone names the client, whatever `X-Forwarded-For` says).
+pub fn proxy_protocol_used() -> bool {
+    CONN.try_with(|c| c.proxied).unwrap_or(false)
 }
 
 /// True when the request line of the current request arrived with a
@@ -628,7 +637,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 if max_per_address > 0
                     && !client.trusted_proxies.iter().any(|n| n.contains(&ip)) =>
             {
-                match self.counts.take_address(ip, max_per_address) {
+                match self
+                    .counts
+                    .take_address(group(ip, client.ipv6_prefix), max_per_address)
+                {
                     Some(slot) => Some(slot),
                     None => {
                         self.count(Cut::PerAddress);
@@ -637,6 +649,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 }
             }
             _ => None,
+        };
+        // The TLS listeners read theirs in pingora's pre-TLS hook.
+        let proxied = match stream.get_ssl() {
+            Some(_) => settings.tls.as_ref().is_some_and(|t| t.proxy_protocol),
+            None => settings.proxy_protocol,
         };
         if matches!(
             stream.selected_alpn_proto(),
@@ -652,6 +669,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             notify: Notify::new(),
             salvage: Mutex::new(None),
             line: Mutex::new(LineScan::default()),
+            proxied,
         });
         let guarded: Stream = Box::new(Guarded::new(stream, conn.clone(), client));
         drop(settings);

@@ -218,8 +218,9 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
 }
 
-/// The client's address: the peer, or behind a trusted balancer the
-/// right-most untrusted `X-Forwarded-For` address.
+/// The client's address: the peer (the PROXY protocol's client, when the
+/// connection began with a PROXY header), or behind a trusted balancer the
+/// right-most untrusted `X-Forwarded-For` address ([`crate::core::client`]).
 fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
     let peer = session
         .client_addr()
@@ -230,8 +231,13 @@ fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok());
-    crate::core::client::address(peer, xff, &settings.client.trusted_proxies)
+        .map(|v| v.as_bytes());
+    crate::core::client::address(
+        peer,
+        xff,
+        &settings.client.trusted_proxies,
+        super::connections::proxy_protocol_used(),
+    )
 }
 
 fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
