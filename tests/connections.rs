@@ -123,6 +123,72 @@ fn open_connections_are_capped_in_total_and_per_client_address() {
     assert!(r.text().contains("client123"), "{}", r.text());
 }
 
+/// Open file descriptors of a process (its sockets among them).
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_refused_at_the_per_address_cap_takes_nothing_from_other_clients() {
+    let (gw, _sim, sa) = gw_and_sim(
+        "",
+        "[client]\nmax_connections = 40\nmax_connections_per_address = 10\n",
+    );
+    wait_open(&gw, 0.0);
+    let base = fds(gw.proc.pid());
+    // The attacker holds its 10 and keeps opening connections it never
+    // closes: each refusal would linger (reading for up to 1 s).
+    let held: Vec<TcpStream> = (0..10)
+        .map(|_| connect_from("127.0.0.1", gw.addr))
+        .collect();
+    wait_open(&gw, 10.0);
+    let a = gw.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && kept.len() < 5000 {
+            if let Ok(mut s) = TcpStream::connect(a) {
+                let _ = s.write_all(b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\n");
+                kept.push(s);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        kept.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut most = 0;
+    let mut served = 0;
+    for _ in 0..20 {
+        let r = send_from("127.0.0.2", gw.addr, verified_call(false).as_bytes());
+        served += usize::from(r.text().contains("client123"));
+        most = most.max(fds(gw.proc.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = flood.join().unwrap();
+    assert_eq!(served, 20, "another client is served throughout");
+    assert!(opened >= 200, "the flood opened {opened} connections");
+    assert!(
+        refused(&gw, "max_connections_per_address") >= 100.0,
+        "{}",
+        gw.metrics_text()
+    );
+    assert_eq!(refused(&gw, "max_connections"), 0.0);
+    // What the gateway held: the attacker's 10, at most 4 lingering
+    // refusals of its address, and a margin for the other client's call,
+    // the upstream and refused connections between their accept and close
+    // (without the linger cap: some 300).
+    assert!(
+        most <= base + 10 + 4 + 25,
+        "{most} descriptors open (base {base}) during the flood"
+    );
+    assert_eq!(sim_seen(sa).len(), 20);
+    drop(held);
+}
+
 /// Drips `bytes` one at a time every `every` from a thread, until a write
 /// fails; returns what the gateway answered and when it closed.
 fn drip(mut s: TcpStream, bytes: &'static [u8], every: Duration) -> (Vec<u8>, Duration) {

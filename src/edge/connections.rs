@@ -153,29 +153,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Open connections, in total and per client address. Entries leave the
-/// map when their count drops to 0, so it holds at most one entry per open
-/// connection.
+/// A count of connections in some state (open, lingering after a refusal),
+/// in total and per client address. Entries leave the map when their count
+/// drops to 0, so it holds at most one entry per counted connection.
 #[derive(Default)]
 pub struct Counts {
     total: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, u32>>,
 }
 
-/// One open connection in the total; released when dropped.
+/// One connection in the total; released when dropped.
 struct TotalSlot {
     counts: Arc<Counts>,
-    gauge: IntGauge,
+    gauge: Option<IntGauge>,
 }
 
 impl Drop for TotalSlot {
     fn drop(&mut self) {
         self.counts.total.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
     }
 }
 
-/// One open connection of a client address; released when dropped.
+/// One connection of a client address; released when dropped.
 struct AddressSlot {
     counts: Arc<Counts>,
     ip: IpAddr,
@@ -194,28 +196,32 @@ impl Drop for AddressSlot {
 }
 
 impl Counts {
-    /// Open connections now.
+    /// Connections counted now.
     #[cfg(test)]
     fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
 
-    /// Client addresses with an open (per-address counted) connection.
+    /// Client addresses with a (per-address counted) connection.
     #[cfg(test)]
     fn addresses(&self) -> usize {
         lock(&self.per_address).len()
     }
 
-    fn take_total(self: &Arc<Self>, max: usize, gauge: &IntGauge) -> Option<TotalSlot> {
+    /// A slot in the total if fewer than `max` are taken (0: no cap);
+    /// `gauge` follows the count.
+    fn take_total(self: &Arc<Self>, max: usize, gauge: Option<&IntGauge>) -> Option<TotalSlot> {
         self.total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (max == 0 || n < max).then_some(n + 1)
             })
             .ok()?;
-        gauge.inc();
+        if let Some(g) = gauge {
+            g.inc();
+        }
         Some(TotalSlot {
             counts: self.clone(),
-            gauge: gauge.clone(),
+            gauge: gauge.cloned(),
         })
     }
 
@@ -234,6 +240,20 @@ impl Counts {
             ip,
         })
     }
+}
+
+/// Refused connections that may linger after their answer at once, in
+/// total; the others get their answer only if the socket takes it at once,
+/// and are closed.
+const LINGER_TOTAL: usize = 256;
+/// ... and per client address (so that one address can hold at most its
+/// own cap of open connections plus this many refused ones).
+const LINGER_PER_ADDRESS: u32 = 4;
+
+/// A refused connection's right to linger ([`refuse`]).
+struct Linger {
+    _total: TotalSlot,
+    _address: Option<AddressSlot>,
 }
 
 /// The phase of the request being read on a connection.
@@ -551,11 +571,21 @@ fn peer_ip(stream: &Stream) -> Option<IpAddr> {
         .map(crate::core::client::canonical)
 }
 
-/// Writes `cut`'s answer, closes the sending side, and reads what the client
-/// still sends for up to [`LINGER`], then closes (at once when `cut` has no
-/// answer).
-async fn refuse(mut stream: Stream, cut: Cut) {
+/// Writes `cut`'s answer and closes (at once when `cut` has no answer).
+/// With a [`Linger`] slot, the sending side is closed and what the client
+/// still sends is read for up to [`LINGER`], so that the client reads the
+/// answer instead of a reset; without one, the answer is written only if
+/// the socket takes it at once.
+async fn refuse(mut stream: Stream, cut: Cut, linger: Option<Linger>) {
     let Some(answer) = answer_bytes(cut) else {
+        return;
+    };
+    let Some(_linger) = linger else {
+        let _ = tokio::time::timeout(Duration::ZERO, async {
+            stream.write_all(&answer).await?;
+            stream.flush().await
+        })
+        .await;
         return;
     };
     let _ = tokio::time::timeout(LINGER, async {
@@ -584,7 +614,11 @@ async fn refuse(mut stream: Stream, cut: Cut) {
 pub struct Connections<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// Open connections (each holds its slots until it closes).
     counts: Arc<Counts>,
+    /// Refused or cut connections lingering after their answer (their open
+    /// slots already released).
+    lingering: Arc<Counts>,
 }
 
 impl<A> Connections<A> {
@@ -595,6 +629,7 @@ impl<A> Connections<A> {
             inner: Arc::new(inner),
             shared,
             counts: Arc::new(Counts::default()),
+            lingering: Arc::new(Counts::default()),
         }
     }
 }
@@ -608,16 +643,34 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             .inc();
     }
 
+    /// A slot to linger after a refusal for the connection from `ip`
+    /// (grouped; a trusted balancer only counts in the total), if one is free.
+    fn linger(&self, ip: Option<IpAddr>, client: &ClientSettings) -> Option<Linger> {
+        let total = self.lingering.take_total(LINGER_TOTAL, None)?;
+        let address = match ip {
+            Some(ip) if !client.trusted_proxies.iter().any(|n| n.contains(&ip)) => Some(
+                self.lingering
+                    .take_address(group(ip, client.ipv6_prefix), LINGER_PER_ADDRESS)?,
+            ),
+            _ => None,
+        };
+        Some(Linger {
+            _total: total,
+            _address: address,
+        })
+    }
+
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let settings = self.shared.state.load().settings.clone();
         let client = &settings.client;
         let metrics = &self.shared.metrics;
-        let Some(_total) = self
+        let Some(total) = self
             .counts
-            .take_total(client.max_connections, &metrics.connections_open)
+            .take_total(client.max_connections, Some(&metrics.connections_open))
         else {
             self.count(Cut::Total);
-            return refuse(stream, Cut::Total).await;
+            let linger = self.linger(peer_ip(&stream), client);
+            return refuse(stream, Cut::Total, linger).await;
         };
         let stream = if settings.proxy_protocol {
             match proxy_protocol::accept_plain(&client.trusted_proxies, stream).await {
@@ -632,7 +685,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             stream
         };
         let max_per_address = u32::try_from(client.max_connections_per_address).unwrap_or(u32::MAX);
-        let _address = match peer_ip(&stream) {
+        let ip = peer_ip(&stream);
+        let address = match ip {
             Some(ip)
                 if max_per_address > 0
                     && !client.trusted_proxies.iter().any(|n| n.contains(&ip)) =>
@@ -644,7 +698,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     Some(slot) => Some(slot),
                     None => {
                         self.count(Cut::PerAddress);
-                        return refuse(stream, Cut::PerAddress).await;
+                        // Its total slot is free again at once.
+                        drop(total);
+                        let linger = self.linger(Some(ip), client);
+                        return refuse(stream, Cut::PerAddress, linger).await;
                     }
                 }
             }
@@ -678,9 +735,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             .await;
         if let Some(cut) = cut {
             self.count(cut);
+            // Its slots are free again at once; lingering is counted apart.
+            drop((total, address));
             let socket = lock(&conn.salvage).take();
             if let Some(socket) = socket {
-                refuse(socket, cut).await;
+                let settings = self.shared.state.load().settings.clone();
+                let linger = self.linger(ip, &settings.client);
+                refuse(socket, cut, linger).await;
             }
         }
     }
@@ -745,15 +806,16 @@ mod tests {
     fn caps_count_and_release() {
         let counts = Arc::new(Counts::default());
         let gauge = IntGauge::new("g", "g").unwrap();
-        let a = counts.take_total(2, &gauge).unwrap();
-        let b = counts.take_total(2, &gauge).unwrap();
-        assert!(counts.take_total(2, &gauge).is_none());
+        let g = Some(&gauge);
+        let a = counts.take_total(2, g).unwrap();
+        let b = counts.take_total(2, g).unwrap();
+        assert!(counts.take_total(2, g).is_none());
         assert_eq!((counts.total(), gauge.get()), (2, 2));
         drop(a);
-        let _c = counts.take_total(2, &gauge).unwrap();
+        let _c = counts.take_total(2, g).unwrap();
         drop(b);
         assert_eq!((counts.total(), gauge.get()), (1, 1));
-        assert!(counts.take_total(0, &gauge).is_some(), "0 is unlimited");
+        assert!(counts.take_total(0, g).is_some(), "0 is unlimited");
 
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         let x = counts.take_address(ip, 1).unwrap();
@@ -770,7 +832,7 @@ mod tests {
     fn the_refusal_future_stays_small() {
         // Every connection's future holds room for it: no buffer inside.
         let s: Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
-        assert!(std::mem::size_of_val(&refuse(s, Cut::Total)) < 512);
+        assert!(std::mem::size_of_val(&refuse(s, Cut::Total, None)) < 512);
     }
 
     #[test]
