@@ -166,6 +166,11 @@ pub struct TlsListen {
     pub material: Arc<CertKey>,
     /// A PROXY protocol header precedes the TLS handshake.
     pub proxy_protocol: bool,
+    /// The handshake must be done within this long of the connection's start.
+    pub handshake_timeout: Duration,
+    /// Connections of one client address whose handshake is not done yet
+    /// (0: only `client.max_connections_per_address` bounds them).
+    pub max_handshakes_per_address: usize,
 }
 
 /// How client connections are treated.
@@ -325,10 +330,15 @@ impl Settings {
         if let Some(t) = &self.tls {
             let _ = writeln!(
                 s,
-                "tls listen     {} (TLS 1.2/1.3, certificate {}, key {}; reloaded on SIGHUP)",
+                "tls listen     {} (TLS 1.2/1.3, certificate {}, key {}; reloaded on SIGHUP; handshake within {}, {} pending per client address)",
                 list(&t.listen),
                 t.cert_file.display(),
-                t.key_file.display()
+                t.key_file.display(),
+                humantime::format_duration(t.handshake_timeout),
+                match t.max_handshakes_per_address {
+                    0 => "unlimited".to_string(),
+                    n => n.to_string(),
+                }
             );
         }
         if !self.upstream.tls_servers.is_empty() {

@@ -258,6 +258,14 @@ fn tls(t: schema::Tls) -> Result<Option<TlsListen>, ConfigError> {
         key_file,
         material: Arc::new(material),
         proxy_protocol: t.proxy_protocol,
+        handshake_timeout: match positive("tls.handshake_timeout", t.handshake_timeout)? {
+            d if d > Duration::from_secs(60) => return Err(invalid(
+                "tls.handshake_timeout",
+                "at most 60s (a handshake takes milliseconds; longer only holds the connection)",
+            )),
+            d => d,
+        },
+        max_handshakes_per_address: t.max_handshakes_per_address,
     }))
 }
 
@@ -652,6 +660,15 @@ pub fn resolve(
     }
     let upstream = upstream(raw.upstream)?;
     let tls = tls(raw.tls)?;
+    if let Some(t) = &tls {
+        let per_address = raw.client.max_connections_per_address;
+        if per_address != 0 && t.max_handshakes_per_address > per_address {
+            return Err(invalid(
+                "tls.max_handshakes_per_address",
+                "must not exceed client.max_connections_per_address (0 is unlimited)",
+            ));
+        }
+    }
     if tls.as_ref().is_some_and(|t| t.proxy_protocol) && raw.client.trusted_proxies.is_empty() {
         return Err(invalid(
             "tls.proxy_protocol",

@@ -173,7 +173,7 @@ pub struct Upstream {
 }
 
 /// `[tls]`: HTTPS listeners.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// Addresses served with TLS.
@@ -184,6 +184,25 @@ pub struct Tls {
     pub key_file: Option<PathBuf>,
     /// The TLS listeners expect a PROXY protocol header (v1 or v2) first.
     pub proxy_protocol: bool,
+    /// The TLS handshake must be done within this long of the connection's
+    /// start (after its PROXY header, if any).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections of one client address whose handshake is not done yet.
+    pub max_handshakes_per_address: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            listen: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes_per_address: 32,
+        }
+    }
 }
 
 impl Default for Upstream {

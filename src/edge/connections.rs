@@ -50,6 +50,7 @@ use crate::core::framing::LineScan;
 use crate::core::reply::{error_xml, XML_CONTENT_TYPE};
 use crate::edge::proxy::Shared;
 use crate::edge::proxy_protocol::{self, Refused};
+use crate::edge::tls::Tls;
 
 /// How long a refused or cut connection is still read (and discarded) after
 /// its answer, so that the client reads the answer instead of a reset.
@@ -74,8 +75,11 @@ pub enum Cut {
     Silent,
     /// The header exceeds `client.max_header_bytes`.
     HeaderTooLarge,
-    /// No valid PROXY header from a trusted peer on a plain listener.
+    /// No valid PROXY header from a trusted peer.
     ProxyProtocol,
+    /// `tls.max_handshakes_per_address` handshakes from this address are
+    /// not done yet.
+    Handshakes,
 }
 
 impl Cut {
@@ -87,6 +91,7 @@ impl Cut {
             Cut::HeaderTimeout | Cut::Silent => "header_timeout",
             Cut::HeaderTooLarge => "header_too_large",
             Cut::ProxyProtocol => "proxy_protocol",
+            Cut::Handshakes => "max_handshakes_per_address",
         }
     }
 
@@ -101,7 +106,7 @@ impl Cut {
                 "431 Request Header Fields Too Large",
                 "Request header too large",
             )),
-            Cut::Silent | Cut::ProxyProtocol => None,
+            Cut::Silent | Cut::ProxyProtocol | Cut::Handshakes => None,
         }
     }
 
@@ -113,6 +118,7 @@ impl Cut {
             Cut::Silent => 4,
             Cut::HeaderTooLarge => 5,
             Cut::ProxyProtocol => 6,
+            Cut::Handshakes => 7,
         }
     }
 
@@ -124,6 +130,7 @@ impl Cut {
             Cut::Silent,
             Cut::HeaderTooLarge,
             Cut::ProxyProtocol,
+            Cut::Handshakes,
         ]
         .into_iter()
         .find(|k| k.code() == c)
@@ -562,6 +569,20 @@ impl Peek for Guarded {
     }
 }
 
+/// The connection's local address (which listener it came in on).
+fn local_addr(stream: &Stream) -> Option<std::net::SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+}
+
+/// The peer's address and port as the connection knows it.
+fn peer_addr(stream: &Stream) -> Option<std::net::SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
 /// The peer's address as the connection knows it (the PROXY source behind a
 /// balancer that sends the PROXY protocol).
 fn peer_ip(stream: &Stream) -> Option<IpAddr> {
@@ -619,17 +640,24 @@ pub struct Connections<A> {
     /// Refused or cut connections lingering after their answer (their open
     /// slots already released).
     lingering: Arc<Counts>,
+    /// HTTPS connections whose TLS handshake is not done yet (per address).
+    handshakes: Arc<Counts>,
+    /// The HTTPS listeners, if any.
+    tls: Option<Arc<Tls>>,
 }
 
 impl<A> Connections<A> {
-    /// Wraps `inner`; limits come from `shared`'s settings in force when each
-    /// connection opens.
-    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+    /// Wraps `inner`; `tls` serves the HTTPS listeners (pingora listens on
+    /// them as plain TCP). Limits come from `shared`'s settings in force when
+    /// each connection opens.
+    pub fn new(inner: A, shared: Arc<Shared>, tls: Option<Tls>) -> Self {
         Connections {
             inner: Arc::new(inner),
             shared,
             counts: Arc::new(Counts::default()),
             lingering: Arc::new(Counts::default()),
+            handshakes: Arc::new(Counts::default()),
+            tls: tls.map(Arc::new),
         }
     }
 }
@@ -664,15 +692,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         let settings = self.shared.state.load().settings.clone();
         let client = &settings.client;
         let metrics = &self.shared.metrics;
+        // An HTTPS listener's connection: no HTTP answer before its TLS, so
+        // refusals close it unanswered.
+        let tls = self
+            .tls
+            .as_ref()
+            .filter(|t| local_addr(&stream).is_some_and(|a| t.serves(a)));
+        let tls_settings = settings.tls.as_ref().filter(|_| tls.is_some());
         let Some(total) = self
             .counts
             .take_total(client.max_connections, Some(&metrics.connections_open))
         else {
             self.count(Cut::Total);
+            if tls.is_some() {
+                return;
+            }
             let linger = self.linger(peer_ip(&stream), client);
             return refuse(stream, Cut::Total, linger).await;
         };
-        let stream = if settings.proxy_protocol {
+        let proxied = match tls_settings {
+            Some(t) => t.proxy_protocol,
+            None => settings.proxy_protocol,
+        };
+        let stream = if proxied {
             match proxy_protocol::accept_plain(&client.trusted_proxies, stream).await {
                 Ok(s) => s,
                 Err(Refused::Closed) => return,
@@ -686,31 +728,49 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         };
         let max_per_address = u32::try_from(client.max_connections_per_address).unwrap_or(u32::MAX);
         let ip = peer_ip(&stream);
-        let address = match ip {
-            Some(ip)
-                if max_per_address > 0
-                    && !client.trusted_proxies.iter().any(|n| n.contains(&ip)) =>
-            {
-                match self
-                    .counts
-                    .take_address(group(ip, client.ipv6_prefix), max_per_address)
-                {
+        // The per-address key of a client that is not a trusted balancer.
+        let key = ip
+            .filter(|ip| !client.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .map(|ip| group(ip, client.ipv6_prefix));
+        let address = match key {
+            Some(key) if max_per_address > 0 => {
+                match self.counts.take_address(key, max_per_address) {
                     Some(slot) => Some(slot),
                     None => {
                         self.count(Cut::PerAddress);
                         // Its total slot is free again at once.
                         drop(total);
-                        let linger = self.linger(Some(ip), client);
+                        if tls.is_some() {
+                            return;
+                        }
+                        let linger = self.linger(ip, client);
                         return refuse(stream, Cut::PerAddress, linger).await;
                     }
                 }
             }
             _ => None,
         };
-        // The TLS listeners read theirs in pingora's pre-TLS hook.
-        let proxied = match stream.get_ssl() {
-            Some(_) => settings.tls.as_ref().is_some_and(|t| t.proxy_protocol),
-            None => settings.proxy_protocol,
+        let stream = match (tls, tls_settings) {
+            (Some(tls), Some(t)) => {
+                let max = u32::try_from(t.max_handshakes_per_address).unwrap_or(u32::MAX);
+                let pending = match key {
+                    Some(key) if max > 0 => match self.handshakes.take_address(key, max) {
+                        Some(slot) => Some(slot),
+                        None => return self.count(Cut::Handshakes),
+                    },
+                    _ => None,
+                };
+                let deadline = Instant::now() + t.handshake_timeout;
+                let peer = peer_addr(&stream);
+                match tls.handshake(stream, deadline).await {
+                    Ok(s) => {
+                        drop(pending);
+                        s
+                    }
+                    Err(f) => return tls.failed(&f, peer, metrics),
+                }
+            }
+            _ => stream,
         };
         if matches!(
             stream.selected_alpn_proto(),
@@ -854,6 +914,7 @@ mod tests {
             Cut::Silent,
             Cut::HeaderTooLarge,
             Cut::ProxyProtocol,
+            Cut::Handshakes,
         ] {
             assert_eq!(Cut::from_code(c.code()), Some(c));
             assert!(crate::ops::metrics::CONNECTION_REFUSALS.contains(&c.label()));

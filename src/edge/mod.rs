@@ -5,4 +5,5 @@ pub mod forward;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod shared_limits;
+pub mod tls;
 pub mod upstreams;

@@ -57,28 +57,6 @@ pub struct Shared {
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
 }
 
-/// Hands the current certificate to each TLS handshake, so that a reload
-/// replaces it without touching open connections.
-pub(crate) struct CertCallback(pub(crate) Arc<ArcSwap<CertKey>>);
-
-#[async_trait]
-impl pingora::listeners::TlsAccept for CertCallback {
-    async fn certificate_callback(&self, ssl: &mut pingora::protocols::tls::TlsRef) {
-        use pingora::tls::ext::{ssl_add_chain_cert, ssl_use_certificate, ssl_use_private_key};
-        let ck = self.0.load();
-        if let Some((leaf, rest)) = ck.chain.split_first() {
-            let mut ok = ssl_use_certificate(ssl, leaf).is_ok();
-            for c in rest {
-                ok &= ssl_add_chain_cert(ssl, c).is_ok();
-            }
-            ok &= ssl_use_private_key(ssl, &ck.key).is_ok();
-            if !ok {
-                tracing::error!("the TLS certificate could not be used for a handshake");
-            }
-        }
-    }
-}
-
 /// A share of the global body budget, given back when the request ends.
 struct Reservation {
     total: Arc<AtomicUsize>,
