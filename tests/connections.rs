@@ -429,7 +429,11 @@ fn check_refuses_nonsense_connection_settings() {
     let (ok, out) = check("");
     assert!(ok, "{out}");
     assert!(
-        out.contains("10000 open at most, 256 per client address"),
+        out.contains("10000 open at most, 256 per client address (IPv6: per /64)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1048576 bytes; 67108864 buffered at most, 4194304 per client address; within 10s + 1s per 1024 bytes"),
         "{out}"
     );
     for (extra, key) in [
@@ -449,6 +453,17 @@ fn check_refuses_nonsense_connection_settings() {
         ("proxy_protocol = true", "proxy_protocol"),
         ("[client]\nmax_connections = -1", "max_connections"),
         ("[client]\nipv6_prefix = 8", "client.ipv6_prefix"),
+        ("[client]\nbody_min_rate = 0", "client.body_min_rate"),
+        ("[client]\nbody_timeout = \"0s\"", "client.body_timeout"),
+        (
+            "[api]\nmax_body_bytes = 1000\nmax_buffered_bytes_per_address = 999",
+            "api.max_buffered_bytes_per_address",
+        ),
+        (
+            "[api]\nmax_buffered_bytes = 2000\nmax_body_bytes = 1000\nmax_buffered_bytes_per_address = 3000",
+            "api.max_buffered_bytes_per_address",
+        ),
+        ("[api]\nmax_buffered_per_address = 1", "max_buffered_per_address"),
         ("[client]\nipv6_prefix = 129", "client.ipv6_prefix"),
     ] {
         let (ok, out) = check(extra);

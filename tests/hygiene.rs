@@ -488,32 +488,40 @@ fn bodies_waiting_for_their_verdict_share_one_budget() {
         "",
         "[api]\nmax_body_bytes = 1000\nmax_buffered_bytes = 1500\n",
     );
-    // A slow client holds 1000 bytes of the budget with a declared length.
-    let mut slow = TcpStream::connect(gw.addr).unwrap();
-    slow.write_all(b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nu=admin")
+    // A slow client holds 900 bytes of the budget: what it sent, not the
+    // 1000 it declared.
+    let mut slow = connect_from("127.0.0.1", gw.addr);
+    slow.write_all(b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    slow.write_all(&[b'x'; 900]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     // The next body that does not fit is refused at once, and counted.
-    let body = format!("{}&pad={}", good_body(), "x".repeat(900));
-    let rs = responses(&raw(
+    let body = format!("{}&pad={}", good_body(), "x".repeat(700));
+    let r = send_from(
+        "127.0.0.2",
         gw.addr,
         form_call("Connection: close\r\n", &body).as_bytes(),
-    ));
-    assert_eq!(rs[0].status, 503, "{}", rs[0].text());
-    assert_eq!(rs[0].header("retry-after"), Some("1"));
-    assert!(gw.metrics_text().contains(r#"reason="overloaded"} 1"#));
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("Server busy"), "{}", r.text());
+    assert!(gw
+        .metrics_text()
+        .contains(r#"api_method="user_details_get",http_method="POST",outcome="limited",reason="overloaded"} 1"#));
     // Small calls still pass; once the slow client goes, big ones pass again.
-    let rs = responses(&raw(
+    let r = send_from(
+        "127.0.0.2",
         gw.addr,
         form_call("Connection: close\r\n", &good_body()).as_bytes(),
-    ));
-    assert!(rs[0].text().contains("client123"), "{}", rs[0].text());
+    );
+    assert!(r.text().contains("client123"), "{}", r.text());
     drop(slow);
-    std::thread::sleep(Duration::from_millis(200));
-    let rs = responses(&raw(
+    std::thread::sleep(Duration::from_millis(300));
+    let r = send_from(
+        "127.0.0.2",
         gw.addr,
         form_call("Connection: close\r\n", &body).as_bytes(),
-    ));
-    assert!(rs[0].text().contains("client123"), "{}", rs[0].text());
+    );
+    assert!(r.text().contains("client123"), "{}", r.text());
     assert_eq!(sim_seen(sa).len(), 2);
 }

@@ -180,6 +180,10 @@ pub struct ClientSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest wait for each read of a request (408 beyond).
     pub read_timeout: Duration,
+    /// The whole body's time before `body_min_rate` adds to it (408 beyond).
+    pub body_timeout: Duration,
+    /// Each this many body bytes received add a second to `body_timeout`.
+    pub body_min_rate: u64,
     /// Idle keep-alive connections are closed after this long.
     pub keepalive_timeout: Duration,
     /// The whole request header must arrive within this long (408 beyond).
@@ -258,6 +262,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// All request bodies buffered before their verdicts, together (503 beyond).
     pub max_buffered_bytes: usize,
+    /// The bodies of one client address, together (429 beyond).
+    pub max_buffered_bytes_per_address: usize,
     /// What the decision core reads: policies, keys, owners, catalogue.
     pub policy: Arc<Policy>,
     /// Where the admin key came from.
@@ -401,7 +407,15 @@ impl Settings {
             cap(c.max_connections_per_address),
             c.ipv6_prefix
         );
-        let _ = writeln!(s, "max body       {} bytes", self.max_body_bytes);
+        let _ = writeln!(
+            s,
+            "max body       {} bytes; {} buffered at most, {} per client address; within {} + 1s per {} bytes",
+            self.max_body_bytes,
+            self.max_buffered_bytes,
+            self.max_buffered_bytes_per_address,
+            humantime::format_duration(c.body_timeout),
+            c.body_min_rate
+        );
         let _ = writeln!(
             s,
             "admin key      from {} (value not shown)",

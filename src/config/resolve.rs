@@ -484,6 +484,16 @@ fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
     Ok(ClientSettings {
         trusted_proxies: cidrs("client.trusted_proxies", &c.trusted_proxies)?,
         read_timeout: positive("client.read_timeout", c.read_timeout)?,
+        body_timeout: positive("client.body_timeout", c.body_timeout)?,
+        body_min_rate: match c.body_min_rate {
+            0 => {
+                return Err(invalid(
+                    "client.body_min_rate",
+                    "must be at least 1 (bytes per second)",
+                ))
+            }
+            n => n,
+        },
         keepalive_timeout: positive("client.keepalive_timeout", c.keepalive_timeout)?,
         header_timeout: positive("client.header_timeout", c.header_timeout)?,
         max_header_bytes: c.max_header_bytes,
@@ -720,6 +730,24 @@ pub fn resolve(
             "must be at least api.max_body_bytes",
         ));
     }
+    let per_address = match api.max_buffered_bytes_per_address {
+        None => (4 * 1024 * 1024)
+            .max(api.max_body_bytes)
+            .min(api.max_buffered_bytes),
+        Some(n) if n < api.max_body_bytes => {
+            return Err(invalid(
+                "api.max_buffered_bytes_per_address",
+                "must be at least api.max_body_bytes",
+            ))
+        }
+        Some(n) if n > api.max_buffered_bytes => {
+            return Err(invalid(
+                "api.max_buffered_bytes_per_address",
+                "must not exceed api.max_buffered_bytes",
+            ))
+        }
+        Some(n) => n,
+    };
     let (catalog, catalog_file) = catalog(&api, raw.product, base)?;
 
     let admin_key_source = secret_source(
@@ -771,6 +799,7 @@ pub fn resolve(
         upstream,
         max_body_bytes: api.max_body_bytes,
         max_buffered_bytes: api.max_buffered_bytes,
+        max_buffered_bytes_per_address: per_address,
         policy: Arc::new(Policy {
             prefix,
             allow_api: api.allow_api,

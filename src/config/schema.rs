@@ -93,6 +93,11 @@ pub struct Client {
     /// Longest wait for each read of a request's header or body (408 beyond).
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// The whole body's time, before `body_min_rate` adds to it.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Each this many body bytes received add one second to `body_timeout`.
+    pub body_min_rate: u64,
     /// An idle keep-alive connection is closed after this long.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
@@ -114,6 +119,8 @@ impl Default for Client {
         Client {
             trusted_proxies: Vec::new(),
             read_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
             keepalive_timeout: Duration::from_secs(75),
             header_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
@@ -244,6 +251,9 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// All bodies buffered before their verdicts, together.
     pub max_buffered_bytes: usize,
+    /// The bodies of one client address, together (absent: 4 MiB, or
+    /// `max_body_bytes` if larger).
+    pub max_buffered_bytes_per_address: Option<usize>,
     /// A catalogue file that extends the built-in one.
     pub catalog_file: Option<PathBuf>,
     /// Extra legacy names: alias -> canonical method.
@@ -264,6 +274,7 @@ impl Default for Api {
             other_paths: PathPolicy::Refuse,
             max_body_bytes: 1024 * 1024,
             max_buffered_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes_per_address: None,
             catalog_file: None,
             aliases: BTreeMap::new(),
             methods: BTreeMap::new(),

@@ -49,6 +49,10 @@ pub enum Reason {
     BadFraming,
     /// The bodies buffered before their verdict are at their global budget.
     Overloaded,
+    /// The bodies of this client address are at their share of the budget.
+    AddressOverloaded,
+    /// The body came slower than `client.body_min_rate` allows.
+    BodyTooSlow,
     /// The client stopped sending its request mid-way (never answered).
     ClientClosed,
     /// The client was too slow sending its request.
@@ -61,7 +65,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -76,6 +80,8 @@ impl Reason {
         Reason::BodyTooLarge,
         Reason::BadFraming,
         Reason::Overloaded,
+        Reason::AddressOverloaded,
+        Reason::BodyTooSlow,
         Reason::ClientClosed,
         Reason::ClientTimeout,
         Reason::UpstreamError,
@@ -98,6 +104,10 @@ impl Reason {
             Reason::BodyTooLarge => "Request body too large",
             Reason::BadFraming => "Bad request",
             Reason::Overloaded => "Server busy, try later",
+            Reason::AddressOverloaded => {
+                "Too many request bodies in progress from this address, try later"
+            }
+            Reason::BodyTooSlow => "Request body too slow",
             Reason::ClientClosed => "Client closed the request",
             Reason::ClientTimeout => "Request timeout",
             Reason::UpstreamError => "MOR server unavailable",
@@ -119,6 +129,8 @@ impl Reason {
             Reason::BodyTooLarge => 413,
             Reason::BadFraming => 400,
             Reason::Overloaded => 503,
+            Reason::AddressOverloaded => 429,
+            Reason::BodyTooSlow => 408,
             Reason::ClientClosed => 499,
             Reason::ClientTimeout => 408,
             Reason::UpstreamError => 502,
@@ -127,7 +139,8 @@ impl Reason {
     }
 
     /// Status actually sent in `mode`: MOR answers its own refusals with 200;
-    /// transport and client faults (400 framing, 408, 413, 503, 502, 504) keep their status.
+    /// transport and client faults (400 framing, 408, 413, 429 and 503 of the
+    /// body budget, 502, 504) keep their status.
     pub fn status(self, mode: ReplyMode) -> u16 {
         match (mode, self) {
             (
@@ -135,6 +148,8 @@ impl Reason {
                 Reason::BodyTooLarge
                 | Reason::BadFraming
                 | Reason::Overloaded
+                | Reason::AddressOverloaded
+                | Reason::BodyTooSlow
                 | Reason::ClientClosed
                 | Reason::ClientTimeout
                 | Reason::UpstreamError
@@ -149,8 +164,11 @@ impl Reason {
     /// (a forwarded call's outcome is `forwarded`).
     pub fn outcome(self) -> &'static str {
         match self {
-            Reason::Limited | Reason::LockedOut | Reason::Overloaded => "limited",
-            Reason::ClientClosed | Reason::ClientTimeout => "client_error",
+            Reason::Limited
+            | Reason::LockedOut
+            | Reason::Overloaded
+            | Reason::AddressOverloaded => "limited",
+            Reason::ClientClosed | Reason::ClientTimeout | Reason::BodyTooSlow => "client_error",
             Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
             _ => "refused",
         }
@@ -179,6 +197,8 @@ impl Reason {
             Reason::BodyTooLarge => "body_too_large",
             Reason::BadFraming => "bad_framing",
             Reason::Overloaded => "overloaded",
+            Reason::AddressOverloaded => "overloaded_address",
+            Reason::BodyTooSlow => "body_too_slow",
             Reason::ClientClosed => "client_closed",
             Reason::ClientTimeout => "client_timeout",
             Reason::UpstreamError => "upstream_error",
@@ -315,6 +335,8 @@ mod tests {
         assert_eq!(Reason::Limited.status(ReplyMode::Http), 429);
         assert_eq!(Reason::BodyTooLarge.status(ReplyMode::Mor), 413);
         assert_eq!(Reason::UpstreamError.status(ReplyMode::Mor), 502);
+        assert_eq!(Reason::AddressOverloaded.status(ReplyMode::Mor), 429);
+        assert_eq!(Reason::BodyTooSlow.status(ReplyMode::Mor), 408);
     }
 
     #[test]

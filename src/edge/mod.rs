@@ -1,5 +1,6 @@
 //! The network edge: pingora glue around the decision core.
 
+pub mod body;
 pub mod connections;
 pub mod forward;
 pub mod proxy;

@@ -4,13 +4,12 @@
 //! every body size. Nothing reaches MOR before the verdict.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
@@ -25,6 +24,7 @@ use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Si
 use crate::core::framing;
 use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::edge::body::{self, BodyError, Budget, Reservation};
 use crate::edge::shared_limits::{DecidedIp, SharedLimits};
 use crate::edge::upstreams::Upstreams;
 use crate::ops::accesslog::{micros, redact_query, AccessLog, Record, Timestamp};
@@ -52,37 +52,9 @@ pub struct Shared {
     pub access_log: AccessLog,
     pub(crate) connector: Connector,
     /// Bytes of request bodies buffered before their verdicts, now.
-    buffered: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     /// The HTTPS listeners' certificate, swapped on reload.
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
-}
-
-/// A share of the global body budget, given back when the request ends.
-struct Reservation {
-    total: Arc<AtomicUsize>,
-    bytes: usize,
-}
-
-impl Reservation {
-    /// Takes `more` bytes if the total stays within `limit`.
-    fn grow(&mut self, more: usize, limit: usize) -> bool {
-        let ok = self
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                t.checked_add(more).filter(|n| *n <= limit)
-            })
-            .is_ok();
-        if ok {
-            self.bytes += more;
-        }
-        ok
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
 }
 
 impl Shared {
@@ -110,7 +82,7 @@ impl Shared {
             metrics,
             access_log,
             connector: Connector::new(None),
-            buffered: Arc::new(AtomicUsize::new(0)),
+            budget: Arc::new(Budget::default()),
             certs: settings_certs,
         })
     }
@@ -232,13 +204,6 @@ fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
     }
 }
 
-enum BodyError {
-    TooLarge,
-    /// The global budget of buffered bodies is spent.
-    Overloaded,
-    Io(Box<Error>),
-}
-
 /// What a failed body read was: the client's fault in every case.
 fn body_fault(e: &Error) -> Reason {
     match e.etype() {
@@ -265,55 +230,6 @@ impl Gateway {
             .map_or(ReplyMode::Mor, |s| s.settings.reply_mode);
         write_refusal(session, mode, ctx.info.envelope, &r).await?;
         Ok(r.reason.status(mode))
-    }
-
-    async fn read_body(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        max: usize,
-        budget: usize,
-    ) -> std::result::Result<Bytes, BodyError> {
-        let declared = session
-            .req_header()
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return Err(BodyError::TooLarge);
-        }
-        let ds = session.as_downstream_mut();
-        if ds.is_body_empty() {
-            return Ok(Bytes::new());
-        }
-        let res = ctx.reserved.get_or_insert_with(|| Reservation {
-            total: self.shared.buffered.clone(),
-            bytes: 0,
-        });
-        // A declared length is reserved whole before a byte is read.
-        if !res.grow(declared.map_or(0, |n| n as usize), budget) {
-            return Err(BodyError::Overloaded);
-        }
-        let expects_continue = ds
-            .req_header()
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            ds.write_continue_response().await.map_err(BodyError::Io)?;
-        }
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = ds.read_request_body().await.map_err(BodyError::Io)? {
-            if buf.len() + chunk.len() > max {
-                return Err(BodyError::TooLarge);
-            }
-            buf.extend_from_slice(&chunk);
-            if declared.is_none() && !res.grow(chunk.len(), budget) {
-                return Err(BodyError::Overloaded);
-            }
-        }
-        Ok(buf.freeze())
     }
 }
 
@@ -430,20 +346,37 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        let read = self
-            .read_body(session, ctx, s.max_body_bytes, s.max_buffered_bytes)
-            .await;
+        // What is known of the call labels a body that fails too.
+        ctx.info = admitted.info().clone();
+        let rules = body::Rules {
+            max_body: s.max_body_bytes,
+            total: s.max_buffered_bytes,
+            per_address: s.max_buffered_bytes_per_address,
+            timeout: s.client.body_timeout,
+            min_rate: s.client.body_min_rate,
+        };
+        // The client's share; a trusted balancer is not one client.
+        let key = Some(ip)
+            .filter(|ip| !s.client.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .map(|ip| crate::core::client::group(ip, s.client.ipv6_prefix));
+        let res = ctx
+            .reserved
+            .get_or_insert_with(|| Reservation::new(self.shared.budget.clone(), key));
+        let read = body::read(session.as_downstream_mut(), res, &rules).await;
         let body = match read {
             Ok(b) => b,
             Err(fault) => {
                 session.set_keepalive(None);
+                let busy = |reason| {
+                    let mut r = Refusal::new(reason);
+                    r.retry_after = Some(std::time::Duration::from_secs(1));
+                    r
+                };
                 let r = match fault {
                     BodyError::TooLarge => Refusal::new(Reason::BodyTooLarge),
-                    BodyError::Overloaded => {
-                        let mut r = Refusal::new(Reason::Overloaded);
-                        r.retry_after = Some(std::time::Duration::from_secs(1));
-                        r
-                    }
+                    BodyError::Overloaded => busy(Reason::Overloaded),
+                    BodyError::AddressOverloaded => busy(Reason::AddressOverloaded),
+                    BodyError::TooSlow => Refusal::new(Reason::BodyTooSlow),
                     BodyError::Io(mut e) => match body_fault(&e) {
                         Reason::ClientClosed => {
                             // Nobody to answer: the connection is dropped.
