@@ -454,6 +454,7 @@ fn check_refuses_nonsense_connection_settings() {
         ("[client]\nmax_connections = -1", "max_connections"),
         ("[client]\nipv6_prefix = 8", "client.ipv6_prefix"),
         ("[client]\nbody_min_rate = 0", "client.body_min_rate"),
+        ("[client]\nsend_timeout = \"0s\"", "client.send_timeout"),
         ("[client]\nbody_timeout = \"0s\"", "client.body_timeout"),
         (
             "[api]\nmax_body_bytes = 1000\nmax_buffered_bytes_per_address = 999",

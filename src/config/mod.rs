@@ -180,6 +180,8 @@ pub struct ClientSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest wait for each read of a request (408 beyond).
     pub read_timeout: Duration,
+    /// Longest wait for each write of an answer to the client.
+    pub send_timeout: Duration,
     /// The whole body's time before `body_min_rate` adds to it (408 beyond).
     pub body_timeout: Duration,
     /// Each this many body bytes received add a second to `body_timeout`.

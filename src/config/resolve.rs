@@ -484,6 +484,7 @@ fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
     Ok(ClientSettings {
         trusted_proxies: cidrs("client.trusted_proxies", &c.trusted_proxies)?,
         read_timeout: positive("client.read_timeout", c.read_timeout)?,
+        send_timeout: positive("client.send_timeout", c.send_timeout)?,
         body_timeout: positive("client.body_timeout", c.body_timeout)?,
         body_min_rate: match c.body_min_rate {
             0 => {

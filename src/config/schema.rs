@@ -93,6 +93,9 @@ pub struct Client {
     /// Longest wait for each read of a request's header or body (408 beyond).
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Longest wait for each write of an answer to the client.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// The whole body's time, before `body_min_rate` adds to it.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
@@ -119,6 +122,7 @@ impl Default for Client {
         Client {
             trusted_proxies: Vec::new(),
             read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
             body_min_rate: 1024,
             keepalive_timeout: Duration::from_secs(75),

@@ -53,6 +53,9 @@ pub enum Reason {
     AddressOverloaded,
     /// The body came slower than `client.body_min_rate` allows.
     BodyTooSlow,
+    /// The gateway could not open a socket to MOR (its own file descriptors
+    /// or local ports ran out): the gateway's fault, not MOR's.
+    NoSocket,
     /// The client stopped sending its request mid-way (never answered).
     ClientClosed,
     /// The client was too slow sending its request.
@@ -65,7 +68,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -82,6 +85,7 @@ impl Reason {
         Reason::Overloaded,
         Reason::AddressOverloaded,
         Reason::BodyTooSlow,
+        Reason::NoSocket,
         Reason::ClientClosed,
         Reason::ClientTimeout,
         Reason::UpstreamError,
@@ -108,6 +112,7 @@ impl Reason {
                 "Too many request bodies in progress from this address, try later"
             }
             Reason::BodyTooSlow => "Request body too slow",
+            Reason::NoSocket => "Server busy, try later",
             Reason::ClientClosed => "Client closed the request",
             Reason::ClientTimeout => "Request timeout",
             Reason::UpstreamError => "MOR server unavailable",
@@ -131,6 +136,7 @@ impl Reason {
             Reason::Overloaded => 503,
             Reason::AddressOverloaded => 429,
             Reason::BodyTooSlow => 408,
+            Reason::NoSocket => 503,
             Reason::ClientClosed => 499,
             Reason::ClientTimeout => 408,
             Reason::UpstreamError => 502,
@@ -150,6 +156,7 @@ impl Reason {
                 | Reason::Overloaded
                 | Reason::AddressOverloaded
                 | Reason::BodyTooSlow
+                | Reason::NoSocket
                 | Reason::ClientClosed
                 | Reason::ClientTimeout
                 | Reason::UpstreamError
@@ -167,7 +174,8 @@ impl Reason {
             Reason::Limited
             | Reason::LockedOut
             | Reason::Overloaded
-            | Reason::AddressOverloaded => "limited",
+            | Reason::AddressOverloaded
+            | Reason::NoSocket => "limited",
             Reason::ClientClosed | Reason::ClientTimeout | Reason::BodyTooSlow => "client_error",
             Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
             _ => "refused",
@@ -199,6 +207,7 @@ impl Reason {
             Reason::Overloaded => "overloaded",
             Reason::AddressOverloaded => "overloaded_address",
             Reason::BodyTooSlow => "body_too_slow",
+            Reason::NoSocket => "no_socket",
             Reason::ClientClosed => "client_closed",
             Reason::ClientTimeout => "client_timeout",
             Reason::UpstreamError => "upstream_error",

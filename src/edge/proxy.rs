@@ -153,7 +153,7 @@ pub struct Ctx {
     pub(crate) state: Option<Arc<State>>,
     pub(crate) ip: Option<IpAddr>,
     pub(crate) info: CallInfo,
-    refused: Option<Reason>,
+    pub(crate) refused: Option<Reason>,
     pub(crate) forward: Option<Forward>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) tried: Vec<SocketAddr>,
@@ -299,6 +299,9 @@ impl ProxyHttp for Gateway {
         ctx.ip = Some(ip);
         let ds = session.as_downstream_mut();
         ds.set_read_timeout(Some(s.client.read_timeout));
+        // A client that does not read its answer is cut (and MOR's
+        // connection with it) after this long without progress.
+        ds.set_write_timeout(Some(s.client.send_timeout));
         // Keep-alive only where HTTP allows it: pingora has turned it off
         // for HTTP/1.0 without `Connection: keep-alive`, for
         // `Connection: close` and for a length sent with Transfer-Encoding.
@@ -433,13 +436,21 @@ impl ProxyHttp for Gateway {
 
     /// A client that went away is not an error of the gateway's or MOR's.
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
-        ctx.refused == Some(Reason::ClientClosed)
+        matches!(
+            ctx.refused,
+            Some(Reason::ClientClosed | Reason::ClientTimeout)
+        )
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.esource() {
             ErrorSource::Downstream => 0,
             _ if session.response_written().is_some() => 0,
+            _ if super::upstreams::local_exhaustion(e) => {
+                let mut r = Refusal::new(Reason::NoSocket);
+                r.retry_after = Some(std::time::Duration::from_secs(1));
+                self.refuse(session, ctx, r).await.unwrap_or(0)
+            }
             _ => {
                 let reason = if timeout_kind(e) {
                     Reason::UpstreamTimeout

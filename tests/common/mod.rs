@@ -252,12 +252,26 @@ pub fn start_gateway(body: &str) -> Gw {
 }
 
 pub fn start_gateway_env(body: &str, env: &[(&str, &str)]) -> Gw {
+    start_gateway_via(body, env, &[])
+}
+
+/// Like [`start_gateway_env`], the gateway started through `wrapper` (a
+/// command that execs the rest of its arguments, e.g. `prlimit --nofile=64
+/// --`), so that the gateway keeps its pid.
+pub fn start_gateway_via(body: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gw {
     let dir = temp_dir();
     let (gp, mp) = (free_port(), free_port());
     let (a, m) = (addr(gp), addr(mp));
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_text(a, m, body)).expect("write config");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
     cmd.args(["run", "-c"])
         .arg(&config)
         .env("GW_KEY", KEY)
