@@ -220,6 +220,10 @@ fn client_faults_are_client_faults() {
     };
     assert_eq!(outcome("upstream_error"), 0.0, "{m}");
     assert!(outcome("client_error") >= 1.0, "client gone counted: {m}");
+    assert!(
+        m.contains(r#"api_method="user_details_get",http_method="POST",outcome="client_error",reason="client_closed"} 1"#),
+        "counted under the method it called: {m}"
+    );
     assert!(m.contains(r#"reason="bad_framing"} 1"#), "{m}");
     let log = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap_or_default();
     assert!(
