@@ -123,6 +123,53 @@ fn open_connections_are_capped_in_total_and_per_client_address() {
     assert!(r.text().contains("client123"), "{}", r.text());
 }
 
+#[test]
+fn hostile_connections_write_no_log_line_each() {
+    let (gw, _sim, sa) = gw_and_sim(
+        "",
+        "[client]\nheader_timeout = \"1s\"\nmax_header_bytes = 2048\n",
+    );
+    let partial = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nX-Slow: a";
+    let mut stalled = Vec::new();
+    for _ in 0..30 {
+        // A slowloris that gives up (FIN), one that resets, one that stays.
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(partial).unwrap();
+        drop(s);
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(partial).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(partial).unwrap();
+        stalled.push(s);
+        // An oversized header.
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        let _ = s.write_all(&[b'x'; 4096]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while refused(&gw, "closed_mid_header") < 60.0 || refused(&gw, "header_timeout") < 30.0 {
+        assert!(Instant::now() < deadline, "{}", gw.metrics_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(refused(&gw, "closed_mid_header"), 60.0);
+    assert_eq!(refused(&gw, "header_timeout"), 30.0);
+    assert_eq!(refused(&gw, "header_too_large"), 30.0);
+    assert!(sim_seen(sa).is_empty());
+    let log = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(lines.is_empty(), "{lines:#?}");
+    // The gateway still serves.
+    assert!(gw.send(&verified_call(false)).text().contains("client123"));
+    drop(stalled);
+}
+
 /// Open file descriptors of a process (its sockets among them).
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

@@ -80,6 +80,8 @@ pub enum Cut {
     /// `tls.max_handshakes_per_address` handshakes from this address are
     /// not done yet.
     Handshakes,
+    /// The client closed or reset the connection in the middle of a header.
+    ClosedMidHeader,
 }
 
 impl Cut {
@@ -92,6 +94,7 @@ impl Cut {
             Cut::HeaderTooLarge => "header_too_large",
             Cut::ProxyProtocol => "proxy_protocol",
             Cut::Handshakes => "max_handshakes_per_address",
+            Cut::ClosedMidHeader => "closed_mid_header",
         }
     }
 
@@ -106,7 +109,7 @@ impl Cut {
                 "431 Request Header Fields Too Large",
                 "Request header too large",
             )),
-            Cut::Silent | Cut::ProxyProtocol | Cut::Handshakes => None,
+            Cut::Silent | Cut::ProxyProtocol | Cut::Handshakes | Cut::ClosedMidHeader => None,
         }
     }
 
@@ -119,6 +122,7 @@ impl Cut {
             Cut::HeaderTooLarge => 5,
             Cut::ProxyProtocol => 6,
             Cut::Handshakes => 7,
+            Cut::ClosedMidHeader => 8,
         }
     }
 
@@ -131,6 +135,7 @@ impl Cut {
             Cut::HeaderTooLarge,
             Cut::ProxyProtocol,
             Cut::Handshakes,
+            Cut::ClosedMidHeader,
         ]
         .into_iter()
         .find(|k| k.code() == c)
@@ -412,6 +417,7 @@ impl AsyncRead for Guarded {
             return this.cut(Cut::HeaderTooLarge);
         }
         let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
         let res = if buf.remaining() <= room {
             Pin::new(io).poll_read(cx, buf)
         } else {
@@ -423,7 +429,14 @@ impl AsyncRead for Guarded {
             buf.advance(n);
             res
         };
+        // The client left in the middle of a header: pingora would log an
+        // error line for it; the connection is ended here instead.
+        let mid_header = phase == HEADER && this.read > 0;
         match res {
+            Poll::Ready(Ok(())) if mid_header && asked && buf.filled().len() == before => {
+                this.cut(Cut::ClosedMidHeader)
+            }
+            Poll::Ready(Err(_)) if mid_header => this.cut(Cut::ClosedMidHeader),
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n > 0 {
@@ -915,6 +928,7 @@ mod tests {
             Cut::HeaderTooLarge,
             Cut::ProxyProtocol,
             Cut::Handshakes,
+            Cut::ClosedMidHeader,
         ] {
             assert_eq!(Cut::from_code(c.code()), Some(c));
             assert!(crate::ops::metrics::CONNECTION_REFUSALS.contains(&c.label()));

@@ -54,17 +54,21 @@ fn static_metric<M>(m: prometheus::Result<M>) -> M {
 /// - `proxy_protocol`: a missing or invalid PROXY header, or one from a
 ///   peer not in `client.trusted_proxies` (closed);
 /// - `max_handshakes_per_address`: as many TLS handshakes from that client
-///   address are not done yet (`tls.max_handshakes_per_address`; closed).
+///   address are not done yet (`tls.max_handshakes_per_address`; closed);
+/// - `closed_mid_header`: the client closed or reset the connection in the
+///   middle of a request header (a slowloris giving up; nothing to answer,
+///   no log line).
 ///
 /// On the HTTPS listeners the caps close the connection before its
 /// handshake, unanswered.
-pub const CONNECTION_REFUSALS: [&str; 6] = [
+pub const CONNECTION_REFUSALS: [&str; 7] = [
     "max_connections",
     "max_connections_per_address",
     "header_timeout",
     "header_too_large",
     "proxy_protocol",
     "max_handshakes_per_address",
+    "closed_mid_header",
 ];
 
 /// The `reason` labels of `mor_gateway_tls_handshake_failures_total`:
@@ -254,7 +258,7 @@ impl Metrics {
             connections_refused: counter(
                 &r,
                 "connections_refused_total",
-                "Client connections refused or cut before a request reached the gateway, by reason.",
+                "Client connections refused, cut or abandoned before a request reached the gateway, by reason.",
                 &["reason"],
             ),
             tls_handshake_failures: counter(
