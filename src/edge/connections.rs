@@ -803,9 +803,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         });
         let guarded: Stream = Box::new(Guarded::new(stream, conn.clone(), client));
         drop(settings);
-        let cut = CONN
-            .scope(conn.clone(), self.http1(guarded, shutdown, &conn))
-            .await;
+        // On the heap: a connection still before its handshake (or its
+        // PROXY header) holds a task sized for what it waits on, not for the
+        // HTTP/1 loop's state.
+        let cut = Box::pin(CONN.scope(conn.clone(), self.http1(guarded, shutdown, &conn))).await;
         if let Some(cut) = cut {
             self.count(cut);
             // Its slots are free again at once; lingering is counted apart.
