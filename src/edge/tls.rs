@@ -9,10 +9,12 @@
 //! The handshake is pingora's own server side (its `SslStream::accept`, the
 //! stream type the rest of pingora reads; Mozilla's intermediate profile,
 //! TLS 1.2 and 1.3, ALPN `http/1.1` only) with the certificate in force
-//! (reloaded on SIGHUP) set on each session before it starts. It waits for the client's first byte before any TLS state
-//! exists, so that a silent connection costs only its socket and task; the
-//! whole handshake has `tls.handshake_timeout`. Failures are counted by
-//! reason, logged each at debug and summed up in at most one line a minute.
+//! (reloaded on SIGHUP) set on each session before it starts. No TLS state
+//! exists before the client's first record (its ClientHello) has arrived
+//! whole: a silent client, or one that stalls inside its ClientHello, costs
+//! its socket, its task and the bytes it sent. The whole handshake has
+//! `tls.handshake_timeout`. Failures are counted by reason, logged each at
+//! debug and summed up in at most one line a minute.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,12 @@ const HANDSHAKE_RECORD: u8 = 0x16;
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// ALPN: HTTP/1.1 only (wire format).
 const H1: &[u8] = b"\x08http/1.1";
+/// A TLS record header: type, version, length.
+const RECORD_HEADER: usize = 5;
+/// The largest TLS record (plaintext, RFC 8446 §5.1).
+const MAX_RECORD: usize = 1 << 14;
+/// The first record's buffer grows by at most this much per read.
+const READ_STEP: usize = 1024;
 /// OpenSSL 3's reason for a connection closed in the middle of a record
 /// (`SSL_R_UNEXPECTED_EOF_WHILE_READING`).
 const UNEXPECTED_EOF: i32 = 294;
@@ -95,6 +103,50 @@ fn classify(e: &ssl::Error) -> Failure {
     }
 }
 
+/// The length of the TLS record whose 5-byte header starts `h`: a
+/// handshake record of a TLS version (3.x), at most 2^14 bytes (RFC 8446
+/// §5.1); None for anything else.
+fn record_len(h: &[u8]) -> Option<usize> {
+    match h {
+        [HANDSHAKE_RECORD, 3, _, hi, lo, ..] => {
+            let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+            (1..=MAX_RECORD).contains(&len).then_some(len)
+        }
+        _ => None,
+    }
+}
+
+/// Reads the client's first TLS record whole (and whatever came with it),
+/// growing its buffer only as bytes arrive, until `deadline`.
+async fn first_record(l4: &mut L4Stream, deadline: Instant) -> Result<Vec<u8>, Failure> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut want = RECORD_HEADER;
+    while buf.len() < want {
+        buf.reserve((want - buf.len()).min(READ_STEP));
+        let n = match tokio::time::timeout_at(deadline, l4.read_buf(&mut buf)).await {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Ok(0)) | Ok(Err(_)) if buf.is_empty() => return Err(Failure::Quiet),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(Failure::Closed(format!("in its first record: {e}"))),
+        };
+        if n == 0 {
+            return Err(Failure::Closed("closed in its first record".into()));
+        }
+        if buf[0] != HANDSHAKE_RECORD {
+            return Err(Failure::Error(format!(
+                "not a TLS handshake (first byte {:#04x})",
+                buf[0]
+            )));
+        }
+        if want == RECORD_HEADER && buf.len() >= RECORD_HEADER {
+            let len = record_len(&buf)
+                .ok_or_else(|| Failure::Error("not a TLS handshake record".into()))?;
+            want = RECORD_HEADER + len;
+        }
+    }
+    Ok(buf)
+}
+
 /// Failed handshakes since the last summary line.
 #[derive(Default)]
 struct Summary {
@@ -146,20 +198,11 @@ impl Tls {
             .into_any()
             .downcast::<L4Stream>()
             .map_err(|_| Failure::Error("not a TCP stream".into()))?;
-        // No TLS state before the first byte.
-        let mut first = [0u8; 1];
-        match tokio::time::timeout_at(deadline, l4.read(&mut first)).await {
-            Err(_) => return Err(Failure::Timeout),
-            Ok(Ok(0) | Err(_)) => return Err(Failure::Quiet),
-            Ok(Ok(_)) => {}
-        }
-        if first[0] != HANDSHAKE_RECORD {
-            return Err(Failure::Error(format!(
-                "not a TLS handshake (first byte {:#04x})",
-                first[0]
-            )));
-        }
+        // No TLS state before the client's whole first record (its
+        // ClientHello) is here: a silent or stalled client holds its bytes.
+        let first = first_record(&mut l4, deadline).await?;
         l4.rewind(&first);
+        drop(first);
         let mut tls = self.session(*l4)?;
         match tokio::time::timeout_at(deadline, tls.accept()).await {
             Ok(Ok(())) => Ok(Box::new(tls)),
@@ -253,6 +296,16 @@ mod tests {
         assert!(one.serves("[::ffff:127.0.0.1]:8443".parse().unwrap()));
         assert!(!one.serves("127.0.0.2:8443".parse().unwrap()));
         assert!(one.serves("[::1]:9443".parse().unwrap()));
+    }
+
+    #[test]
+    fn record_headers() {
+        assert_eq!(record_len(&[0x16, 3, 1, 0x02, 0x00]), Some(512));
+        assert_eq!(record_len(&[0x16, 3, 3, 0x40, 0x00, 9]), Some(16384));
+        assert_eq!(record_len(&[0x16, 3, 3, 0x40, 0x01]), None, "over 2^14");
+        assert_eq!(record_len(&[0x16, 3, 1, 0, 0]), None, "empty");
+        assert_eq!(record_len(&[0x16, 2, 0, 0, 9]), None, "SSL 2");
+        assert_eq!(record_len(b"POST "), None);
     }
 
     #[test]
