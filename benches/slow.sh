@@ -66,6 +66,10 @@ LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 SIM=$(free_port); NGX=$(free_port); NGX5=$(free_port); NGXS=$(free_port)
 GW=$(free_port); MET=$(free_port); GWS=$(free_port)
 GW5=$(free_port); MET5=$(free_port)
+# The memory rows' gateways (picked now: thousands of connections later hold
+# many local ports).
+UPORTS=()
+for _ in $(seq $((${#VARIANTS[@]} + 1))); do UPORTS+=("$(free_port) $(free_port) $(free_port)"); done
 KEY=456789
 H=$(printf '%s' "123$KEY" | sha1sum | cut -d' ' -f1)
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" \
@@ -177,6 +181,7 @@ run_attack() {
   local refused="-"
   [ -n "$met" ] && refused=$(delta "$before" "$(refusals "$met")")
   ROWS+=("$name|$h|$rss0|$rss1|$ok/$tried|$refused")
+  echo "$name: held $h, RSS $rss0 -> $rss1 MiB, legitimate $ok/$tried, $refused" >&2
   sleep 3
 }
 
@@ -225,21 +230,26 @@ memory() {
   sleep 5
   local r2; r2=$(rss_kib "$pid")
   MEMROWS+=("$name|$mode|$h|$(awk -v a="$r0" -v b="$r1" -v n="$h" 'BEGIN {printf "%.1f", n ? (b - a) / n : 0}')|$((r0 / 1024))|$((r1 / 1024))|$((r2 / 1024))")
+  echo "memory $name $mode: held $h, RSS $r0 -> $r1 -> $r2 KiB" >&2
 }
-uncapped() { # BINARY LABEL: a gateway with every cap off, measured on both kinds
+uncapped() { # BINARY LABEL PORTS: a gateway with every cap off, on both kinds
   local p m s
-  p=$(free_port); m=$(free_port); s=$(free_port)
+  read -r p m s <<<"$3"
   gw_config "$p" "$m" $'max_connections = 0\nmax_connections_per_address = 0' "$s" \
     $'handshake_timeout = "60s"\nmax_handshakes_per_address = 0' > "$W/gwu-$2.toml"
-  BENCH_KEY=$KEY "$1" run -c "$W/gwu-$2.toml" 2>/dev/null & local pid=$!; PIDS+=($pid)
-  wait_port "$s"
+  BENCH_KEY=$KEY "$1" run -c "$W/gwu-$2.toml" 2>"$W/gwu-$2.log" & local pid=$!; PIDS+=($pid)
+  if ! (wait_port "$s"); then
+    echo "$2 did not start:" >&2; cat "$W/gwu-$2.log" >&2
+    return
+  fi
   memory "$2" "$pid" "$s" silent
   memory "$2" "$pid" "$s" hello
   kill "$pid" 2>/dev/null || true
 }
 for mode in silent hello; do memory nginx "$NGX_PID" "$NGXS" "$mode"; done
-uncapped "$BIN" gateway
-for v in "${VARIANTS[@]}"; do uncapped "${v#*=}" "gateway-${v%%=*}"; done
+uncapped "$BIN" gateway "${UPORTS[0]}"
+i=1
+for v in "${VARIANTS[@]}"; do uncapped "${v#*=}" "gateway-${v%%=*}" "${UPORTS[$i]}"; i=$((i + 1)); done
 
 echo
 echo "benches/slow.sh: $CONNS connections per slowhttptest and TLS attack, ${SECS} s per attack," \
