@@ -63,13 +63,14 @@ need_apt nginx slowhttptest curl openssl
 ulimit -n 65536 2>/dev/null || true
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
-SIM=$(free_port); NGX=$(free_port); NGX5=$(free_port); NGXS=$(free_port)
-GW=$(free_port); MET=$(free_port); GWS=$(free_port)
-GW5=$(free_port); MET5=$(free_port)
-# The memory rows' gateways (picked now: thousands of connections later hold
-# many local ports).
+# Every port now, distinct (the memory rows' gateways too: thousands of
+# connections later hold many local ports).
+read -r SIM NGX NGX5 NGXS GW MET GWS GW5 MET5 REST <<<"$(free_ports $((9 + 3 * (${#VARIANTS[@]} + 1))))"
 UPORTS=()
-for _ in $(seq $((${#VARIANTS[@]} + 1))); do UPORTS+=("$(free_port) $(free_port) $(free_port)"); done
+for _ in $(seq $((${#VARIANTS[@]} + 1))); do
+  read -r a b c REST <<<"$REST"
+  UPORTS+=("$a $b $c")
+done
 KEY=456789
 H=$(printf '%s' "123$KEY" | sha1sum | cut -d' ' -f1)
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" \
