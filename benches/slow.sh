@@ -22,12 +22,13 @@
 #    full strength), N connections at 500/s; then slowloris against a 5 s
 #    header deadline on both (nginx client_header_timeout 5s; gateway
 #    header_timeout = "5s" without the per-address cap).
-# 2. Connection flood (benches/hold.py flood): one address opens connections
-#    as fast as it can, keeping its newest 10,000 open.
+# 2. Connection flood (benches/hold.py flood): one address (127.0.0.3 against
+#    nginx, 127.0.0.4 against the gateway) opens connections as fast as it
+#    can, keeping its newest 10,000 open.
 # 3. Silent TLS (benches/hold.py): N connections to the HTTPS port that send
 #    nothing, then N that send the first bytes of a ClientHello and stall.
 # 4. Memory of pending TLS connections: M of each kind against nginx and a
-#    gateway whose caps are off (max_connections, max_connections_per_address
+#    fresh gateway for each kind whose caps are off (max_connections, max_connections_per_address
 #    and max_handshakes_per_address 0, handshake_timeout 60s), so that all M
 #    are held: RSS per held connection, and RSS once they closed (what the
 #    allocator gave back); each --variant is measured the same way beside it
@@ -65,9 +66,9 @@ LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
 # Every port now, distinct (the memory rows' gateways too: thousands of
 # connections later hold many local ports).
-read -r SIM NGX NGX5 NGXS GW MET GWS GW5 MET5 REST <<<"$(free_ports $((9 + 3 * (${#VARIANTS[@]} + 1))))"
+read -r SIM NGX NGX5 NGXS GW MET GWS GW5 MET5 REST <<<"$(free_ports $((9 + 6 * (${#VARIANTS[@]} + 1))))"
 UPORTS=()
-for _ in $(seq $((${#VARIANTS[@]} + 1))); do
+for _ in $(seq $((2 * (${#VARIANTS[@]} + 1)))); do
   read -r a b c REST <<<"$REST"
   UPORTS+=("$a $b $c")
 done
@@ -201,9 +202,11 @@ slow gateway-slowbody-1MiB -B "$GW" "$GW_PID" "$MET" 1048576
 slow nginx-slowloris-deadline5s -H "$NGX5" "$NGX_PID"
 slow gateway-slowloris-deadline5s -H "$GW5" "$GW5_PID" "$MET5"
 FLOODED=()
-for target in "nginx $NGX $NGX_PID" "gateway $GW $GW_PID $MET"; do
+# Each flood from an address of its own (the first one's closed connections
+# hold local ports in TIME_WAIT for a minute).
+for target in "nginx $NGX 127.0.0.3 $NGX_PID" "gateway $GW 127.0.0.4 $GW_PID $MET"; do
   set -- $target
-  run_attack "$1-flood" "$2" "$3" "${4:-}" http python3 benches/hold.py flood "$2" 127.0.0.1 10000 "$SECS"
+  run_attack "$1-flood" "$2" "$4" "${5:-}" http python3 benches/hold.py flood "$2" "$3" 10000 "$SECS"
   FLOODED+=("$1: $(cat "$W/$1-flood.out")")
 done
 for mode in silent hello; do
@@ -233,24 +236,27 @@ memory() {
   MEMROWS+=("$name|$mode|$h|$(awk -v a="$r0" -v b="$r1" -v n="$h" 'BEGIN {printf "%.1f", n ? (b - a) / n : 0}')|$((r0 / 1024))|$((r1 / 1024))|$((r2 / 1024))")
   echo "memory $name $mode: held $h, RSS $r0 -> $r1 -> $r2 KiB" >&2
 }
-uncapped() { # BINARY LABEL PORTS: a gateway with every cap off, on both kinds
+uncapped() { # BINARY LABEL MODE PORTS: a fresh gateway with every cap off
   local p m s
-  read -r p m s <<<"$3"
+  read -r p m s <<<"$4"
   gw_config "$p" "$m" $'max_connections = 0\nmax_connections_per_address = 0' "$s" \
-    $'handshake_timeout = "60s"\nmax_handshakes_per_address = 0' > "$W/gwu-$2.toml"
-  BENCH_KEY=$KEY "$1" run -c "$W/gwu-$2.toml" 2>"$W/gwu-$2.log" & local pid=$!; PIDS+=($pid)
+    $'handshake_timeout = "60s"\nmax_handshakes_per_address = 0' > "$W/gwu-$2-$3.toml"
+  BENCH_KEY=$KEY "$1" run -c "$W/gwu-$2-$3.toml" 2>"$W/gwu-$2-$3.log" & local pid=$!; PIDS+=($pid)
   if ! (wait_port "$s"); then
-    echo "$2 did not start:" >&2; cat "$W/gwu-$2.log" >&2
+    echo "$2 did not start:" >&2; cat "$W/gwu-$2-$3.log" >&2
     return
   fi
-  memory "$2" "$pid" "$s" silent
-  memory "$2" "$pid" "$s" hello
+  memory "$2" "$pid" "$s" "$3"
   kill "$pid" 2>/dev/null || true
 }
 for mode in silent hello; do memory nginx "$NGX_PID" "$NGXS" "$mode"; done
-uncapped "$BIN" gateway "${UPORTS[0]}"
-i=1
-for v in "${VARIANTS[@]}"; do uncapped "${v#*=}" "gateway-${v%%=*}" "${UPORTS[$i]}"; i=$((i + 1)); done
+i=0
+for v in "gateway=$BIN" "${VARIANTS[@]/#/gateway-}"; do
+  for mode in silent hello; do
+    uncapped "${v#*=}" "${v%%=*}" "$mode" "${UPORTS[$i]}"
+    i=$((i + 1))
+  done
+done
 
 echo
 echo "benches/slow.sh: $CONNS connections per slowhttptest and TLS attack, ${SECS} s per attack," \
