@@ -56,6 +56,7 @@ fn settings(cap: usize) -> LimitSettings {
             window: Duration::from_millis(50),
             cooloff: Duration::from_millis(50),
         }),
+        ipv6_prefix: 64,
     }
 }
 

@@ -123,6 +123,119 @@ fn open_connections_are_capped_in_total_and_per_client_address() {
     assert!(r.text().contains("client123"), "{}", r.text());
 }
 
+#[test]
+fn hostile_connections_write_no_log_line_each() {
+    let (gw, _sim, sa) = gw_and_sim(
+        "",
+        "[client]\nheader_timeout = \"1s\"\nmax_header_bytes = 2048\n",
+    );
+    let partial = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nX-Slow: a";
+    let mut stalled = Vec::new();
+    for _ in 0..30 {
+        // A slowloris that gives up (FIN), one that resets, one that stays.
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(partial).unwrap();
+        drop(s);
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(partial).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        s.write_all(partial).unwrap();
+        stalled.push(s);
+        // An oversized header.
+        let mut s = TcpStream::connect(gw.addr).unwrap();
+        let _ = s.write_all(&[b'x'; 4096]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while refused(&gw, "closed_mid_header") < 60.0 || refused(&gw, "header_timeout") < 30.0 {
+        assert!(Instant::now() < deadline, "{}", gw.metrics_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(refused(&gw, "closed_mid_header"), 60.0);
+    assert_eq!(refused(&gw, "header_timeout"), 30.0);
+    assert_eq!(refused(&gw, "header_too_large"), 30.0);
+    assert!(sim_seen(sa).is_empty());
+    let log = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(lines.is_empty(), "{lines:#?}");
+    // The gateway still serves.
+    assert!(gw.send(&verified_call(false)).text().contains("client123"));
+    drop(stalled);
+}
+
+/// Open file descriptors of a process (its sockets among them).
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_refused_at_the_per_address_cap_takes_nothing_from_other_clients() {
+    let (gw, _sim, sa) = gw_and_sim(
+        "",
+        "[client]\nmax_connections = 40\nmax_connections_per_address = 10\n",
+    );
+    wait_open(&gw, 0.0);
+    let base = fds(gw.proc.pid());
+    // The attacker holds its 10 and keeps opening connections it never
+    // closes: each refusal would linger (reading for up to 1 s).
+    let held: Vec<TcpStream> = (0..10)
+        .map(|_| connect_from("127.0.0.1", gw.addr))
+        .collect();
+    wait_open(&gw, 10.0);
+    let a = gw.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let flood = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && kept.len() < 5000 {
+            if let Ok(mut s) = TcpStream::connect(a) {
+                let _ = s.write_all(b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\n");
+                kept.push(s);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        kept.len()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let mut most = 0;
+    let mut served = 0;
+    for _ in 0..20 {
+        let r = send_from("127.0.0.2", gw.addr, verified_call(false).as_bytes());
+        served += usize::from(r.text().contains("client123"));
+        most = most.max(fds(gw.proc.pid()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = flood.join().unwrap();
+    assert_eq!(served, 20, "another client is served throughout");
+    assert!(opened >= 200, "the flood opened {opened} connections");
+    assert!(
+        refused(&gw, "max_connections_per_address") >= 100.0,
+        "{}",
+        gw.metrics_text()
+    );
+    assert_eq!(refused(&gw, "max_connections"), 0.0);
+    // What the gateway held: the attacker's 10, at most 4 lingering
+    // refusals of its address, and a margin for the other client's call,
+    // the upstream and refused connections between their accept and close
+    // (without the linger cap: some 300).
+    assert!(
+        most <= base + 10 + 4 + 25,
+        "{most} descriptors open (base {base}) during the flood"
+    );
+    assert_eq!(sim_seen(sa).len(), 20);
+    drop(held);
+}
+
 /// Drips `bytes` one at a time every `every` from a thread, until a write
 /// fails; returns what the gateway answered and when it closed.
 fn drip(mut s: TcpStream, bytes: &'static [u8], every: Duration) -> (Vec<u8>, Duration) {
@@ -363,7 +476,11 @@ fn check_refuses_nonsense_connection_settings() {
     let (ok, out) = check("");
     assert!(ok, "{out}");
     assert!(
-        out.contains("10000 open at most, 256 per client address"),
+        out.contains("10000 open at most, 256 per client address (IPv6: per /64)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1048576 bytes; 67108864 buffered at most, 4194304 per client address; within 10s + 1s per 1024 bytes"),
         "{out}"
     );
     for (extra, key) in [
@@ -382,6 +499,20 @@ fn check_refuses_nonsense_connection_settings() {
         ),
         ("proxy_protocol = true", "proxy_protocol"),
         ("[client]\nmax_connections = -1", "max_connections"),
+        ("[client]\nipv6_prefix = 8", "client.ipv6_prefix"),
+        ("[client]\nbody_min_rate = 0", "client.body_min_rate"),
+        ("[client]\nsend_timeout = \"0s\"", "client.send_timeout"),
+        ("[client]\nbody_timeout = \"0s\"", "client.body_timeout"),
+        (
+            "[api]\nmax_body_bytes = 1000\nmax_buffered_bytes_per_address = 999",
+            "api.max_buffered_bytes_per_address",
+        ),
+        (
+            "[api]\nmax_buffered_bytes = 2000\nmax_body_bytes = 1000\nmax_buffered_bytes_per_address = 3000",
+            "api.max_buffered_bytes_per_address",
+        ),
+        ("[api]\nmax_buffered_per_address = 1", "max_buffered_per_address"),
+        ("[client]\nipv6_prefix = 129", "client.ipv6_prefix"),
     ] {
         let (ok, out) = check(extra);
         assert!(!ok && out.contains(key), "{extra}: {out}");

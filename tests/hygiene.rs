@@ -220,6 +220,10 @@ fn client_faults_are_client_faults() {
     };
     assert_eq!(outcome("upstream_error"), 0.0, "{m}");
     assert!(outcome("client_error") >= 1.0, "client gone counted: {m}");
+    assert!(
+        m.contains(r#"api_method="user_details_get",http_method="POST",outcome="client_error",reason="client_closed"} 1"#),
+        "counted under the method it called: {m}"
+    );
     assert!(m.contains(r#"reason="bad_framing"} 1"#), "{m}");
     let log = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap_or_default();
     assert!(
@@ -292,36 +296,119 @@ fn mor_gateway_redact(q: &str) -> String {
     }
 }
 
-/// Hostile shapes, each refused (400/404/405) or normalised: after all of
-/// them, MOR has seen only calls the gateway verified.
+/// What the gateway did with one connection: every answer it wrote, and
+/// whether it closed the connection (within 3 s) or kept it open.
+struct Outcome {
+    answers: Vec<Resp>,
+    closed: bool,
+    raw: Vec<u8>,
+}
+
+fn exchange(a: SocketAddr, bytes: &[u8]) -> Outcome {
+    let mut s = TcpStream::connect(a).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+    s.write_all(bytes).expect("write");
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // A reset after the answer is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    Outcome {
+        answers: responses(&raw),
+        closed,
+        raw,
+    }
+}
+
+/// A verified call sent after a hostile request in the same write: a
+/// request the gateway must never see if it closed after the first.
+fn canary() -> String {
+    form_call(
+        "Connection: close\r\n",
+        &format!("{}&canary=1", good_body()),
+    )
+}
+
+fn canaries(sa: SocketAddr) -> usize {
+    sim_seen(sa)
+        .iter()
+        .filter(|s| s["body"].as_str().unwrap_or("").contains("canary=1"))
+        .count()
+}
+
+/// What a hostile request must leave behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Refused with this status, the connection closed: the canary after it
+    /// is neither answered nor forwarded.
+    Closed(u16),
+    /// Answered (served, or refused in MOR's shape), then closed: as HTTP
+    /// requires (HTTP/1.0 without keep-alive, `Connection: close`), or a
+    /// refusal before the body was read: the canary is not read.
+    AnsweredThenClosed,
+    /// Answered (served, or refused in MOR's shape), the connection kept in
+    /// step: the canary is answered and forwarded once.
+    Continues,
+}
+
+/// Hostile shapes (our own cases: smuggling shapes, hop-by-hop tricks,
+/// control characters, keep-alive where HTTP forbids it), each followed in
+/// the same write by a verified canary call. Each leaves the connection as
+/// [`Expect`] says, and after all of them MOR has seen only calls the
+/// gateway verified, one canary per connection kept in step.
 #[test]
 fn regression_corpus_nothing_unverified_upstream() {
     let (gw, _sim, sa) = gw_and_sim("", "");
     let b = good_body();
     let n = b.len();
-    let corpus: Vec<(&str, String)> = vec![
-        ("CL.TE", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Length: {n}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /billing/api/user_devices?u=john HTTP/1.1\r\n\r\n")),
-        ("TE.CL", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n")),
-        ("TE space", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding : chunked\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n")),
-        ("TE xchunked", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: xchunked\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n")),
-        ("TE tab", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding:\tchunked, identity\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n")),
-        ("CL plus", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Length: +{n}\r\n\r\n{b}")),
-        ("CL negative", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Length: -1\r\n\r\n{b}")),
-        ("obs-fold", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\n application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}")),
-        ("bare LF", format!("POST /billing/api/user_details_get HTTP/1.1\nHost: m\nContent-Length: {n}\n\n{b}")),
-        ("encoded slash", format!("POST /billing/api%2Fuser_devices HTTP/1.1\r\nHost: m\r\nContent-Length: {n}\r\n\r\n{b}")),
-        ("traversal", format!("POST /billing/api/../api/user_devices HTTP/1.1\r\nHost: m\r\nContent-Length: {n}\r\n\r\n{b}")),
-        ("absolute URI", "POST http://evil/billing/api/user_devices?u=john HTTP/1.1\r\nHost: m\r\nContent-Length: 0\r\n\r\n".to_string()),
-        ("CONNECT", "CONNECT mor:80 HTTP/1.1\r\nHost: mor:80\r\n\r\n".to_string()),
-        ("TRACE", "TRACE /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\n\r\n".to_string()),
-        ("Connection: TE", form_call("Connection: Transfer-Encoding\r\n", &b)),
-        ("username only", form_call("", "u=john").replace("user_details_get", "user_devices")),
-        ("HTTP/1.0 keep-alive", format!("POST /billing/api/user_details_get HTTP/1.0\r\nHost: m\r\nConnection: keep-alive, Content-Length\r\nContent-Length: {n}\r\n\r\n{b}")),
+    use Expect::*;
+    let corpus: Vec<(&str, String, Expect)> = vec![
+        ("CL.TE", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Length: {n}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /billing/api/user_devices?u=john HTTP/1.1\r\n\r\n"), Closed(400)),
+        ("CL+TE, a valid chunked call", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n", n + 10), Closed(400)),
+        ("TE.CL", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n"), Closed(400)),
+        ("TE space", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding : chunked\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n"), Closed(400)),
+        ("TE xchunked", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: xchunked\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n"), Closed(400)),
+        ("TE tab", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding:\tchunked, identity\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n"), Closed(400)),
+        ("CL plus", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Length: +{n}\r\n\r\n{b}"), Closed(400)),
+        ("CL negative", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Length: -1\r\n\r\n{b}"), Closed(400)),
+        ("obs-fold", format!("POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/json\r\n application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("bare LF", format!("POST /billing/api/user_details_get HTTP/1.1\nHost: m\nContent-Length: {n}\n\n{b}"), Continues),
+        ("encoded slash", format!("POST /billing/api%2Fuser_devices HTTP/1.1\r\nHost: m\r\nContent-Length: {n}\r\n\r\n{b}"), AnsweredThenClosed),
+        ("traversal", format!("POST /billing/api/../api/user_devices HTTP/1.1\r\nHost: m\r\nContent-Length: {n}\r\n\r\n{b}"), AnsweredThenClosed),
+        ("absolute URI", "POST http://evil/billing/api/user_devices?u=john HTTP/1.1\r\nHost: m\r\nContent-Length: 0\r\n\r\n".to_string(), Closed(400)),
+        // pingora's own 405.
+        ("CONNECT", "CONNECT mor:80 HTTP/1.1\r\nHost: mor:80\r\n\r\n".to_string(), Closed(405)),
+        ("TRACE", "TRACE /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\n\r\n".to_string(), Continues),
+        ("Connection: TE", form_call("Connection: Transfer-Encoding\r\n", &b), Closed(400)),
+        ("username only", form_call("", "u=john").replace("user_details_get", "user_devices"), AnsweredThenClosed),
+        ("HTTP/1.0 keep-alive nominating CL", format!("POST /billing/api/user_details_get HTTP/1.0\r\nHost: m\r\nConnection: keep-alive, Content-Length\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("HTTP/1.0", format!("POST /billing/api/user_details_get HTTP/1.0\r\nHost: m\r\nContent-Length: {n}\r\n\r\n{b}"), AnsweredThenClosed),
+        ("HTTP/1.0 without Host", format!("POST /billing/api/user_details_get HTTP/1.0\r\nContent-Length: {n}\r\n\r\n{b}"), AnsweredThenClosed),
+        ("HTTP/1.0 keep-alive", format!("POST /billing/api/user_details_get HTTP/1.0\r\nHost: m\r\nConnection: keep-alive\r\nContent-Length: {n}\r\n\r\n{b}"), Continues),
+        ("Connection: close", form_call("Connection: close\r\n", &b), AnsweredThenClosed),
+        ("HTTP/1.1 without Host", format!("POST /billing/api/user_details_get HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("GET with a body", format!("GET /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("HEAD with a chunked body", format!("HEAD /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{b}\r\n0\r\n\r\n"), Closed(400)),
+        ("raw CR in the target", format!("POST /billing/api/user_details_get?x=\ry HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("NUL in the target", format!("POST /billing/api/user_details_get?x=\0 HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("TAB in the target", format!("POST /billing/api/user_details_get?x=\ty HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("space in the target", format!("POST /billing/api/user_details_get?x= y HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}"), Closed(400)),
+        ("percent-encoded CR (a client's own escape)", form_call("", &b).replace("user_details_get", "user_details_get?x=%0D%09y"), Continues),
     ];
-    for (what, req) in &corpus {
-        let buf = raw(gw.addr, req.as_bytes());
-        let rs = responses(&buf);
-        for r in &rs {
+    let mut kept_in_step = 0;
+    for (what, req, expect) in &corpus {
+        let before = canaries(sa);
+        let o = exchange(gw.addr, format!("{req}{}", canary()).as_bytes());
+        let shown = String::from_utf8_lossy(&o.raw);
+        let rs = &o.answers;
+        assert!(!rs.is_empty(), "{what}: no answer");
+        for r in rs {
             assert!(
                 r.status >= 400 || r.text().contains("client123") || r.text().contains("<error>"),
                 "{what}: {} {}",
@@ -329,12 +416,74 @@ fn regression_corpus_nothing_unverified_upstream() {
                 r.text()
             );
         }
+        assert!(o.closed, "{what}: the connection stayed open: {shown}");
+        match expect {
+            Closed(status) => {
+                assert_eq!(rs.len(), 1, "{what}: one answer, then close: {shown}");
+                assert_eq!(rs[0].status, *status, "{what}: {shown}");
+                assert_eq!(canaries(sa), before, "{what}: the canary was forwarded");
+            }
+            AnsweredThenClosed => {
+                assert_eq!(rs.len(), 1, "{what}: one answer, then close: {shown}");
+                assert_eq!(canaries(sa), before, "{what}: the canary was forwarded");
+            }
+            Continues => {
+                assert_eq!(rs.len(), 2, "{what}: the answer and the canary's: {shown}");
+                assert!(rs[1].text().contains("client123"), "{what}: {shown}");
+                assert_eq!(canaries(sa), before + 1, "{what}");
+                kept_in_step += 1;
+            }
+        }
     }
     // Whatever reached MOR was a verified user_details_get with its hash.
-    for s in sim_seen(sa) {
+    let seen = sim_seen(sa);
+    for s in &seen {
         assert_eq!(s["path"], "/billing/api/user_details_get", "{s}");
         assert!(s["body"].as_str().unwrap_or("").contains(H_123), "{s}");
     }
+    assert_eq!(canaries(sa), kept_in_step);
+}
+
+/// RFC 9112 §6.1/§6.3 and §9.3: a length sent with Transfer-Encoding, and
+/// HTTP/1.0 without `Connection: keep-alive`, end the connection; a second
+/// request in the same write (what a balancer framing by Content-Length
+/// would send as part of the first) is neither answered nor forwarded.
+#[test]
+fn keep_alive_only_where_http_allows_it() {
+    let (gw, _sim, sa) = gw_and_sim("", "");
+    let b = good_body();
+    let n = b.len();
+    // The body a Content-Length-framing balancer sees holds a second request.
+    let second = form_call("", &format!("u=admin&user_id=123&hash={H_123}&smuggled=1"));
+    let chunked = format!("{n:x}\r\n{b}\r\n0\r\n\r\n");
+    let clte = format!(
+        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{second}",
+        chunked.len() + second.len()
+    );
+    let start = std::time::Instant::now();
+    let o = exchange(gw.addr, clte.as_bytes());
+    assert!(o.closed && start.elapsed() < Duration::from_secs(2));
+    assert_eq!(o.answers.len(), 1, "{}", String::from_utf8_lossy(&o.raw));
+    assert_eq!(o.answers[0].status, 400);
+    assert_eq!(o.answers[0].header("connection"), Some("close"));
+    assert!(sim_seen(sa).is_empty(), "nothing reached MOR");
+    // HTTP/1.0: answered, then closed at once; the next request is not read.
+    let v10 = format!(
+        "POST /billing/api/user_details_get HTTP/1.0\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {n}\r\n\r\n{b}{second}"
+    );
+    let start = std::time::Instant::now();
+    let o = exchange(gw.addr, v10.as_bytes());
+    assert!(o.closed && start.elapsed() < Duration::from_secs(2));
+    assert_eq!(o.answers.len(), 1, "{}", String::from_utf8_lossy(&o.raw));
+    assert!(o.answers[0].text().contains("client123"));
+    let seen = sim_seen(sa);
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0]["body"].as_str().unwrap().contains("smuggled"));
+    // HTTP/1.0 that asks for keep-alive keeps it.
+    let ka = v10.replacen("Host: m\r\n", "Host: m\r\nConnection: keep-alive\r\n", 1);
+    let o = exchange(gw.addr, ka.as_bytes());
+    assert_eq!(o.answers.len(), 2, "{}", String::from_utf8_lossy(&o.raw));
+    assert!(!o.closed, "kept alive after the keep-alive second request");
 }
 
 #[test]
@@ -343,32 +492,40 @@ fn bodies_waiting_for_their_verdict_share_one_budget() {
         "",
         "[api]\nmax_body_bytes = 1000\nmax_buffered_bytes = 1500\n",
     );
-    // A slow client holds 1000 bytes of the budget with a declared length.
-    let mut slow = TcpStream::connect(gw.addr).unwrap();
-    slow.write_all(b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nu=admin")
+    // A slow client holds 900 bytes of the budget: what it sent, not the
+    // 1000 it declared.
+    let mut slow = connect_from("127.0.0.1", gw.addr);
+    slow.write_all(b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: m\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n")
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    slow.write_all(&[b'x'; 900]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     // The next body that does not fit is refused at once, and counted.
-    let body = format!("{}&pad={}", good_body(), "x".repeat(900));
-    let rs = responses(&raw(
+    let body = format!("{}&pad={}", good_body(), "x".repeat(700));
+    let r = send_from(
+        "127.0.0.2",
         gw.addr,
         form_call("Connection: close\r\n", &body).as_bytes(),
-    ));
-    assert_eq!(rs[0].status, 503, "{}", rs[0].text());
-    assert_eq!(rs[0].header("retry-after"), Some("1"));
-    assert!(gw.metrics_text().contains(r#"reason="overloaded"} 1"#));
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("Server busy"), "{}", r.text());
+    assert!(gw
+        .metrics_text()
+        .contains(r#"api_method="user_details_get",http_method="POST",outcome="limited",reason="overloaded"} 1"#));
     // Small calls still pass; once the slow client goes, big ones pass again.
-    let rs = responses(&raw(
+    let r = send_from(
+        "127.0.0.2",
         gw.addr,
         form_call("Connection: close\r\n", &good_body()).as_bytes(),
-    ));
-    assert!(rs[0].text().contains("client123"), "{}", rs[0].text());
+    );
+    assert!(r.text().contains("client123"), "{}", r.text());
     drop(slow);
-    std::thread::sleep(Duration::from_millis(200));
-    let rs = responses(&raw(
+    std::thread::sleep(Duration::from_millis(300));
+    let r = send_from(
+        "127.0.0.2",
         gw.addr,
         form_call("Connection: close\r\n", &body).as_bytes(),
-    ));
-    assert!(rs[0].text().contains("client123"), "{}", rs[0].text());
+    );
+    assert!(r.text().contains("client123"), "{}", r.text());
     assert_eq!(sim_seen(sa).len(), 2);
 }

@@ -168,6 +168,11 @@ pub struct TlsListen {
     pub material: Arc<CertKey>,
     /// A PROXY protocol header precedes the TLS handshake.
     pub proxy_protocol: bool,
+    /// The handshake must be done within this long of the connection's start.
+    pub handshake_timeout: Duration,
+    /// Connections of one client address whose handshake is not done yet
+    /// (0: only `client.max_connections_per_address` bounds them).
+    pub max_handshakes_per_address: usize,
 }
 
 /// How client connections are treated.
@@ -177,6 +182,12 @@ pub struct ClientSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Longest wait for each read of a request (408 beyond).
     pub read_timeout: Duration,
+    /// Longest wait for each write of an answer to the client.
+    pub send_timeout: Duration,
+    /// The whole body's time before `body_min_rate` adds to it (408 beyond).
+    pub body_timeout: Duration,
+    /// Each this many body bytes received add a second to `body_timeout`.
+    pub body_min_rate: u64,
     /// Idle keep-alive connections are closed after this long.
     pub keepalive_timeout: Duration,
     /// The whole request header must arrive within this long (408 beyond).
@@ -188,6 +199,9 @@ pub struct ClientSettings {
     /// Open client connections per client address (0: unlimited; 503
     /// beyond). A peer in `trusted_proxies` is not counted per address.
     pub max_connections_per_address: usize,
+    /// IPv6 clients are one address per network of this prefix length, for
+    /// every per-address decision ([`crate::core::client::group`]).
+    pub ipv6_prefix: u8,
 }
 
 /// Where and how the limits are shared (`[limits.shared]`).
@@ -289,6 +303,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// All request bodies buffered before their verdicts, together (503 beyond).
     pub max_buffered_bytes: usize,
+    /// The bodies of one client address, together (429 beyond).
+    pub max_buffered_bytes_per_address: usize,
     /// What the decision core reads: policies, keys, owners, catalogue.
     pub policy: Arc<Policy>,
     /// Where the admin key came from.
@@ -365,10 +381,15 @@ impl Settings {
         if let Some(t) = &self.tls {
             let _ = writeln!(
                 s,
-                "tls listen     {} (TLS 1.2/1.3, certificate {}, key {}; reloaded on SIGHUP)",
+                "tls listen     {} (TLS 1.2/1.3, certificate {}, key {}; reloaded on SIGHUP; handshake within {}, {} pending per client address)",
                 list(&t.listen),
                 t.cert_file.display(),
-                t.key_file.display()
+                t.key_file.display(),
+                humantime::format_duration(t.handshake_timeout),
+                match t.max_handshakes_per_address {
+                    0 => "unlimited".to_string(),
+                    n => n.to_string(),
+                }
             );
         }
         if !self.upstream.tls_servers.is_empty() {
@@ -441,11 +462,20 @@ impl Settings {
         };
         let _ = writeln!(
             s,
-            "connections    {} open at most, {} per client address",
+            "connections    {} open at most, {} per client address (IPv6: per /{})",
             cap(c.max_connections),
-            cap(c.max_connections_per_address)
+            cap(c.max_connections_per_address),
+            c.ipv6_prefix
         );
-        let _ = writeln!(s, "max body       {} bytes", self.max_body_bytes);
+        let _ = writeln!(
+            s,
+            "max body       {} bytes; {} buffered at most, {} per client address; within {} + 1s per {} bytes",
+            self.max_body_bytes,
+            self.max_buffered_bytes,
+            self.max_buffered_bytes_per_address,
+            humantime::format_duration(c.body_timeout),
+            c.body_min_rate
+        );
         let _ = writeln!(
             s,
             "admin key      from {} (value not shown)",

@@ -260,6 +260,14 @@ fn tls(t: schema::Tls) -> Result<Option<TlsListen>, ConfigError> {
         key_file,
         material: Arc::new(material),
         proxy_protocol: t.proxy_protocol,
+        handshake_timeout: match positive("tls.handshake_timeout", t.handshake_timeout)? {
+            d if d > Duration::from_secs(60) => return Err(invalid(
+                "tls.handshake_timeout",
+                "at most 60s (a handshake takes milliseconds; longer only holds the connection)",
+            )),
+            d => d,
+        },
+        max_handshakes_per_address: t.max_handshakes_per_address,
     }))
 }
 
@@ -475,14 +483,32 @@ fn client(c: schema::Client) -> Result<ClientSettings, ConfigError> {
             "must not exceed client.max_connections (0 is unlimited)",
         ));
     }
+    if !(16..=128).contains(&c.ipv6_prefix) {
+        return Err(invalid(
+            "client.ipv6_prefix",
+            "must be between 16 and 128 (bits of an IPv6 address that name one client)",
+        ));
+    }
     Ok(ClientSettings {
         trusted_proxies: cidrs("client.trusted_proxies", &c.trusted_proxies)?,
         read_timeout: positive("client.read_timeout", c.read_timeout)?,
+        send_timeout: positive("client.send_timeout", c.send_timeout)?,
+        body_timeout: positive("client.body_timeout", c.body_timeout)?,
+        body_min_rate: match c.body_min_rate {
+            0 => {
+                return Err(invalid(
+                    "client.body_min_rate",
+                    "must be at least 1 (bytes per second)",
+                ))
+            }
+            n => n,
+        },
         keepalive_timeout: positive("client.keepalive_timeout", c.keepalive_timeout)?,
         header_timeout: positive("client.header_timeout", c.header_timeout)?,
         max_header_bytes: c.max_header_bytes,
         max_connections: c.max_connections,
         max_connections_per_address: c.max_connections_per_address,
+        ipv6_prefix: c.ipv6_prefix,
     })
 }
 
@@ -667,7 +693,11 @@ fn mor_db(env: &dyn Env, d: schema::Directory) -> Result<MorDbSettings, ConfigEr
     })
 }
 
-fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigError> {
+fn limits(
+    l: schema::Limits,
+    catalog: &Catalog,
+    ipv6_prefix: u8,
+) -> Result<LimitSettings, ConfigError> {
     let exempt = cidrs("limits.exempt", &l.exempt)?;
     if let Some(q) = &l.per_ip {
         quota_ok("limits.per_ip", q)?;
@@ -719,6 +749,7 @@ fn limits(l: schema::Limits, catalog: &Catalog) -> Result<LimitSettings, ConfigE
         max_tracked_keys: l.max_tracked_keys,
         headers: l.headers,
         lockout,
+        ipv6_prefix,
     })
 }
 
@@ -747,6 +778,15 @@ pub fn resolve(
     }
     let upstream = upstream(raw.upstream)?;
     let tls = tls(raw.tls)?;
+    if let Some(t) = &tls {
+        let per_address = raw.client.max_connections_per_address;
+        if per_address != 0 && t.max_handshakes_per_address > per_address {
+            return Err(invalid(
+                "tls.max_handshakes_per_address",
+                "must not exceed client.max_connections_per_address (0 is unlimited)",
+            ));
+        }
+    }
     if tls.as_ref().is_some_and(|t| t.proxy_protocol) && raw.client.trusted_proxies.is_empty() {
         return Err(invalid(
             "tls.proxy_protocol",
@@ -798,6 +838,24 @@ pub fn resolve(
             "must be at least api.max_body_bytes",
         ));
     }
+    let per_address = match api.max_buffered_bytes_per_address {
+        None => (4 * 1024 * 1024)
+            .max(api.max_body_bytes)
+            .min(api.max_buffered_bytes),
+        Some(n) if n < api.max_body_bytes => {
+            return Err(invalid(
+                "api.max_buffered_bytes_per_address",
+                "must be at least api.max_body_bytes",
+            ))
+        }
+        Some(n) if n > api.max_buffered_bytes => {
+            return Err(invalid(
+                "api.max_buffered_bytes_per_address",
+                "must not exceed api.max_buffered_bytes",
+            ))
+        }
+        Some(n) => n,
+    };
     let (catalog, catalog_file) = catalog(&api, raw.product, base)?;
 
     let admin_key_source = secret_source(
@@ -823,7 +881,8 @@ pub fn resolve(
         Some(sh) => Some(shared_limits(env, sh)?),
         None => None,
     };
-    let limits = limits(raw.limits, &catalog)?;
+    let client = client(raw.client)?;
+    let limits = limits(raw.limits, &catalog, client.ipv6_prefix)?;
 
     let metrics_listen = match raw.metrics.listen.as_str() {
         "" => None,
@@ -854,11 +913,12 @@ pub fn resolve(
         work_stealing: raw.work_stealing,
         shutdown_grace: raw.shutdown_grace,
         upgrade_sock: raw.upgrade_sock,
-        client: client(raw.client)?,
+        client,
         reply_mode: raw.reply_mode,
         upstream,
         max_body_bytes: api.max_body_bytes,
         max_buffered_bytes: api.max_buffered_bytes,
+        max_buffered_bytes_per_address: per_address,
         policy: Arc::new(Policy {
             prefix,
             unknown_methods: api.unknown_methods,

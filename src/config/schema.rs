@@ -96,6 +96,14 @@ pub struct Client {
     /// Longest wait for each read of a request's header or body (408 beyond).
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Longest wait for each write of an answer to the client.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// The whole body's time, before `body_min_rate` adds to it.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Each this many body bytes received add one second to `body_timeout`.
+    pub body_min_rate: u64,
     /// An idle keep-alive connection is closed after this long.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
@@ -108,6 +116,8 @@ pub struct Client {
     pub max_connections: usize,
     /// Open client connections per client address (0: unlimited).
     pub max_connections_per_address: usize,
+    /// IPv6 clients count as one address per network of this prefix length.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for Client {
@@ -115,11 +125,15 @@ impl Default for Client {
         Client {
             trusted_proxies: Vec::new(),
             read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            body_min_rate: 1024,
             keepalive_timeout: Duration::from_secs(75),
             header_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             max_connections_per_address: 256,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -173,7 +187,7 @@ pub struct Upstream {
 }
 
 /// `[tls]`: HTTPS listeners.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
     /// Addresses served with TLS.
@@ -184,6 +198,25 @@ pub struct Tls {
     pub key_file: Option<PathBuf>,
     /// The TLS listeners expect a PROXY protocol header (v1 or v2) first.
     pub proxy_protocol: bool,
+    /// The TLS handshake must be done within this long of the connection's
+    /// start (after its PROXY header, if any).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections of one client address whose handshake is not done yet.
+    pub max_handshakes_per_address: usize,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            listen: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            proxy_protocol: false,
+            handshake_timeout: Duration::from_secs(5),
+            max_handshakes_per_address: 32,
+        }
+    }
 }
 
 impl Default for Upstream {
@@ -229,6 +262,9 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// All bodies buffered before their verdicts, together.
     pub max_buffered_bytes: usize,
+    /// The bodies of one client address, together (absent: 4 MiB, or
+    /// `max_body_bytes` if larger).
+    pub max_buffered_bytes_per_address: Option<usize>,
     /// A catalogue file that extends the built-in one.
     pub catalog_file: Option<PathBuf>,
     /// Extra legacy names: alias -> canonical method.
@@ -251,6 +287,7 @@ impl Default for Api {
             other_paths: PathPolicy::Refuse,
             max_body_bytes: 1024 * 1024,
             max_buffered_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes_per_address: None,
             catalog_file: None,
             aliases: BTreeMap::new(),
             methods: BTreeMap::new(),

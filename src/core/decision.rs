@@ -140,6 +140,16 @@ pub enum Admitted {
     PassThrough(Option<Allowance>, CallInfo),
 }
 
+impl Admitted {
+    /// What is known of the call before its body is read.
+    pub fn info(&self) -> &CallInfo {
+        match self {
+            Admitted::Api(call, _) => &call.info,
+            Admitted::PassThrough(_, info) => info,
+        }
+    }
+}
+
 /// A first-stage refusal with what is known of the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {

@@ -67,6 +67,9 @@ pub struct LimitSettings {
     pub headers: bool,
     /// Failed-hash lockout by (IP, user).
     pub lockout: Option<Lockout>,
+    /// IPv6 clients are one key per network of this prefix length
+    /// ([`crate::core::client::group`]).
+    pub ipv6_prefix: u8,
 }
 
 impl Default for LimitSettings {
@@ -80,11 +83,18 @@ impl Default for LimitSettings {
             max_tracked_keys: 100_000,
             headers: false,
             lockout: None,
+            ipv6_prefix: 64,
         }
     }
 }
 
 impl LimitSettings {
+    /// The key of `ip` in the per-IP layer and the lockout: IPv6 grouped by
+    /// `ipv6_prefix`.
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
+        crate::core::client::group(ip, self.ipv6_prefix)
+    }
+
     /// Whether `ip` (IPv4-mapped IPv6 taken as IPv4) skips the rate layers.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
         let ip = match ip {
@@ -431,7 +441,7 @@ impl Limits {
 impl Gate for Limits {
     fn check_ip(&self, ip: IpAddr, trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
         match &self.ip {
-            Some(l) if !self.exempt(ip) => self.check_keyed(l, &ip, "ip", trace),
+            Some(l) if !self.exempt(ip) => self.check_keyed(l, &self.settings.key(ip), "ip", trace),
             _ => Ok(None),
         }
     }
@@ -445,7 +455,7 @@ impl Gate for Limits {
             return Ok(());
         };
         if let Some(until) = fails
-            .get(&(ip, user.to_string()))
+            .get(&(self.settings.key(ip), user.to_string()))
             .and_then(|f| f.locked_until)
             .filter(|t| *t > now)
         {
@@ -460,7 +470,7 @@ impl Gate for Limits {
         let Ok(mut fails) = self.fails.lock() else {
             return;
         };
-        let key = (ip, user.to_string());
+        let key = (self.settings.key(ip), user.to_string());
         if ok {
             fails.remove(&key);
             return;
@@ -544,6 +554,7 @@ mod tests {
                 window: Duration::from_secs(60),
                 cooloff: Duration::from_secs(60),
             }),
+            ipv6_prefix: 64,
         }
     }
 
@@ -569,6 +580,26 @@ mod tests {
         assert!(l
             .check_ip(ip("1.1.1.2"), &mut LimitTrace::default())
             .is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_network_s_bucket_and_lockout() {
+        let l = Limits::new(&settings());
+        for host in 1..=3 {
+            let a = ip(&format!("2001:db8:1:2::{host}"));
+            assert!(l.check_ip(a, &mut LimitTrace::default()).is_ok());
+        }
+        // A fourth address of the same /64: the network's burst is spent.
+        let r = l.check_ip(ip("2001:db8:1:2:ffff::9"), &mut LimitTrace::default());
+        assert!(r.is_err());
+        assert!(l
+            .check_ip(ip("2001:db8:1:3::1"), &mut LimitTrace::default())
+            .is_ok());
+        // Failed hashes from two addresses of one /64 add up.
+        l.record_hash(ip("2001:db8:9:9::1"), "john", false);
+        l.record_hash(ip("2001:db8:9:9::2"), "john", false);
+        assert!(l.check_lockout(ip("2001:db8:9:9::3"), "john").is_err());
+        assert!(l.check_lockout(ip("2001:db8:9:8::3"), "john").is_ok());
     }
 
     #[test]

@@ -49,6 +49,13 @@ pub enum Reason {
     BadFraming,
     /// The bodies buffered before their verdict are at their global budget.
     Overloaded,
+    /// The bodies of this client address are at their share of the budget.
+    AddressOverloaded,
+    /// The body came slower than `client.body_min_rate` allows.
+    BodyTooSlow,
+    /// The gateway could not open a socket to MOR (its own file descriptors
+    /// or local ports ran out): the gateway's fault, not MOR's.
+    NoSocket,
     /// The client stopped sending its request mid-way (never answered).
     ClientClosed,
     /// The client was too slow sending its request.
@@ -67,7 +74,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 24] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -82,6 +89,9 @@ impl Reason {
         Reason::BodyTooLarge,
         Reason::BadFraming,
         Reason::Overloaded,
+        Reason::AddressOverloaded,
+        Reason::BodyTooSlow,
+        Reason::NoSocket,
         Reason::ClientClosed,
         Reason::ClientTimeout,
         Reason::UpstreamError,
@@ -107,6 +117,11 @@ impl Reason {
             Reason::BodyTooLarge => "Request body too large",
             Reason::BadFraming => "Bad request",
             Reason::Overloaded => "Server busy, try later",
+            Reason::AddressOverloaded => {
+                "Too many request bodies in progress from this address, try later"
+            }
+            Reason::BodyTooSlow => "Request body too slow",
+            Reason::NoSocket => "Server busy, try later",
             Reason::ClientClosed => "Client closed the request",
             Reason::ClientTimeout => "Request timeout",
             Reason::UpstreamError => "MOR server unavailable",
@@ -133,6 +148,9 @@ impl Reason {
             Reason::BodyTooLarge => 413,
             Reason::BadFraming => 400,
             Reason::Overloaded | Reason::DirectoryUnavailable => 503,
+            Reason::AddressOverloaded => 429,
+            Reason::BodyTooSlow => 408,
+            Reason::NoSocket => 503,
             Reason::ClientClosed => 499,
             Reason::ClientTimeout => 408,
             Reason::UpstreamError => 502,
@@ -141,7 +159,8 @@ impl Reason {
     }
 
     /// Status actually sent in `mode`: MOR answers its own refusals with 200;
-    /// transport and client faults (400 framing, 408, 413, 503, 502, 504) keep their status.
+    /// transport and client faults (400 framing, 408, 413, 429 and 503 of the
+    /// body budget, 502, 504) keep their status.
     pub fn status(self, mode: ReplyMode) -> u16 {
         match (mode, self) {
             (
@@ -150,6 +169,9 @@ impl Reason {
                 | Reason::BadFraming
                 | Reason::Overloaded
                 | Reason::DirectoryUnavailable
+                | Reason::AddressOverloaded
+                | Reason::BodyTooSlow
+                | Reason::NoSocket
                 | Reason::ClientClosed
                 | Reason::ClientTimeout
                 | Reason::UpstreamError
@@ -164,8 +186,12 @@ impl Reason {
     /// (a forwarded call's outcome is `forwarded`).
     pub fn outcome(self) -> &'static str {
         match self {
-            Reason::Limited | Reason::LockedOut | Reason::Overloaded => "limited",
-            Reason::ClientClosed | Reason::ClientTimeout => "client_error",
+            Reason::Limited
+            | Reason::LockedOut
+            | Reason::Overloaded
+            | Reason::AddressOverloaded
+            | Reason::NoSocket => "limited",
+            Reason::ClientClosed | Reason::ClientTimeout | Reason::BodyTooSlow => "client_error",
             Reason::UpstreamError | Reason::UpstreamTimeout => "upstream_error",
             _ => "refused",
         }
@@ -194,6 +220,9 @@ impl Reason {
             Reason::BodyTooLarge => "body_too_large",
             Reason::BadFraming => "bad_framing",
             Reason::Overloaded => "overloaded",
+            Reason::AddressOverloaded => "overloaded_address",
+            Reason::BodyTooSlow => "body_too_slow",
+            Reason::NoSocket => "no_socket",
             Reason::ClientClosed => "client_closed",
             Reason::ClientTimeout => "client_timeout",
             Reason::UpstreamError => "upstream_error",
@@ -333,6 +362,8 @@ mod tests {
         assert_eq!(Reason::Limited.status(ReplyMode::Http), 429);
         assert_eq!(Reason::BodyTooLarge.status(ReplyMode::Mor), 413);
         assert_eq!(Reason::UpstreamError.status(ReplyMode::Mor), 502);
+        assert_eq!(Reason::AddressOverloaded.status(ReplyMode::Mor), 429);
+        assert_eq!(Reason::BodyTooSlow.status(ReplyMode::Mor), 408);
     }
 
     #[test]

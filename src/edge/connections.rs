@@ -45,9 +45,12 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::ClientSettings;
 use crate::core::catalog::Envelope;
+use crate::core::client::group;
+use crate::core::framing::LineScan;
 use crate::core::reply::{error_xml, XML_CONTENT_TYPE};
 use crate::edge::proxy::Shared;
 use crate::edge::proxy_protocol::{self, Refused};
+use crate::edge::tls::Tls;
 
 /// How long a refused or cut connection is still read (and discarded) after
 /// its answer, so that the client reads the answer instead of a reset.
@@ -72,8 +75,13 @@ pub enum Cut {
     Silent,
     /// The header exceeds `client.max_header_bytes`.
     HeaderTooLarge,
-    /// No valid PROXY header from a trusted peer on a plain listener.
+    /// No valid PROXY header from a trusted peer.
     ProxyProtocol,
+    /// `tls.max_handshakes_per_address` handshakes from this address are
+    /// not done yet.
+    Handshakes,
+    /// The client closed or reset the connection in the middle of a header.
+    ClosedMidHeader,
 }
 
 impl Cut {
@@ -85,6 +93,8 @@ impl Cut {
             Cut::HeaderTimeout | Cut::Silent => "header_timeout",
             Cut::HeaderTooLarge => "header_too_large",
             Cut::ProxyProtocol => "proxy_protocol",
+            Cut::Handshakes => "max_handshakes_per_address",
+            Cut::ClosedMidHeader => "closed_mid_header",
         }
     }
 
@@ -99,7 +109,7 @@ impl Cut {
                 "431 Request Header Fields Too Large",
                 "Request header too large",
             )),
-            Cut::Silent | Cut::ProxyProtocol => None,
+            Cut::Silent | Cut::ProxyProtocol | Cut::Handshakes | Cut::ClosedMidHeader => None,
         }
     }
 
@@ -111,6 +121,8 @@ impl Cut {
             Cut::Silent => 4,
             Cut::HeaderTooLarge => 5,
             Cut::ProxyProtocol => 6,
+            Cut::Handshakes => 7,
+            Cut::ClosedMidHeader => 8,
         }
     }
 
@@ -122,6 +134,8 @@ impl Cut {
             Cut::Silent,
             Cut::HeaderTooLarge,
             Cut::ProxyProtocol,
+            Cut::Handshakes,
+            Cut::ClosedMidHeader,
         ]
         .into_iter()
         .find(|k| k.code() == c)
@@ -151,29 +165,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Open connections, in total and per client address. Entries leave the
-/// map when their count drops to 0, so it holds at most one entry per open
-/// connection.
+/// A count of connections in some state (open, lingering after a refusal),
+/// in total and per client address. Entries leave the map when their count
+/// drops to 0, so it holds at most one entry per counted connection.
 #[derive(Default)]
 pub struct Counts {
     total: AtomicUsize,
     per_address: Mutex<HashMap<IpAddr, u32>>,
 }
 
-/// One open connection in the total; released when dropped.
+/// One connection in the total; released when dropped.
 struct TotalSlot {
     counts: Arc<Counts>,
-    gauge: IntGauge,
+    gauge: Option<IntGauge>,
 }
 
 impl Drop for TotalSlot {
     fn drop(&mut self) {
         self.counts.total.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.dec();
+        if let Some(g) = &self.gauge {
+            g.dec();
+        }
     }
 }
 
-/// One open connection of a client address; released when dropped.
+/// One connection of a client address; released when dropped.
 struct AddressSlot {
     counts: Arc<Counts>,
     ip: IpAddr,
@@ -192,28 +208,32 @@ impl Drop for AddressSlot {
 }
 
 impl Counts {
-    /// Open connections now.
+    /// Connections counted now.
     #[cfg(test)]
     fn total(&self) -> usize {
         self.total.load(Ordering::Acquire)
     }
 
-    /// Client addresses with an open (per-address counted) connection.
+    /// Client addresses with a (per-address counted) connection.
     #[cfg(test)]
     fn addresses(&self) -> usize {
         lock(&self.per_address).len()
     }
 
-    fn take_total(self: &Arc<Self>, max: usize, gauge: &IntGauge) -> Option<TotalSlot> {
+    /// A slot in the total if fewer than `max` are taken (0: no cap);
+    /// `gauge` follows the count.
+    fn take_total(self: &Arc<Self>, max: usize, gauge: Option<&IntGauge>) -> Option<TotalSlot> {
         self.total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (max == 0 || n < max).then_some(n + 1)
             })
             .ok()?;
-        gauge.inc();
+        if let Some(g) = gauge {
+            g.inc();
+        }
         Some(TotalSlot {
             counts: self.clone(),
-            gauge: gauge.clone(),
+            gauge: gauge.cloned(),
         })
     }
 
@@ -234,6 +254,20 @@ impl Counts {
     }
 }
 
+/// Refused connections that may linger after their answer at once, in
+/// total; the others get their answer only if the socket takes it at once,
+/// and are closed.
+const LINGER_TOTAL: usize = 256;
+/// ... and per client address (so that one address can hold at most its
+/// own cap of open connections plus this many refused ones).
+const LINGER_PER_ADDRESS: u32 = 4;
+
+/// A refused connection's right to linger ([`refuse`]).
+struct Linger {
+    _total: TotalSlot,
+    _address: Option<AddressSlot>,
+}
+
 /// The phase of the request being read on a connection.
 const IDLE: u8 = 0;
 const HEADER: u8 = 1;
@@ -252,6 +286,11 @@ struct Conn {
     notify: Notify,
     /// The socket of a cut connection, given back by the dropped [`Guarded`].
     salvage: Mutex<Option<Stream>>,
+    /// The request line of the request being read, as it arrived (pingora
+    /// percent-encodes control characters in the target before parsing).
+    line: Mutex<LineScan>,
+    /// The connection began with a PROXY protocol header.
+    proxied: bool,
 }
 
 tokio::task_local! {
@@ -263,6 +302,21 @@ tokio::task_local! {
 /// [`Connections`] it does nothing.
 pub fn header_complete() {
     let _ = CONN.try_with(|c| c.phase.store(BODY, Ordering::Relaxed));
+}
+
+/// True when the current connection began with a PROXY protocol header
+/// (then it alone names the client, whatever `X-Forwarded-For` says).
+pub fn proxy_protocol_used() -> bool {
+    CONN.try_with(|c| c.proxied).unwrap_or(false)
+}
+
+/// True when the request line of the current request arrived with a
+/// control character or a space in its target. Unknown (false) for a request
+/// whose header came whole in the bytes read with the previous request (a
+/// pipelined request), and outside a connection of [`Connections`].
+pub fn request_target_bad() -> bool {
+    CONN.try_with(|c| lock(&c.line).bad_target() == Some(true))
+        .unwrap_or(false)
 }
 
 /// A client stream that reads exactly like the stream it wraps, except that
@@ -363,6 +417,7 @@ impl AsyncRead for Guarded {
             return this.cut(Cut::HeaderTooLarge);
         }
         let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
         let res = if buf.remaining() <= room {
             Pin::new(io).poll_read(cx, buf)
         } else {
@@ -374,16 +429,26 @@ impl AsyncRead for Guarded {
             buf.advance(n);
             res
         };
+        // The client left in the middle of a header: pingora would log an
+        // error line for it; the connection is ended here instead.
+        let mid_header = phase == HEADER && this.read > 0;
         match res {
+            Poll::Ready(Ok(())) if mid_header && asked && buf.filled().len() == before => {
+                this.cut(Cut::ClosedMidHeader)
+            }
+            Poll::Ready(Err(_)) if mid_header => this.cut(Cut::ClosedMidHeader),
             Poll::Ready(Ok(())) => {
                 let n = buf.filled().len() - before;
                 if n > 0 {
+                    let mut line = lock(&this.conn.line);
                     if phase == IDLE {
                         // The first byte of a kept-alive request.
                         this.conn.phase.store(HEADER, Ordering::Relaxed);
                         this.read = 0;
                         this.deadline = Instant::now() + this.timeout;
+                        *line = LineScan::default();
                     }
+                    line.feed(&buf.filled()[before..]);
                     this.read += n;
                 }
                 Poll::Ready(Ok(()))
@@ -517,6 +582,20 @@ impl Peek for Guarded {
     }
 }
 
+/// The connection's local address (which listener it came in on).
+fn local_addr(stream: &Stream) -> Option<std::net::SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+}
+
+/// The peer's address and port as the connection knows it.
+fn peer_addr(stream: &Stream) -> Option<std::net::SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
 /// The peer's address as the connection knows it (the PROXY source behind a
 /// balancer that sends the PROXY protocol).
 fn peer_ip(stream: &Stream) -> Option<IpAddr> {
@@ -526,11 +605,21 @@ fn peer_ip(stream: &Stream) -> Option<IpAddr> {
         .map(crate::core::client::canonical)
 }
 
-/// Writes `cut`'s answer, closes the sending side, and reads what the client
-/// still sends for up to [`LINGER`], then closes (at once when `cut` has no
-/// answer).
-async fn refuse(mut stream: Stream, cut: Cut) {
+/// Writes `cut`'s answer and closes (at once when `cut` has no answer).
+/// With a [`Linger`] slot, the sending side is closed and what the client
+/// still sends is read for up to [`LINGER`], so that the client reads the
+/// answer instead of a reset; without one, the answer is written only if
+/// the socket takes it at once.
+async fn refuse(mut stream: Stream, cut: Cut, linger: Option<Linger>) {
     let Some(answer) = answer_bytes(cut) else {
+        return;
+    };
+    let Some(_linger) = linger else {
+        let _ = tokio::time::timeout(Duration::ZERO, async {
+            stream.write_all(&answer).await?;
+            stream.flush().await
+        })
+        .await;
         return;
     };
     let _ = tokio::time::timeout(LINGER, async {
@@ -559,17 +648,29 @@ async fn refuse(mut stream: Stream, cut: Cut) {
 pub struct Connections<A> {
     inner: Arc<A>,
     shared: Arc<Shared>,
+    /// Open connections (each holds its slots until it closes).
     counts: Arc<Counts>,
+    /// Refused or cut connections lingering after their answer (their open
+    /// slots already released).
+    lingering: Arc<Counts>,
+    /// HTTPS connections whose TLS handshake is not done yet (per address).
+    handshakes: Arc<Counts>,
+    /// The HTTPS listeners, if any.
+    tls: Option<Arc<Tls>>,
 }
 
 impl<A> Connections<A> {
-    /// Wraps `inner`; limits come from `shared`'s settings in force when each
-    /// connection opens.
-    pub fn new(inner: A, shared: Arc<Shared>) -> Self {
+    /// Wraps `inner`; `tls` serves the HTTPS listeners (pingora listens on
+    /// them as plain TCP). Limits come from `shared`'s settings in force when
+    /// each connection opens.
+    pub fn new(inner: A, shared: Arc<Shared>, tls: Option<Tls>) -> Self {
         Connections {
             inner: Arc::new(inner),
             shared,
             counts: Arc::new(Counts::default()),
+            lingering: Arc::new(Counts::default()),
+            handshakes: Arc::new(Counts::default()),
+            tls: tls.map(Arc::new),
         }
     }
 }
@@ -583,18 +684,50 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             .inc();
     }
 
+    /// A slot to linger after a refusal for the connection from `ip`
+    /// (grouped; a trusted balancer only counts in the total), if one is free.
+    fn linger(&self, ip: Option<IpAddr>, client: &ClientSettings) -> Option<Linger> {
+        let total = self.lingering.take_total(LINGER_TOTAL, None)?;
+        let address = match ip {
+            Some(ip) if !client.trusted_proxies.iter().any(|n| n.contains(&ip)) => Some(
+                self.lingering
+                    .take_address(group(ip, client.ipv6_prefix), LINGER_PER_ADDRESS)?,
+            ),
+            _ => None,
+        };
+        Some(Linger {
+            _total: total,
+            _address: address,
+        })
+    }
+
     async fn serve(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
         let settings = self.shared.state.load().settings.clone();
         let client = &settings.client;
         let metrics = &self.shared.metrics;
-        let Some(_total) = self
+        // An HTTPS listener's connection: no HTTP answer before its TLS, so
+        // refusals close it unanswered.
+        let tls = self
+            .tls
+            .as_ref()
+            .filter(|t| local_addr(&stream).is_some_and(|a| t.serves(a)));
+        let tls_settings = settings.tls.as_ref().filter(|_| tls.is_some());
+        let Some(total) = self
             .counts
-            .take_total(client.max_connections, &metrics.connections_open)
+            .take_total(client.max_connections, Some(&metrics.connections_open))
         else {
             self.count(Cut::Total);
-            return refuse(stream, Cut::Total).await;
+            if tls.is_some() {
+                return;
+            }
+            let linger = self.linger(peer_ip(&stream), client);
+            return refuse(stream, Cut::Total, linger).await;
         };
-        let stream = if settings.proxy_protocol {
+        let proxied = match tls_settings {
+            Some(t) => t.proxy_protocol,
+            None => settings.proxy_protocol,
+        };
+        let stream = if proxied {
             match proxy_protocol::accept_plain(&client.trusted_proxies, stream).await {
                 Ok(s) => s,
                 Err(Refused::Closed) => return,
@@ -607,20 +740,50 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             stream
         };
         let max_per_address = u32::try_from(client.max_connections_per_address).unwrap_or(u32::MAX);
-        let _address = match peer_ip(&stream) {
-            Some(ip)
-                if max_per_address > 0
-                    && !client.trusted_proxies.iter().any(|n| n.contains(&ip)) =>
-            {
-                match self.counts.take_address(ip, max_per_address) {
+        let ip = peer_ip(&stream);
+        // The per-address key of a client that is not a trusted balancer.
+        let key = ip
+            .filter(|ip| !client.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .map(|ip| group(ip, client.ipv6_prefix));
+        let address = match key {
+            Some(key) if max_per_address > 0 => {
+                match self.counts.take_address(key, max_per_address) {
                     Some(slot) => Some(slot),
                     None => {
                         self.count(Cut::PerAddress);
-                        return refuse(stream, Cut::PerAddress).await;
+                        // Its total slot is free again at once.
+                        drop(total);
+                        if tls.is_some() {
+                            return;
+                        }
+                        let linger = self.linger(ip, client);
+                        return refuse(stream, Cut::PerAddress, linger).await;
                     }
                 }
             }
             _ => None,
+        };
+        let stream = match (tls, tls_settings) {
+            (Some(tls), Some(t)) => {
+                let max = u32::try_from(t.max_handshakes_per_address).unwrap_or(u32::MAX);
+                let pending = match key {
+                    Some(key) if max > 0 => match self.handshakes.take_address(key, max) {
+                        Some(slot) => Some(slot),
+                        None => return self.count(Cut::Handshakes),
+                    },
+                    _ => None,
+                };
+                let deadline = Instant::now() + t.handshake_timeout;
+                let peer = peer_addr(&stream);
+                match tls.handshake(stream, deadline).await {
+                    Ok(s) => {
+                        drop(pending);
+                        s
+                    }
+                    Err(f) => return tls.failed(&f, peer, metrics),
+                }
+            }
+            _ => stream,
         };
         if matches!(
             stream.selected_alpn_proto(),
@@ -635,17 +798,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             cut: AtomicU8::new(0),
             notify: Notify::new(),
             salvage: Mutex::new(None),
+            line: Mutex::new(LineScan::default()),
+            proxied,
         });
         let guarded: Stream = Box::new(Guarded::new(stream, conn.clone(), client));
         drop(settings);
-        let cut = CONN
-            .scope(conn.clone(), self.http1(guarded, shutdown, &conn))
-            .await;
+        // On the heap: a connection still before its handshake (or its
+        // PROXY header) holds a task sized for what it waits on, not for the
+        // HTTP/1 loop's state.
+        let cut = Box::pin(CONN.scope(conn.clone(), self.http1(guarded, shutdown, &conn))).await;
         if let Some(cut) = cut {
             self.count(cut);
+            // Its slots are free again at once; lingering is counted apart.
+            drop((total, address));
             let socket = lock(&conn.salvage).take();
             if let Some(socket) = socket {
-                refuse(socket, cut).await;
+                let settings = self.shared.state.load().settings.clone();
+                let linger = self.linger(ip, &settings.client);
+                refuse(socket, cut, linger).await;
             }
         }
     }
@@ -675,6 +845,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             };
             let (stream, persistent) = reused?.consume();
             conn.phase.store(IDLE, Ordering::Relaxed);
+            // A pipelined next request may be parsed without a read: no
+            // verdict of this one's request line may carry over to it.
+            *lock(&conn.line) = LineScan::default();
             session = ServerSession::new_http1(stream);
             if let Some(p) = persistent {
                 p.apply_to_session(&mut session);
@@ -707,15 +880,16 @@ mod tests {
     fn caps_count_and_release() {
         let counts = Arc::new(Counts::default());
         let gauge = IntGauge::new("g", "g").unwrap();
-        let a = counts.take_total(2, &gauge).unwrap();
-        let b = counts.take_total(2, &gauge).unwrap();
-        assert!(counts.take_total(2, &gauge).is_none());
+        let g = Some(&gauge);
+        let a = counts.take_total(2, g).unwrap();
+        let b = counts.take_total(2, g).unwrap();
+        assert!(counts.take_total(2, g).is_none());
         assert_eq!((counts.total(), gauge.get()), (2, 2));
         drop(a);
-        let _c = counts.take_total(2, &gauge).unwrap();
+        let _c = counts.take_total(2, g).unwrap();
         drop(b);
         assert_eq!((counts.total(), gauge.get()), (1, 1));
-        assert!(counts.take_total(0, &gauge).is_some(), "0 is unlimited");
+        assert!(counts.take_total(0, g).is_some(), "0 is unlimited");
 
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         let x = counts.take_address(ip, 1).unwrap();
@@ -732,7 +906,7 @@ mod tests {
     fn the_refusal_future_stays_small() {
         // Every connection's future holds room for it: no buffer inside.
         let s: Stream = Box::new(std::io::Cursor::new(Vec::<u8>::new()));
-        assert!(std::mem::size_of_val(&refuse(s, Cut::Total)) < 512);
+        assert!(std::mem::size_of_val(&refuse(s, Cut::Total, None)) < 512);
     }
 
     #[test]
@@ -754,6 +928,8 @@ mod tests {
             Cut::Silent,
             Cut::HeaderTooLarge,
             Cut::ProxyProtocol,
+            Cut::Handshakes,
+            Cut::ClosedMidHeader,
         ] {
             assert_eq!(Cut::from_code(c.code()), Some(c));
             assert!(crate::ops::metrics::CONNECTION_REFUSALS.contains(&c.label()));

@@ -13,9 +13,10 @@ use pingora::prelude::*;
 use pingora::{Error, ErrorType};
 
 use super::proxy::{timeout_kind, Ctx, Shared};
+use super::upstreams::local_exhaustion;
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
-use crate::core::reply;
+use crate::core::reply::{self, Reason};
 
 /// Counts an upstream error by kind.
 fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
@@ -33,6 +34,19 @@ fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
             .with_label_values(&[&u.to_string(), kind])
             .inc();
     }
+}
+
+/// A failed write of MOR's answer to the client: the client's fault
+/// (`client.send_timeout` passed while it did not read, or it left); MOR's
+/// connection is dropped with the request.
+fn client_fault(ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+    ctx.refused = Some(if timeout_kind(&e) {
+        Reason::ClientTimeout
+    } else {
+        Reason::ClientClosed
+    });
+    e.as_down();
+    e
 }
 
 /// End-to-end headers passed to MOR as the client sent them; everything
@@ -131,6 +145,9 @@ pub async fn forward(
         peer.options.idle_timeout = Some(u.idle_timeout);
         match shared.connector.get_http_session(&peer).await {
             Ok((up, _reused)) => break (up, peer),
+            // The gateway's own fault (no descriptor, no local port): not
+            // MOR's, and no other server would fare better.
+            Err(e) if local_exhaustion(&e) => return Err(e),
             Err(e) => {
                 count_error(shared, ctx, &e, true);
                 // Nothing was sent yet: another server is safe for any method.
@@ -182,10 +199,16 @@ pub async fn forward(
             resp.insert_header("RateLimit-Reset", reply::ceil_secs(a.reset).to_string())?;
         }
     }
-    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(|e| client_fault(ctx, e))?;
     loop {
         match up.read_response_body().await {
-            Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+            Ok(Some(chunk)) => session
+                .write_response_body(Some(chunk), false)
+                .await
+                .map_err(|e| client_fault(ctx, e))?,
             Ok(None) => break,
             Err(e) => {
                 count_error(shared, ctx, &e, false);
@@ -193,7 +216,10 @@ pub async fn forward(
             }
         }
     }
-    session.write_response_body(None, true).await?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(|e| client_fault(ctx, e))?;
     shared
         .connector
         .release_http_session(up, &peer, peer.options.idle_timeout)

@@ -1,5 +1,6 @@
 //! The network edge: pingora glue around the decision core.
 
+pub mod body;
 pub mod connections;
 pub mod forward;
 pub mod mirror;
@@ -7,4 +8,5 @@ pub mod mor_db;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod shared_limits;
+pub mod tls;
 pub mod upstreams;

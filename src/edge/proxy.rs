@@ -4,13 +4,12 @@
 //! every body size. Nothing reaches MOR before the verdict.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
 use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
@@ -26,6 +25,7 @@ use crate::core::framing;
 use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
 use crate::core::route::redact_path;
+use crate::edge::body::{self, BodyError, Budget, Reservation};
 use crate::edge::mirror::Mirror;
 use crate::edge::shared_limits::{DecidedIp, SharedLimits};
 use crate::edge::upstreams::Upstreams;
@@ -54,61 +54,11 @@ pub struct Shared {
     pub access_log: AccessLog,
     pub(crate) connector: Connector,
     /// Bytes of request bodies buffered before their verdicts, now.
-    buffered: Arc<AtomicUsize>,
+    budget: Arc<Budget>,
     /// The HTTPS listeners' certificate, swapped on reload.
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
     /// MOR's directory in force (static config or a database snapshot).
     pub mirror: Mirror,
-}
-
-/// Hands the current certificate to each TLS handshake, so that a reload
-/// replaces it without touching open connections.
-pub(crate) struct CertCallback(pub(crate) Arc<ArcSwap<CertKey>>);
-
-#[async_trait]
-impl pingora::listeners::TlsAccept for CertCallback {
-    async fn certificate_callback(&self, ssl: &mut pingora::protocols::tls::TlsRef) {
-        use pingora::tls::ext::{ssl_add_chain_cert, ssl_use_certificate, ssl_use_private_key};
-        let ck = self.0.load();
-        if let Some((leaf, rest)) = ck.chain.split_first() {
-            let mut ok = ssl_use_certificate(ssl, leaf).is_ok();
-            for c in rest {
-                ok &= ssl_add_chain_cert(ssl, c).is_ok();
-            }
-            ok &= ssl_use_private_key(ssl, &ck.key).is_ok();
-            if !ok {
-                tracing::error!("the TLS certificate could not be used for a handshake");
-            }
-        }
-    }
-}
-
-/// A share of the global body budget, given back when the request ends.
-struct Reservation {
-    total: Arc<AtomicUsize>,
-    bytes: usize,
-}
-
-impl Reservation {
-    /// Takes `more` bytes if the total stays within `limit`.
-    fn grow(&mut self, more: usize, limit: usize) -> bool {
-        let ok = self
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                t.checked_add(more).filter(|n| *n <= limit)
-            })
-            .is_ok();
-        if ok {
-            self.bytes += more;
-        }
-        ok
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
 }
 
 impl Shared {
@@ -139,7 +89,7 @@ impl Shared {
             metrics,
             access_log,
             connector: Connector::new(None),
-            buffered: Arc::new(AtomicUsize::new(0)),
+            budget: Arc::new(Budget::default()),
             certs: settings_certs,
         })
     }
@@ -226,7 +176,7 @@ pub struct Ctx {
     pub(crate) state: Option<Arc<State>>,
     pub(crate) ip: Option<IpAddr>,
     pub(crate) info: CallInfo,
-    refused: Option<Reason>,
+    pub(crate) refused: Option<Reason>,
     pub(crate) forward: Option<Forward>,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) tried: Vec<SocketAddr>,
@@ -241,8 +191,9 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
 }
 
-/// The client's address: the peer, or behind a trusted balancer the
-/// right-most untrusted `X-Forwarded-For` address.
+/// The client's address: the peer (the PROXY protocol's client, when the
+/// connection began with a PROXY header), or behind a trusted balancer the
+/// right-most untrusted `X-Forwarded-For` address ([`crate::core::client`]).
 fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
     let peer = session
         .client_addr()
@@ -253,8 +204,13 @@ fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
         .headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok());
-    crate::core::client::address(peer, xff, &settings.client.trusted_proxies)
+        .map(|v| v.as_bytes());
+    crate::core::client::address(
+        peer,
+        xff,
+        &settings.client.trusted_proxies,
+        super::connections::proxy_protocol_used(),
+    )
 }
 
 fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
@@ -269,13 +225,6 @@ fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
             .and_then(|v| v.to_str().ok()),
         client_ip: ip,
     }
-}
-
-enum BodyError {
-    TooLarge,
-    /// The global budget of buffered bodies is spent.
-    Overloaded,
-    Io(Box<Error>),
 }
 
 /// What a failed body read was: the client's fault in every case.
@@ -304,55 +253,6 @@ impl Gateway {
             .map_or(ReplyMode::Mor, |s| s.settings.reply_mode);
         write_refusal(session, mode, ctx.info.envelope, &r).await?;
         Ok(r.reason.status(mode))
-    }
-
-    async fn read_body(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        max: usize,
-        budget: usize,
-    ) -> std::result::Result<Bytes, BodyError> {
-        let declared = session
-            .req_header()
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max as u64) {
-            return Err(BodyError::TooLarge);
-        }
-        let ds = session.as_downstream_mut();
-        if ds.is_body_empty() {
-            return Ok(Bytes::new());
-        }
-        let res = ctx.reserved.get_or_insert_with(|| Reservation {
-            total: self.shared.buffered.clone(),
-            bytes: 0,
-        });
-        // A declared length is reserved whole before a byte is read.
-        if !res.grow(declared.map_or(0, |n| n as usize), budget) {
-            return Err(BodyError::Overloaded);
-        }
-        let expects_continue = ds
-            .req_header()
-            .headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue {
-            ds.write_continue_response().await.map_err(BodyError::Io)?;
-        }
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = ds.read_request_body().await.map_err(BodyError::Io)? {
-            if buf.len() + chunk.len() > max {
-                return Err(BodyError::TooLarge);
-            }
-            buf.extend_from_slice(&chunk);
-            if declared.is_none() && !res.grow(chunk.len(), budget) {
-                return Err(BodyError::Overloaded);
-            }
-        }
-        Ok(buf.freeze())
     }
 }
 
@@ -423,11 +323,30 @@ impl ProxyHttp for Gateway {
         ctx.ip = Some(ip);
         let ds = session.as_downstream_mut();
         ds.set_read_timeout(Some(s.client.read_timeout));
-        ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
+        // A client that does not read its answer is cut (and MOR's
+        // connection with it) after this long without progress.
+        ds.set_write_timeout(Some(s.client.send_timeout));
+        // Keep-alive only where HTTP allows it: pingora has turned it off
+        // for HTTP/1.0 without `Connection: keep-alive`, for
+        // `Connection: close` and for a length sent with Transfer-Encoding.
+        if ds.get_keepalive().is_some() {
+            ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
+        }
         let req = session.req_header();
-        let api = req.uri.path().starts_with(s.policy.prefix.as_str());
-        let headers = req.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
-        if let Err(e) = framing::check(headers, api) {
+        let line = framing::Line {
+            method: req.method.as_str(),
+            http11: req.version == http::Version::HTTP_11,
+            api: req.uri.path().starts_with(s.policy.prefix.as_str()),
+        };
+        // The header lines as received: pingora's parsed view has already
+        // dropped a Content-Length sent with Transfer-Encoding.
+        let raw = session.as_downstream().to_h1_raw();
+        let framed = if super::connections::request_target_bad() {
+            Err(framing::FramingError::Target)
+        } else {
+            framing::check(line, framing::header_lines(&raw))
+        };
+        if let Err(e) = framed {
             session.set_keepalive(None);
             self.refuse(
                 session,
@@ -459,20 +378,37 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
-        let read = self
-            .read_body(session, ctx, s.max_body_bytes, s.max_buffered_bytes)
-            .await;
+        // What is known of the call labels a body that fails too.
+        ctx.info = admitted.info().clone();
+        let rules = body::Rules {
+            max_body: s.max_body_bytes,
+            total: s.max_buffered_bytes,
+            per_address: s.max_buffered_bytes_per_address,
+            timeout: s.client.body_timeout,
+            min_rate: s.client.body_min_rate,
+        };
+        // The client's share; a trusted balancer is not one client.
+        let key = Some(ip)
+            .filter(|ip| !s.client.trusted_proxies.iter().any(|n| n.contains(ip)))
+            .map(|ip| crate::core::client::group(ip, s.client.ipv6_prefix));
+        let res = ctx
+            .reserved
+            .get_or_insert_with(|| Reservation::new(self.shared.budget.clone(), key));
+        let read = body::read(session.as_downstream_mut(), res, &rules).await;
         let body = match read {
             Ok(b) => b,
             Err(fault) => {
                 session.set_keepalive(None);
+                let busy = |reason| {
+                    let mut r = Refusal::new(reason);
+                    r.retry_after = Some(std::time::Duration::from_secs(1));
+                    r
+                };
                 let r = match fault {
                     BodyError::TooLarge => Refusal::new(Reason::BodyTooLarge),
-                    BodyError::Overloaded => {
-                        let mut r = Refusal::new(Reason::Overloaded);
-                        r.retry_after = Some(std::time::Duration::from_secs(1));
-                        r
-                    }
+                    BodyError::Overloaded => busy(Reason::Overloaded),
+                    BodyError::AddressOverloaded => busy(Reason::AddressOverloaded),
+                    BodyError::TooSlow => Refusal::new(Reason::BodyTooSlow),
                     BodyError::Io(mut e) => match body_fault(&e) {
                         Reason::ClientClosed => {
                             // Nobody to answer: the connection is dropped.
@@ -531,13 +467,21 @@ impl ProxyHttp for Gateway {
 
     /// A client that went away is not an error of the gateway's or MOR's.
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _e: &Error) -> bool {
-        ctx.refused == Some(Reason::ClientClosed)
+        matches!(
+            ctx.refused,
+            Some(Reason::ClientClosed | Reason::ClientTimeout)
+        )
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.esource() {
             ErrorSource::Downstream => 0,
             _ if session.response_written().is_some() => 0,
+            _ if super::upstreams::local_exhaustion(e) => {
+                let mut r = Refusal::new(Reason::NoSocket);
+                r.retry_after = Some(std::time::Duration::from_secs(1));
+                self.refuse(session, ctx, r).await.unwrap_or(0)
+            }
             _ => {
                 let reason = if timeout_kind(e) {
                     Reason::UpstreamTimeout

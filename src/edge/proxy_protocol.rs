@@ -2,19 +2,16 @@
 //! an L4 balancer: the balancer's header names the real client, which then
 //! is the connection's peer for every decision. A header is believed only
 //! from a peer in `client.trusted_proxies`; a connection without a valid
-//! header is dropped. The TLS listeners read it in pingora's pre-TLS hook
-//! ([`ProxyProtocol`]), the plain ones when the connection is handed to the
-//! gateway ([`accept_plain`], from [`super::connections`]).
+//! header is dropped. [`super::connections`] reads it ([`accept_plain`]) when
+//! pingora hands the connection over, before the TLS handshake on the HTTPS
+//! listeners.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use async_trait::async_trait;
 use ipnet::IpNet;
-use pingora::listeners::PreTlsProcess;
 use pingora::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora::protocols::l4::stream::Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
-use pingora::{Error, ErrorType, Result};
 use std::os::unix::io::AsRawFd;
 use tokio::io::AsyncReadExt;
 
@@ -118,13 +115,6 @@ fn parse_v2(b: &[u8]) -> Header {
     Header::Done { len, source }
 }
 
-/// The listener callback of the TLS listeners: reads the header before the
-/// handshake (see [`accept`]).
-pub struct ProxyProtocol {
-    /// Peers allowed to send a header.
-    pub trusted: Vec<IpNet>,
-}
-
 /// Why a connection is dropped before its first request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -133,15 +123,6 @@ pub enum Refused {
     Closed,
     /// No valid header from a trusted peer.
     Invalid(&'static str),
-}
-
-impl Refused {
-    fn why(&self) -> &'static str {
-        match self {
-            Refused::Closed => "connection closed before its PROXY header",
-            Refused::Invalid(why) => why,
-        }
-    }
 }
 
 /// How long a balancer may take to send its header.
@@ -198,9 +179,9 @@ pub async fn accept(trusted: &[IpNet], stream: &mut Stream) -> std::result::Resu
     }
 }
 
-/// [`accept`] on a connection of a plain listener, as pingora hands it to
-/// the application (a boxed stream). Streams of other kinds (TLS, whose
-/// header was read before the handshake) are returned untouched.
+/// [`accept`] on a connection as pingora hands it to the application (a
+/// boxed stream of a plain listener). Streams of other kinds are returned
+/// untouched.
 pub async fn accept_plain(
     trusted: &[IpNet],
     stream: pingora::protocols::Stream,
@@ -214,15 +195,6 @@ pub async fn accept_plain(
         .map_err(|_| Refused::Invalid("not a TCP stream"))?;
     accept(trusted, &mut l4).await?;
     Ok(l4)
-}
-
-#[async_trait]
-impl PreTlsProcess for ProxyProtocol {
-    async fn process(&self, stream: &mut Stream) -> Result<()> {
-        accept(&self.trusted, stream)
-            .await
-            .map_err(|r| Error::explain(ErrorType::HandshakeError, r.why()))
-    }
 }
 
 #[cfg(test)]

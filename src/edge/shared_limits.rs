@@ -336,7 +336,7 @@ impl SharedLimits {
         let layers = layers(prefix, settings, p.ip(), p.user(), p.method());
         let lockout = match (settings.lockout, p.hash()) {
             (Some(lo), HashCheck::Good | HashCheck::Bad) => {
-                let pair = format!("{}|{}", p.ip(), part(p.user().unwrap_or("")));
+                let pair = format!("{}|{}", settings.key(p.ip()), part(p.user().unwrap_or("")));
                 Some(PairKeys {
                     fail: format!("{prefix}lo:f|{pair}"),
                     lock: format!("{prefix}lo:l|{pair}"),
@@ -395,7 +395,7 @@ impl SharedLimits {
         };
         let layer = [Layer {
             name: "ip",
-            key: format!("{}q:ip|{ip}", self.cfg.key_prefix),
+            key: format!("{}q:ip|{}", self.cfg.key_prefix, settings.key(ip)),
             quota: q,
         }];
         match self.decide(HashCheck::Skipped, None, &layer, trace).await {

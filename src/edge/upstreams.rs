@@ -3,11 +3,12 @@
 //! check runs from the housekeeping task every `health_check_interval`, and
 //! every flip of a server's health is written to the `upstream_up` gauge.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
+use pingora::lb::health_check::{HealthCheck, HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, LoadBalancer};
 
@@ -29,6 +30,58 @@ impl HealthObserve for GaugeObserver {
     }
 }
 
+/// True when `e` is the gateway's own lack of resources to open a socket
+/// (file descriptors, local ports, buffers), not a fault of the server it
+/// was connecting to.
+pub fn local_exhaustion(e: &pingora::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL (Linux numbers).
+    const LOCAL: [i32; 5] = [24, 23, 105, 12, 99];
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|code| LOCAL.contains(&code))
+}
+
+/// pingora's TCP health check, except that a check the gateway could not
+/// run for its own lack of resources ([`local_exhaustion`]) keeps the
+/// server's last verdict instead of marking it down (which would page for
+/// MOR when the gateway is at fault).
+struct Probe {
+    tcp: TcpHealthCheck,
+    last: Mutex<HashMap<String, bool>>,
+}
+
+#[async_trait]
+impl HealthCheck for Probe {
+    async fn check(&self, target: &Backend) -> pingora::Result<()> {
+        let key = format!("{}", target.addr);
+        let res = self.tcp.check(target).await;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match res {
+            Err(e) if local_exhaustion(&e) => {
+                tracing::debug!("health check of {key} not run: {e}");
+                if last.get(&key).copied().unwrap_or(true) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            res => {
+                last.insert(key, res.is_ok());
+                res
+            }
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.tcp.health_status_change(target, healthy).await;
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.tcp.health_threshold(success)
+    }
+}
+
 /// The upstream set of one configuration.
 pub struct Upstreams {
     lb: LoadBalancer<RoundRobin>,
@@ -43,7 +96,10 @@ impl Upstreams {
         let mut hc = TcpHealthCheck::new();
         hc.peer_template.options.connection_timeout = Some(settings.connect_timeout);
         hc.health_changed_callback = Some(Box::new(GaugeObserver(metrics.clone())));
-        lb.set_health_check(hc);
+        lb.set_health_check(Box::new(Probe {
+            tcp: *hc,
+            last: Mutex::new(HashMap::new()),
+        }));
         metrics.register_upstreams(&settings.servers);
         Ok(Upstreams {
             lb,

@@ -51,15 +51,37 @@ fn static_metric<M>(m: prometheus::Result<M>) -> M {
 /// - `header_timeout`: the request header did not arrive within
 ///   `client.header_timeout` (408, or closed if no byte came);
 /// - `header_too_large`: the request header exceeded `client.max_header_bytes` (431);
-/// - `proxy_protocol`: a missing or invalid PROXY header on a plain
-///   listener, or one from a peer not in `client.trusted_proxies` (closed).
-pub const CONNECTION_REFUSALS: [&str; 5] = [
+/// - `proxy_protocol`: a missing or invalid PROXY header, or one from a
+///   peer not in `client.trusted_proxies` (closed);
+/// - `max_handshakes_per_address`: as many TLS handshakes from that client
+///   address are not done yet (`tls.max_handshakes_per_address`; closed);
+/// - `closed_mid_header`: the client closed or reset the connection in the
+///   middle of a request header (a slowloris giving up; nothing to answer,
+///   no log line).
+///
+/// On the HTTPS listeners the caps close the connection before its
+/// handshake, unanswered.
+pub const CONNECTION_REFUSALS: [&str; 7] = [
     "max_connections",
     "max_connections_per_address",
     "header_timeout",
     "header_too_large",
     "proxy_protocol",
+    "max_handshakes_per_address",
+    "closed_mid_header",
 ];
+
+/// The `reason` labels of `mor_gateway_tls_handshake_failures_total`:
+/// - `timeout`: not done within `tls.handshake_timeout` (a silent
+///   connection, a partial ClientHello);
+/// - `closed`: the client closed or reset the connection mid-handshake
+///   (e.g. after refusing the certificate without an alert);
+/// - `error`: not TLS, no common version or cipher, an alert, a malformed
+///   message.
+///
+/// A connection closed before sending a byte (a TCP health check) is not a
+/// failure.
+pub const TLS_HANDSHAKE_FAILURES: [&str; 3] = ["timeout", "closed", "error"];
 
 /// Latency buckets for MOR: 1 ms to 30 s.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -100,6 +122,9 @@ pub struct Metrics {
     /// Client connections refused or cut before a request reached the
     /// gateway, by reason ([`CONNECTION_REFUSALS`]).
     pub connections_refused: IntCounterVec,
+    /// TLS handshakes on the HTTPS listeners that failed, by reason
+    /// ([`TLS_HANDSHAKE_FAILURES`]).
+    pub tls_handshake_failures: IntCounterVec,
     /// Request body bytes by api_method.
     pub request_bytes: IntCounterVec,
     /// Response body bytes by api_method.
@@ -251,7 +276,13 @@ impl Metrics {
             connections_refused: counter(
                 &r,
                 "connections_refused_total",
-                "Client connections refused or cut before a request reached the gateway, by reason.",
+                "Client connections refused, cut or abandoned before a request reached the gateway, by reason.",
+                &["reason"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "tls_handshake_failures_total",
+                "TLS handshakes on the HTTPS listeners that failed, by reason (timeout, closed, error).",
                 &["reason"],
             ),
             request_bytes: counter(
@@ -364,6 +395,9 @@ impl Metrics {
         }
         for reason in CONNECTION_REFUSALS {
             m.connections_refused.with_label_values(&[reason]);
+        }
+        for reason in TLS_HANDSHAKE_FAILURES {
+            m.tls_handshake_failures.with_label_values(&[reason]);
         }
         m
     }

@@ -25,6 +25,7 @@ use crate::edge::connections::Connections;
 use crate::edge::mirror::Refresher;
 use crate::edge::mor_db::{self, DbError};
 use crate::edge::proxy::{Gateway, Shared};
+use crate::edge::tls::Tls;
 use crate::ops::accesslog::{self, AccessLog};
 use crate::ops::metrics::Metrics;
 use crate::sim::{SimSettings, Simulator};
@@ -483,37 +484,26 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
             shared: shared.clone(),
         },
     );
+    // HTTPS: pingora listens as for plain TCP; the gateway runs the TLS
+    // handshake itself once the connection holds its slots.
+    let tls = match (&s.tls, &shared.certs) {
+        (Some(t), Some(certs)) => {
+            Some(Tls::new(&t.listen, certs.clone()).map_err(ServerError::Tls)?)
+        }
+        _ => None,
+    };
     let mut proxy = Service::new(
         "mor-gateway".to_string(),
-        Connections::new(gateway, shared.clone()),
+        Connections::new(gateway, shared.clone(), tls),
     );
-    for a in &s.listen {
+    let tls_listen = s.tls.iter().flat_map(|t| t.listen.iter());
+    for a in s.listen.iter().chain(tls_listen) {
         proxy.add_listener(
             ListenerConfig::tcp(a.to_string()).l4_buffer(L4BufferSettings {
                 read: Some(s.read_buffer_bytes),
                 write: None,
             }),
         );
-    }
-    if let (Some(t), Some(certs)) = (&s.tls, &shared.certs) {
-        for a in &t.listen {
-            // TLS 1.2 and 1.3 (Mozilla's intermediate profile); the
-            // certificate comes from `certs` at each handshake.
-            let mut tls = pingora::listeners::tls::TlsSettings::with_callbacks(Box::new(
-                crate::edge::proxy::CertCallback(certs.clone()),
-            ))
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
-            tls.set_alpn(pingora::protocols::ALPN::H1);
-            proxy.add_tls_with_settings(&a.to_string(), None, tls);
-        }
-        if t.proxy_protocol {
-            // pingora runs this hook on TLS listeners, before the handshake.
-            proxy.endpoints().set_pre_tls_callback(Arc::new(
-                crate::edge::proxy_protocol::ProxyProtocol {
-                    trusted: s.client.trusted_proxies.clone(),
-                },
-            ));
-        }
     }
     server.add_service(proxy);
 

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -277,13 +277,27 @@ pub fn start_gateway(body: &str) -> Gw {
 }
 
 pub fn start_gateway_env(body: &str, env: &[(&str, &str)]) -> Gw {
+    start_gateway_via(body, env, &[])
+}
+
+/// Like [`start_gateway_env`], the gateway started through `wrapper` (a
+/// command that execs the rest of its arguments, e.g. `prlimit --nofile=64
+/// --`), so that the gateway keeps its pid.
+pub fn start_gateway_via(body: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gw {
     let dir = temp_dir();
     let (gp, mp) = (free_port(), free_port());
     let (a, m) = (addr(gp), addr(mp));
     let config = dir.join("gateway.toml");
     let body = body.replace("{GW_DIR}", &dir.display().to_string());
     std::fs::write(&config, config_text(a, m, &body)).expect("write config");
-    let mut cmd = Command::new(BIN);
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(BIN);
+            c
+        }
+        None => Command::new(BIN),
+    };
     cmd.args(["run", "-c"])
         .arg(&config)
         .env("GW_KEY", KEY)
@@ -718,4 +732,103 @@ pub fn start_sim_db(url: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     };
     wait_listening(a, "simulator");
     (p, a)
+}
+
+/// Runs the `openssl` command in `dir` (certificates for the TLS tests).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let st = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("the openssl command (Debian: openssl)");
+    assert!(st.success(), "openssl {args:?}");
+}
+
+/// A CA and a server certificate for localhost/127.0.0.1 signed by it:
+/// (ca.pem, NAME.pem, NAME.key).
+pub fn certs(dir: &Path, ca: &str, name: &str, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = format!("{ca}.key");
+    let ca_pem = format!("{ca}.pem");
+    if !dir.join(&ca_pem).exists() {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca_pem,
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+            ],
+        );
+    }
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    (dir.join(ca_pem), dir.join(pem), dir.join(key))
+}
+
+/// A TLS client trusting `ca` over `tcp`.
+pub fn tls_over(
+    tcp: TcpStream,
+    ca: &Path,
+    max: Option<openssl::ssl::SslVersion>,
+) -> openssl::ssl::SslStream<TcpStream> {
+    let mut b = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).unwrap();
+    b.set_ca_file(ca).unwrap();
+    b.set_verify(openssl::ssl::SslVerifyMode::PEER);
+    b.set_max_proto_version(max).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.build().connect("localhost", tcp).expect("TLS handshake")
 }
