@@ -50,7 +50,7 @@ deb() {
 }
 
 static() {
-  if ! rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+  if ! rustup target list --installed 2>/dev/null | grep -x "$musl" >/dev/null; then
     say "installing the Rust target $musl (rustup target add)"
     rustup target add "$musl"
   fi

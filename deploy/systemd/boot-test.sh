@@ -208,7 +208,9 @@ ready
 calls 50
 $IN systemctl reload mor-gateway || fail "reload"
 calls 20
-$IN sh -c 'curl -s 127.0.0.1:9464/metrics' | grep -q '^mor_gateway_config_reloads_total{result="ok"} 1' || fail "reload not counted"
+# grep reads all of its input (no -q): under pipefail, a grep that quits at
+# its first match could SIGPIPE the writer and fail the pipeline.
+$IN sh -c 'curl -s 127.0.0.1:9464/metrics' | grep '^mor_gateway_config_reloads_total{result="ok"} 1$' >/dev/null || fail "reload not counted"
 $IN logrotate -f -s /run/logrotate.state "$logrotate_conf" || fail "logrotate"
 for _ in $(seq 1 50); do $IN test -e /var/log/mor-gateway/access.log && break; sleep 0.1; done
 calls 30
@@ -224,7 +226,7 @@ done
   fail "access log: $rotated rotated + $new new lines for $answered calls"
 echo "boot-test: start, $answered calls over HTTPS to MOR (CA from $ca_store), reload, logrotate (SIGUSR1: $rotated + $new lines, one per call), SIGUSR2: ok"
 
-if $IN /usr/bin/mor-gateway run --help | grep -q -- '--upgrade'; then
+if $IN /usr/bin/mor-gateway run --help | grep -- '--upgrade' >/dev/null; then
   for step in "mor-gateway mor-gateway@a" "mor-gateway@a mor-gateway@b"; do
     set -- $step
     $IN sh -c 'end=$(($(date +%s) + 12)); bad=0; n=0
