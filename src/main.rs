@@ -13,7 +13,7 @@ use mor_gateway::core::decision::{decide, Head, Verdict};
 use mor_gateway::core::limits::Open;
 use mor_gateway::core::params::Params;
 use mor_gateway::core::signature;
-use mor_gateway::ops::server::{self, Plan};
+use mor_gateway::server::{self, Plan};
 use mor_gateway::sim::SimSettings;
 
 mod manpage;

@@ -12,7 +12,8 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::{Error, ErrorType};
 
-use super::proxy::{timeout_kind, Ctx, Shared};
+use super::context::Ctx;
+use super::state::Shared;
 use super::upstreams::local_exhaustion;
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
@@ -225,4 +226,12 @@ pub async fn forward(
         .release_http_session(up, &peer, peer.options.idle_timeout)
         .await;
     Ok(())
+}
+
+/// True for the errors that are timeouts (connect, read or write).
+pub(crate) fn timeout_kind(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
 }

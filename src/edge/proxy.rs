@@ -3,157 +3,32 @@
 //! edge or forwards to a MOR upstream through [`super::forward`], one path for
 //! every body size. Nothing reaches MOR before the verdict.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::{CertKey, Settings};
+use crate::config::Settings;
 use crate::core::catalog::Envelope;
-use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Signer, Verdict};
+use crate::core::decision::{self, Checked, Head, Rejected, Signer, Verdict};
 use crate::core::framing;
-use crate::core::limits::{LimitTrace, Limits};
+use crate::core::limits::LimitTrace;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
 use crate::core::route::redact_path;
-use crate::edge::body::{self, BodyError, Budget, Reservation};
-use crate::edge::mirror::Mirror;
-use crate::edge::shared_limits::{DecidedIp, SharedLimits};
-use crate::edge::upstreams::Upstreams;
-use crate::ops::accesslog::{micros, redact_query_also, AccessLog, Record, Timestamp};
-use crate::ops::metrics::Metrics;
-
-/// Settings, limiter state and upstreams, swapped together on reload.
-pub struct State {
-    /// The configuration in force.
-    pub settings: Arc<Settings>,
-    /// Limiters built from it.
-    pub limits: Arc<Limits>,
-    /// Its MOR servers.
-    pub upstreams: Arc<Upstreams>,
-    /// The limits shared through Redis, when `[limits.shared]` is on.
-    pub shared_limits: Option<Arc<SharedLimits>>,
-}
-
-/// State shared by every request.
-pub struct Shared {
-    /// Settings + limits + upstreams, swapped on reload.
-    pub state: ArcSwap<State>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// Access log.
-    pub access_log: AccessLog,
-    pub(crate) connector: Connector,
-    /// Bytes of request bodies buffered before their verdicts, now.
-    budget: Arc<Budget>,
-    /// The HTTPS listeners' certificate, swapped on reload.
-    pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
-    /// MOR's directory in force (static config or a database snapshot).
-    pub mirror: Mirror,
-}
-
-impl Shared {
-    /// Creates shared state for `settings`.
-    pub fn new(
-        settings: Arc<Settings>,
-        metrics: Arc<Metrics>,
-        access_log: AccessLog,
-    ) -> std::io::Result<Shared> {
-        let limits = Limits::new(&settings.limits);
-        let upstreams = Upstreams::new(&settings.upstream, metrics.clone())?;
-        let settings_certs = settings
-            .tls
-            .as_ref()
-            .map(|t| Arc::new(ArcSwap::new(t.material.clone())));
-        register_settings(&metrics, &settings);
-        let shared_limits = shared_limits(&settings, &metrics);
-        let mirror = Mirror::new(&settings);
-        metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
-        Ok(Shared {
-            mirror,
-            state: ArcSwap::from_pointee(State {
-                settings,
-                limits: Arc::new(limits),
-                upstreams: Arc::new(upstreams),
-                shared_limits,
-            }),
-            metrics,
-            access_log,
-            connector: Connector::new(None),
-            budget: Arc::new(Budget::default()),
-            certs: settings_certs,
-        })
-    }
-
-    /// Installs new settings, keeping limiter buckets whose quotas did not
-    /// change and the upstream set (with its health) when it did not change.
-    /// The access log is reopened with the new mode and path; if it cannot
-    /// be opened, nothing changes.
-    pub fn reload(&self, settings: Arc<Settings>) -> std::io::Result<()> {
-        let old = self.state.load();
-        let upstreams = if old.upstreams.settings == settings.upstream {
-            old.upstreams.clone()
-        } else {
-            Arc::new(Upstreams::new(&settings.upstream, self.metrics.clone())?)
-        };
-        self.access_log
-            .configure(settings.access_log, settings.access_log_path.as_deref())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
-        let limits = old.limits.reconfigure(&settings.limits);
-        if let (Some(swap), Some(t)) = (&self.certs, &settings.tls) {
-            swap.store(t.material.clone());
-        }
-        register_settings(&self.metrics, &settings);
-        // A new Redis client each time: the address or password may have changed.
-        let shared_limits = shared_limits(&settings, &self.metrics);
-        self.mirror.configure(&settings, &self.metrics);
-        self.state.store(Arc::new(State {
-            settings,
-            limits: Arc::new(limits),
-            upstreams,
-            shared_limits,
-        }));
-        Ok(())
-    }
-}
-
-/// The Redis side of the limits, when the settings turn it on.
-fn shared_limits(settings: &Settings, metrics: &Arc<Metrics>) -> Option<Arc<SharedLimits>> {
-    metrics.share_limits(settings.shared_limits.is_some());
-    settings
-        .shared_limits
-        .clone()
-        .map(|cfg| Arc::new(SharedLimits::new(cfg, metrics.clone())))
-}
-
-/// Pre-creates the series of a configuration's methods and stamps its load time.
-fn register_settings(metrics: &Metrics, settings: &Settings) {
-    metrics.register_methods(
-        settings
-            .policy
-            .catalog
-            .methods()
-            .iter()
-            .map(|m| m.name.as_str()),
-    );
-    metrics.config_loaded.set(unix_now());
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
+use crate::edge::body::{self, BodyError, Reservation};
+use crate::edge::context::{Ctx, InFlight};
+use crate::edge::forward::timeout_kind;
+use crate::edge::phase;
+use crate::edge::shared_limits::DecidedIp;
+use crate::edge::state::Shared;
+use crate::ops::accesslog::{micros, redact_query_also, Record, Timestamp};
 
 /// A path as logs show it, and whether its action's id is a secret (then
 /// its `id` query values are redacted too).
@@ -168,21 +43,6 @@ fn shown_path<'a>(shared: &Shared, path: &'a str) -> (std::borrow::Cow<'a, str>,
         .nth(pre)
         .is_some_and(|a| crate::core::route::secret_action(a, &p.catalog));
     (shown, secret)
-}
-
-/// Per-request context.
-pub struct Ctx {
-    start: Instant,
-    pub(crate) state: Option<Arc<State>>,
-    pub(crate) ip: Option<IpAddr>,
-    pub(crate) info: CallInfo,
-    pub(crate) refused: Option<Reason>,
-    pub(crate) forward: Option<Forward>,
-    pub(crate) upstream: Option<SocketAddr>,
-    pub(crate) tried: Vec<SocketAddr>,
-    req_bytes: usize,
-    counted: bool,
-    reserved: Option<Reservation>,
 }
 
 /// The gateway service.
@@ -209,7 +69,7 @@ fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
         peer,
         xff,
         &settings.client.trusted_proxies,
-        super::connections::proxy_protocol_used(),
+        phase::proxy_protocol_used(),
     )
 }
 
@@ -234,13 +94,6 @@ fn body_fault(e: &Error) -> Reason {
         ErrorType::ReadTimedout => Reason::ClientTimeout,
         _ => Reason::BadFraming,
     }
-}
-
-pub(crate) fn timeout_kind(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    )
 }
 
 impl Gateway {
@@ -285,33 +138,20 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            state: None,
-            ip: None,
-            info: CallInfo::default(),
-            refused: None,
-            forward: None,
-            upstream: None,
-            tried: Vec::new(),
-            req_bytes: 0,
-            counted: false,
-            reserved: None,
-        }
+        Ctx::new()
     }
 
     /// The header is complete: its deadline and size cap no longer apply
-    /// ([`super::connections`]).
+    /// ([`super::guarded`]).
     async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        super::connections::header_complete();
+        phase::header_complete();
         Ok(())
     }
 
     /// The whole request is handled here: refused, or forwarded by
     /// [`super::forward::forward`]; pingora's own proxy phases never run.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.shared.metrics.in_flight.inc();
-        ctx.counted = true;
+        ctx.in_flight = Some(InFlight::enter(&self.shared.metrics.in_flight));
         // Pipelined requests are answered one after the other, in order
         // (pingora's default drops them with the connection).
         session.as_downstream_mut().set_pipelining_enabled(true);
@@ -341,7 +181,7 @@ impl ProxyHttp for Gateway {
         // The header lines as received: pingora's parsed view has already
         // dropped a Content-Length sent with Transfer-Encoding.
         let raw = session.as_downstream().to_h1_raw();
-        let framed = if super::connections::request_target_bad() {
+        let framed = if phase::request_target_bad() {
             Err(framing::FramingError::Target)
         } else {
             framing::check(line, framing::header_lines(&raw))
@@ -500,11 +340,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if !ctx.counted {
+        // Out of the in-flight gauge now (and on any other way out).
+        if ctx.in_flight.take().is_none() {
             return;
         }
         let m = &self.shared.metrics;
-        m.in_flight.dec();
         let elapsed = ctx.start.elapsed();
         let label = ctx.info.label();
         let req = session.req_header();
