@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 
 use crate::config::{CertKey, Settings};
 use crate::core::limits::Limits;
@@ -63,6 +64,11 @@ impl Shared {
         register_settings(&metrics, &settings);
         let shared_limits = shared_limits(&settings, &metrics);
         let mirror = Mirror::new(&settings);
+        // The pool size is read once: `upstream.keepalive_pool_size` takes
+        // effect on restart.
+        let connector = Connector::new(Some(ConnectorOptions::new(
+            settings.upstream.keepalive_pool_size,
+        )));
         metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
         Ok(Shared {
             mirror,
@@ -74,7 +80,7 @@ impl Shared {
             }),
             metrics,
             access_log,
-            connector: Connector::new(None),
+            connector,
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
         })

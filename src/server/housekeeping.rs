@@ -35,16 +35,11 @@ impl Housekeeping {
         let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let new = Settings::load(path).map_err(|e| e.to_string())?;
             let old = self.shared.state.load();
-            let o = &old.settings;
-            if new.listen != o.listen
-                || new.metrics_listen != o.metrics_listen
-                || new.threads != o.threads
-                || new.shutdown_grace != o.shutdown_grace
-                || new.upgrade_sock != o.upgrade_sock
-            {
+            let later = old.settings.restart_only_changes(&new);
+            if !later.is_empty() {
                 tracing::warn!(
-                    "listen, metrics.listen, threads, shutdown_grace or upgrade_sock changed in {}: \
-                     they take effect on restart",
+                    "{} changed in {}: they take effect on restart",
+                    later.join(", "),
                     path.display()
                 );
             }

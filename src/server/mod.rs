@@ -41,7 +41,7 @@ pub use status_http::MetricsApp;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// The access log file could not be opened.
-    #[error("access log: {0}")]
+    #[error("access_log.path: {0}")]
     AccessLog(std::io::Error),
     /// The upstream set could not be built.
     #[error("upstreams: {0}")]
@@ -54,8 +54,10 @@ pub enum ServerError {
     #[error("directory: cannot read MOR's database at start: {0} (directory.without_snapshot = \"exit\")")]
     Directory(DbError),
     /// A listener cannot bind its address.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{key}: cannot listen on {addr}: {source}")]
     Bind {
+        /// The config key that names it (`listen`, `tls.listen`, `metrics.listen`).
+        key: &'static str,
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -76,23 +78,34 @@ pub struct Plan {
     pub upgrade: bool,
 }
 
-/// Every address this plan listens on.
-fn addresses(plan: &Plan) -> Vec<SocketAddr> {
+/// Every address this plan listens on, with the config key that names it.
+fn addresses(plan: &Plan) -> Vec<(&'static str, SocketAddr)> {
     let s = &plan.settings;
-    s.listen
-        .iter()
-        .chain(s.tls.iter().flat_map(|t| t.listen.iter()))
-        .chain(s.metrics_listen.iter())
-        .chain(plan.sim.iter().map(|(a, _)| a))
-        .copied()
-        .collect()
+    let keyed =
+        |key: &'static str, v: &[SocketAddr]| v.iter().map(move |a| (key, *a)).collect::<Vec<_>>();
+    let mut out = keyed("listen", &s.listen);
+    if let Some(t) = &s.tls {
+        out.extend(keyed("tls.listen", &t.listen));
+    }
+    out.extend(s.metrics_listen.iter().map(|a| ("metrics.listen", *a)));
+    out.extend(
+        plan.sim
+            .iter()
+            .map(|(a, _)| ("the simulator's address", *a)),
+    );
+    out
 }
 
-/// Fails at once, naming the address, when a listener cannot bind (pingora
-/// would bind later, in a service thread, and leave a half-serving process).
-fn probe_binds(addrs: &[SocketAddr]) -> Result<(), ServerError> {
-    for &addr in addrs {
-        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+/// Fails at once, naming the key and the address, when a listener cannot
+/// bind (pingora would bind later, in a service thread, and leave a
+/// half-serving process).
+fn probe_binds(addrs: &[(&'static str, SocketAddr)]) -> Result<(), ServerError> {
+    for &(key, addr) in addrs {
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind {
+            key,
+            addr,
+            source,
+        })?;
     }
     Ok(())
 }
@@ -259,7 +272,7 @@ pub fn run_simulator(
     tls: Option<(PathBuf, PathBuf)>,
 ) -> Result<(), ServerError> {
     // pingora would retry a busy address forever: fail at once, naming it.
-    probe_binds(&[addr])?;
+    probe_binds(&[("--listen", addr)])?;
     let mut server = Server::new_with_opt_and_conf(None, base_conf(threads));
     server.bootstrap();
     let mut svc = Service::new(
