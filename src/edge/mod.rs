@@ -32,3 +32,17 @@ use std::sync::{Mutex, MutexGuard};
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Glue-test helpers: real pingora sessions over a mock client.
+#[cfg(test)]
+pub(crate) mod testing {
+    use pingora::proxy::Session;
+
+    /// A pingora session that has read the request `raw` from a mock client.
+    pub(crate) async fn session_of(raw: &[u8]) -> Session {
+        let io = tokio_test::io::Builder::new().read(raw).build();
+        let mut s = Session::new_h1(Box::new(io));
+        assert!(s.read_request().await.unwrap());
+        s
+    }
+}

@@ -96,6 +96,26 @@ fn body_fault(e: &Error) -> Reason {
     }
 }
 
+/// What the client is told when handling its call failed with `e`:
+/// nothing when the client caused it (it left, it was too slow) or an
+/// answer has begun; the gateway's own lack of sockets as a 503 that is not
+/// MOR's fault; MOR's failures as a timeout or a bad gateway.
+fn failure_answer(e: &Error, answer_begun: bool) -> Option<Refusal> {
+    if e.esource() == &ErrorSource::Downstream || answer_begun {
+        return None;
+    }
+    if super::upstreams::local_exhaustion(e) {
+        let mut r = Refusal::new(Reason::NoSocket);
+        r.retry_after = Some(std::time::Duration::from_secs(1));
+        return Some(r);
+    }
+    Some(Refusal::new(if timeout_kind(e) {
+        Reason::UpstreamTimeout
+    } else {
+        Reason::UpstreamError
+    }))
+}
+
 impl Gateway {
     /// Answers with a refusal in the call's envelope; returns the status sent.
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<u16> {
@@ -314,24 +334,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.esource() {
-            ErrorSource::Downstream => 0,
-            _ if session.response_written().is_some() => 0,
-            _ if super::upstreams::local_exhaustion(e) => {
-                let mut r = Refusal::new(Reason::NoSocket);
-                r.retry_after = Some(std::time::Duration::from_secs(1));
-                self.refuse(session, ctx, r).await.unwrap_or(0)
-            }
-            _ => {
-                let reason = if timeout_kind(e) {
-                    Reason::UpstreamTimeout
-                } else {
-                    Reason::UpstreamError
-                };
-                self.refuse(session, ctx, Refusal::new(reason))
-                    .await
-                    .unwrap_or(0)
-            }
+        let code = match failure_answer(e, session.response_written().is_some()) {
+            Some(r) => self.refuse(session, ctx, r).await.unwrap_or(0),
+            None => 0,
         };
         FailToProxy {
             error_code: code,
@@ -395,5 +400,81 @@ impl ProxyHttp for Gateway {
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::testing::session_of;
+    use std::collections::HashMap;
+
+    fn settings(tables: &str) -> Settings {
+        let text = format!(
+            "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"K\"\n{tables}"
+        );
+        Settings::from_toml(&text, None, &HashMap::from([("K", "k")])).unwrap()
+    }
+
+    #[test]
+    fn failures_map_to_who_is_at_fault() {
+        let up = |t: ErrorType| {
+            let mut e = Error::new(t);
+            e.as_up();
+            e
+        };
+        let reason = |e: &Error, begun| failure_answer(e, begun).map(|r| r.reason);
+        assert_eq!(
+            reason(&up(ErrorType::ConnectTimedout), false),
+            Some(Reason::UpstreamTimeout)
+        );
+        assert_eq!(
+            reason(&up(ErrorType::ReadTimedout), false),
+            Some(Reason::UpstreamTimeout)
+        );
+        assert_eq!(
+            reason(&up(ErrorType::ConnectRefused), false),
+            Some(Reason::UpstreamError)
+        );
+        assert_eq!(
+            reason(&up(ErrorType::InvalidHTTPHeader), false),
+            Some(Reason::UpstreamError)
+        );
+        // An answer has begun: nothing more can be said.
+        assert_eq!(reason(&up(ErrorType::ReadTimedout), true), None);
+        // The client's own fault is never answered as MOR's.
+        let mut down = Error::new(ErrorType::ReadTimedout);
+        down.as_down();
+        assert_eq!(reason(&down, false), None);
+        // No descriptor left: the gateway's fault, 503 with Retry-After.
+        let emfile = Error::because(
+            ErrorType::ConnectError,
+            "connect",
+            std::io::Error::from_raw_os_error(24),
+        );
+        let mut emfile = emfile;
+        emfile.as_up();
+        let r = failure_answer(&emfile, false).unwrap();
+        assert_eq!(r.reason, Reason::NoSocket);
+        assert!(r.retry_after.is_some());
+    }
+
+    #[tokio::test]
+    async fn the_client_address_comes_from_the_peer_unless_it_is_a_trusted_balancer() {
+        let raw = b"GET /billing/api/x HTTP/1.1\r\nHost: m\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.5\r\n\r\n";
+        // A mock peer has no address: 0.0.0.0, which is not trusted here,
+        // so X-Forwarded-For is not believed.
+        let s = session_of(raw).await;
+        assert_eq!(
+            client_ip(&s, &settings("")),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        );
+        // Trusted (with the balancer in front of it): every header line is
+        // read, right to left, and the first untrusted address is the client.
+        let trusted = "[client]\ntrusted_proxies = [\"0.0.0.0/32\", \"10.0.0.0/8\"]\n";
+        assert_eq!(
+            client_ip(&s, &settings(trusted)),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
     }
 }
