@@ -3,7 +3,7 @@
 //! A connection: [`connections`] (accept, [`caps`], PROXY protocol, [`tls`])
 //! → [`http1`] (the keep-alive loop, over a [`guarded`] stream that shares
 //! the [`phase`] marker) → [`proxy`] (the `ProxyHttp` hooks, one [`context`]
-//! per request, reading the [`body`]) → [`forward`] to MOR ([`upstreams`]).
+//! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`]).
 //! [`state`] holds what every request shares; [`cut`] is why a connection
 //! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.
 
@@ -20,6 +20,7 @@ pub mod mor_db;
 pub mod phase;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod request;
 pub mod shared_limits;
 pub mod state;
 pub mod tls;

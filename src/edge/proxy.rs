@@ -3,7 +3,6 @@
 //! edge or forwards to a MOR upstream through [`super::forward`], one path for
 //! every body size. Nothing reaches MOR before the verdict.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,85 +14,24 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::Settings;
 use crate::core::catalog::Envelope;
-use crate::core::decision::{self, Checked, Head, Rejected, Signer, Verdict};
+use crate::core::decision::{self, Checked, Rejected, Signer, Verdict};
 use crate::core::framing;
 use crate::core::limits::LimitTrace;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
-use crate::core::route::redact_path;
-use crate::edge::body::{self, BodyError, Reservation};
+use crate::edge::body::{self, Reservation};
 use crate::edge::context::{Ctx, InFlight};
 use crate::edge::forward::timeout_kind;
 use crate::edge::phase;
+use crate::edge::request::{client_ip, head_of, shown_path};
 use crate::edge::shared_limits::DecidedIp;
 use crate::edge::state::Shared;
 use crate::ops::accesslog::{micros, redact_query_also, Record, Timestamp};
-
-/// A path as logs show it, and whether its action's id is a secret (then
-/// its `id` query values are redacted too).
-fn shown_path<'a>(shared: &Shared, path: &'a str) -> (std::borrow::Cow<'a, str>, bool) {
-    let st = shared.state.load();
-    let p = &st.settings.policy;
-    let shown = redact_path(path, &p.prefix, &p.catalog);
-    let pre = p.prefix.split('/').filter(|s| !s.is_empty()).count();
-    let secret = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .nth(pre)
-        .is_some_and(|a| crate::core::route::secret_action(a, &p.catalog));
-    (shown, secret)
-}
 
 /// The gateway service.
 pub struct Gateway {
     /// Shared state.
     pub shared: Arc<Shared>,
-}
-
-/// The client's address: the peer (the PROXY protocol's client, when the
-/// connection began with a PROXY header), or behind a trusted balancer the
-/// right-most untrusted `X-Forwarded-For` address ([`crate::core::client`]).
-fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let xff = session
-        .req_header()
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.as_bytes());
-    crate::core::client::address(
-        peer,
-        xff,
-        &settings.client.trusted_proxies,
-        phase::proxy_protocol_used(),
-    )
-}
-
-fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
-    let req = session.req_header();
-    Head {
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        query: req.uri.query(),
-        content_type: req
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        client_ip: ip,
-    }
-}
-
-/// What a failed body read was: the client's fault in every case.
-fn body_fault(e: &Error) -> Reason {
-    match e.etype() {
-        ErrorType::ConnectionClosed | ErrorType::ReadError => Reason::ClientClosed,
-        ErrorType::ReadTimedout => Reason::ClientTimeout,
-        _ => Reason::BadFraming,
-    }
 }
 
 /// What the client is told when handling its call failed with `e`:
@@ -259,27 +197,15 @@ impl ProxyHttp for Gateway {
             Ok(b) => b,
             Err(fault) => {
                 session.set_keepalive(None);
-                let busy = |reason| {
-                    let mut r = Refusal::new(reason);
-                    r.retry_after = Some(std::time::Duration::from_secs(1));
-                    r
+                match fault.answer() {
+                    Ok(r) => self.refuse(session, ctx, r).await?,
+                    Err(mut e) => {
+                        // Nobody to answer: the connection is dropped.
+                        ctx.refused = Some(Reason::ClientClosed);
+                        e.as_down();
+                        return Err(e);
+                    }
                 };
-                let r = match fault {
-                    BodyError::TooLarge => Refusal::new(Reason::BodyTooLarge),
-                    BodyError::Overloaded => busy(Reason::Overloaded),
-                    BodyError::AddressOverloaded => busy(Reason::AddressOverloaded),
-                    BodyError::TooSlow => Refusal::new(Reason::BodyTooSlow),
-                    BodyError::Io(mut e) => match body_fault(&e) {
-                        Reason::ClientClosed => {
-                            // Nobody to answer: the connection is dropped.
-                            ctx.refused = Some(Reason::ClientClosed);
-                            e.as_down();
-                            return Err(e);
-                        }
-                        reason => Refusal::with(reason, "the request body could not be read"),
-                    },
-                };
-                self.refuse(session, ctx, r).await?;
                 return Ok(true);
             }
         };
@@ -406,15 +332,6 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::testing::session_of;
-    use std::collections::HashMap;
-
-    fn settings(tables: &str) -> Settings {
-        let text = format!(
-            "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"K\"\n{tables}"
-        );
-        Settings::from_toml(&text, None, &HashMap::from([("K", "k")])).unwrap()
-    }
 
     #[test]
     fn failures_map_to_who_is_at_fault() {
@@ -457,24 +374,5 @@ mod tests {
         let r = failure_answer(&emfile, false).unwrap();
         assert_eq!(r.reason, Reason::NoSocket);
         assert!(r.retry_after.is_some());
-    }
-
-    #[tokio::test]
-    async fn the_client_address_comes_from_the_peer_unless_it_is_a_trusted_balancer() {
-        let raw = b"GET /billing/api/x HTTP/1.1\r\nHost: m\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 203.0.113.9, 10.0.0.5\r\n\r\n";
-        // A mock peer has no address: 0.0.0.0, which is not trusted here,
-        // so X-Forwarded-For is not believed.
-        let s = session_of(raw).await;
-        assert_eq!(
-            client_ip(&s, &settings("")),
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        );
-        // Trusted (with the balancer in front of it): every header line is
-        // read, right to left, and the first untrusted address is the client.
-        let trusted = "[client]\ntrusted_proxies = [\"0.0.0.0/32\", \"10.0.0.0/8\"]\n";
-        assert_eq!(
-            client_ip(&s, &settings(trusted)),
-            "203.0.113.9".parse::<IpAddr>().unwrap()
-        );
     }
 }
