@@ -52,11 +52,15 @@ Reopen the access log file (after logrotate renamed it). No line is lost:
 lines written before the signal are in the old file, the rest in the new.
 .TP
 \fBSIGUSR2\fR
-Ignored (a note is logged).
+Drain: every call is still served, \fB/readyz\fR answers 503 (a balancer
+moves traffic away), each connection closes after its next answer, and
+\fBmor_gateway_draining\fR is 1. SIGUSR2 again ends the drain.
 .TP
 \fBSIGTERM\fR
-Stop: the listeners close, calls in flight finish, queued access\-log lines
-are written.
+Stop: the listeners and the idle keep\-alive connections close at once,
+calls in flight finish, queued access\-log lines are written, and the
+process exits as soon as no connection is left (\fBshutdown_grace\fR at
+most).
 .TP
 \fBSIGINT\fR
 Stop at once.

@@ -127,7 +127,10 @@ impl ProxyHttp for Gateway {
         // Keep-alive only where HTTP allows it: pingora has turned it off
         // for HTTP/1.0 without `Connection: keep-alive`, for
         // `Connection: close` and for a length sent with Transfer-Encoding.
-        if ds.get_keepalive().is_some() {
+        if self.shared.draining() {
+            // Draining: this answer says `Connection: close`.
+            ds.set_keepalive(None);
+        } else if ds.get_keepalive().is_some() {
             ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
         }
         let req = session.req_header();

@@ -3,6 +3,7 @@
 //! across reloads (metrics, access log, body budget, certificates, MOR's
 //! directory).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,6 +47,9 @@ pub struct Shared {
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
     /// MOR's directory in force (static config or a database snapshot).
     pub mirror: Mirror,
+    /// Draining (SIGUSR2): calls are served, `/readyz` answers 503, and
+    /// each connection closes after its next answer.
+    draining: AtomicBool,
 }
 
 impl Shared {
@@ -83,7 +87,20 @@ impl Shared {
             connector,
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// True while the gateway drains.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or ends draining; returns the new state.
+    pub fn toggle_drain(&self) -> bool {
+        let now = !self.draining.fetch_xor(true, Ordering::Relaxed);
+        self.metrics.draining.set(i64::from(now));
+        now
     }
 
     /// Installs new settings, keeping limiter buckets whose quotas did not
