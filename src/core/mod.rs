@@ -6,6 +6,7 @@ pub mod client;
 pub mod decision;
 pub mod directory;
 pub mod framing;
+pub mod judge;
 pub mod limits;
 pub mod params;
 pub mod policy;
