@@ -90,7 +90,7 @@ The access log: one JSON object per line (\fBts\fR RFC 3339 UTC with
 microseconds, \fBclient_ip\fR, \fBhttp_method\fR, \fBpath\fR, \fBquery\fR
 with secrets redacted, \fBapi_method\fR, \fBalias\fR, \fBuser\fR,
 \fBverdict\fR, \fBreason\fR, \fBstatus\fR, \fBlatency_us\fR,
-\fBupstream\fR, \fBsigner\fR). Rotated by
+\fBupstream\fR, \fBsigner\fR, \fBrequest_id\fR). Rotated by
 \fI/etc/logrotate.d/mor\-gateway\fR with SIGUSR1.
 .TP
 \fI/usr/lib/systemd/system/mor\-gateway.service\fR, \fImor\-gateway@.service\fR

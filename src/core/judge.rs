@@ -228,7 +228,11 @@ mod tests {
             format!("{PROLOG}<Error>Incorrect hash</Error>"),
             "\u{feff}  <status>\n  <error> Incorrect hash </error>\n</status>\n".to_string(),
         ] {
-            assert_eq!(classify(200, doc.as_bytes()), MorAnswer::IncorrectHash, "{doc}");
+            assert_eq!(
+                classify(200, doc.as_bytes()),
+                MorAnswer::IncorrectHash,
+                "{doc}"
+            );
         }
     }
 
@@ -251,7 +255,10 @@ mod tests {
         }
         // Plain-text answers of the balance actions.
         assert_eq!(classify(200, b"User not found"), MorAnswer::UserNotFound);
-        assert_eq!(classify(200, b"Feature disabled\n"), MorAnswer::FeatureDisabled);
+        assert_eq!(
+            classify(200, b"Feature disabled\n"),
+            MorAnswer::FeatureDisabled
+        );
         assert_eq!(classify(200, b"12.5"), MorAnswer::Served);
         // A failed login.
         let login = "<action><name>login</name><status>failed</status><status_message>Login failed</status_message></action>";
@@ -282,7 +289,10 @@ mod tests {
         }
         long.push_str("</users><error>Incorrect hash</error></page>");
         assert_eq!(classify(200, long.as_bytes()), MorAnswer::Served);
-        assert_eq!(classify(502, b"<html>Bad Gateway</html>"), MorAnswer::HttpError);
+        assert_eq!(
+            classify(502, b"<html>Bad Gateway</html>"),
+            MorAnswer::HttpError
+        );
         assert_eq!(classify(404, b""), MorAnswer::HttpError);
     }
 

@@ -11,5 +11,6 @@ pub mod limits;
 pub mod params;
 pub mod policy;
 pub mod reply;
+pub mod request_id;
 pub mod route;
 pub mod signature;

@@ -18,6 +18,7 @@ use super::upstreams::local_exhaustion;
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
 use crate::core::reply::{self, Reason};
+use crate::core::request_id;
 
 /// Counts an upstream error by kind.
 fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
@@ -111,6 +112,9 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
     };
     req.insert_header("X-Forwarded-For", xff)?;
     req.insert_header("X-Real-IP", ip)?;
+    if !ctx.request_id.is_empty() {
+        req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+    }
     Ok(req)
 }
 
@@ -193,6 +197,9 @@ pub async fn forward(
         .upstream_duration
         .with_label_values(&[ctx.info.label()])
         .observe(sent.elapsed().as_secs_f64());
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+    }
     if st.settings.limits.headers {
         if let Some(a) = ctx.forward.as_ref().and_then(|f| f.allowance) {
             resp.insert_header("RateLimit-Limit", a.limit.to_string())?;

@@ -13,6 +13,7 @@ use pingora::connectors::ConnectorOptions;
 
 use crate::config::{CertKey, Settings};
 use crate::core::limits::Limits;
+use crate::core::request_id::IdSource;
 use crate::edge::body::Budget;
 use crate::edge::mirror::Mirror;
 use crate::edge::shared_limits::SharedLimits;
@@ -50,6 +51,8 @@ pub struct Shared {
     /// Draining (SIGUSR2): calls are served, `/readyz` answers 503, and
     /// each connection closes after its next answer.
     draining: AtomicBool,
+    /// Where request ids come from when a client sends none.
+    pub(crate) request_ids: IdSource,
 }
 
 impl Shared {
@@ -88,6 +91,7 @@ impl Shared {
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
             draining: AtomicBool::new(false),
+            request_ids: IdSource::default(),
         })
     }
 
