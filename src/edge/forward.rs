@@ -14,7 +14,7 @@ use pingora::{Error, ErrorType};
 
 use super::context::Ctx;
 use super::state::Shared;
-use super::upstreams::local_exhaustion;
+use super::upstreams::{local_exhaustion, peer_for};
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
 use crate::core::reply::{self, Reason};
@@ -137,17 +137,7 @@ pub async fn forward(
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no MOR upstream"))?;
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
-        let sni = u.tls_servers.get(&addr);
-        let mut peer = HttpPeer::new(addr, sni.is_some(), sni.cloned().unwrap_or_default());
-        if sni.is_some() {
-            peer.options.verify_cert = true;
-            peer.options.verify_hostname = true;
-            peer.options.ca = u.ca.as_ref().map(|c| c.certs.clone());
-        }
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
+        let peer = peer_for(addr, u);
         match shared.connector.get_http_session(&peer).await {
             Ok((up, _reused)) => break (up, peer),
             // The gateway's own fault (no descriptor, no local port): not
