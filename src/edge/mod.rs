@@ -3,6 +3,7 @@
 pub mod body;
 pub mod connections;
 pub mod forward;
+pub mod local_limits;
 pub mod mirror;
 pub mod mor_db;
 pub mod proxy;

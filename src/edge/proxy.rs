@@ -22,12 +22,12 @@ use crate::config::{CertKey, Settings};
 use crate::core::catalog::Envelope;
 use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Signer, Verdict};
 use crate::core::framing;
-use crate::core::limits::{LimitTrace, Limits};
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
 use crate::core::route::redact_path;
 use crate::edge::body::{self, BodyError, Budget, Reservation};
+use crate::edge::local_limits::Limits;
 use crate::edge::mirror::Mirror;
-use crate::edge::shared_limits::{DecidedIp, SharedLimits};
+use crate::edge::shared_limits::{self, SharedLimits};
 use crate::edge::upstreams::Upstreams;
 use crate::ops::accesslog::{micros, redact_query_also, AccessLog, Record, Timestamp};
 use crate::ops::metrics::Metrics;
@@ -356,18 +356,14 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        let admitted = match &st.shared_limits {
-            Some(sh) if sh.per_ip() => {
-                let mut trace = LimitTrace::default();
-                let answer = sh.check_ip(ip, &st.limits, &mut trace).await;
-                decision::admit(
-                    &s.policy,
-                    &dir,
-                    &DecidedIp(answer, trace),
-                    &head_of(session, ip),
-                )
+        let sh = st.shared_limits.as_deref();
+        let admitted = match decision::admit(&s.policy, &dir, &head_of(session, ip)) {
+            Ok(a) => {
+                let q = a.question(&s.limits);
+                let answer = shared_limits::answer(sh, &st.limits, &q).await;
+                a.conclude(answer)
             }
-            _ => decision::admit(&s.policy, &dir, &*st.limits, &head_of(session, ip)),
+            Err(r) => Err(r),
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -427,10 +423,11 @@ impl ProxyHttp for Gateway {
         let verdict =
             match decision::verify(&s.policy, &dir, &head_of(session, ip), admitted, &body) {
                 Checked::Done(v) => v,
-                Checked::Pending(p) => match &st.shared_limits {
-                    Some(sh) => sh.settle(p, &st.limits).await,
-                    None => p.settle(&*st.limits),
-                },
+                Checked::Pending(p) => {
+                    let answer =
+                        shared_limits::answer(sh, &st.limits, &p.question(&s.limits)).await;
+                    p.conclude(answer)
+                }
             };
         match verdict {
             Verdict::Refuse(r, info) => {

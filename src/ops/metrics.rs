@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::core::decision::{CallInfo, Skipped};
+use crate::core::limits::Layer;
 use crate::core::reply::Reason;
 
 /// Access-log lines not written, by reason: `queue_full` (the writer's
@@ -517,9 +518,17 @@ impl Metrics {
         }
         for (layer, allowed) in info.limits.iter() {
             // The per-IP layer is checked before the method is known.
-            let m = if layer == "ip" { "all" } else { api_method };
+            let m = if layer == Layer::Ip {
+                "all"
+            } else {
+                api_method
+            };
             self.limit_decisions
-                .with_label_values(&[layer, m, if allowed { "allowed" } else { "limited" }])
+                .with_label_values(&[
+                    layer.label(),
+                    m,
+                    if allowed { "allowed" } else { "limited" },
+                ])
                 .inc();
         }
     }
