@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -145,14 +145,9 @@ fn register_settings(metrics: &Metrics, settings: &Settings) {
             .iter()
             .map(|m| m.name.as_str()),
     );
-    metrics.config_loaded.set(unix_now());
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    metrics
+        .config_loaded
+        .set(crate::ops::metrics::unix_now().as_secs_f64());
 }
 
 /// A path as logs show it, and whether its action's id is a secret (then

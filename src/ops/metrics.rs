@@ -37,6 +37,14 @@ pub(crate) static LOG_SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
     ))
 });
 
+/// Wall-clock time since the Unix epoch (zero if the clock is set before
+/// it), for the timestamp gauges.
+pub fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// A metric from a static definition.
 #[allow(
     clippy::expect_used,
