@@ -215,7 +215,7 @@ fn route_refusal(e: RouteError) -> Refusal {
 }
 
 /// Whether `method` is GET or HEAD: the calls MOR's "Allow GET API" governs.
-pub fn is_get(method: &str) -> bool {
+fn is_get(method: &str) -> bool {
     method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
 }
 

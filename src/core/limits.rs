@@ -99,9 +99,6 @@ pub enum Layer {
 }
 
 impl Layer {
-    /// Every layer, in the order a call meets them.
-    pub const ALL: [Layer; 4] = [Layer::Ip, Layer::User, Layer::Method, Layer::MethodUser];
-
     /// Stable label for metrics.
     pub fn label(self) -> &'static str {
         match self {
