@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mor_gateway::config::Settings;
-use mor_gateway::ops::server::{run, Plan};
+use mor_gateway::server::{run, Plan};
 use sha1::{Digest, Sha1};
 
 #[global_allocator]

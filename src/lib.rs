@@ -5,11 +5,14 @@
 //! - [`config`]: the TOML file (schema), its resolution (secrets, files,
 //!   DNS) and the runtime settings.
 //! - [`edge`]: the pingora glue: reading the request, forwarding to MOR.
-//! - [`ops`]: running it: the server, metrics, access log.
+//! - [`ops`]: observability: metrics, the access log, the process's log.
+//! - [`server`]: the composition root: the pingora server, its services,
+//!   housekeeping and `check`.
 //! - [`sim`]: the embedded MOR simulator (demo and tests).
 
 pub mod config;
 pub mod core;
 pub mod edge;
 pub mod ops;
+pub mod server;
 pub mod sim;

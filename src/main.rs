@@ -13,8 +13,18 @@ use mor_gateway::core::decision::{self, Checked, Head, Verdict};
 use mor_gateway::core::limits::Answer;
 use mor_gateway::core::params::Params;
 use mor_gateway::core::signature;
-use mor_gateway::ops::server::{self, Plan};
+use mor_gateway::server::{self, Plan};
 use mor_gateway::sim::SimSettings;
+
+/// `println!` through [`emit`].
+macro_rules! say {
+    ($($t:tt)*) => { emit(format_args!($($t)*), true) };
+}
+
+/// `print!` through [`emit`].
+macro_rules! say_raw {
+    ($($t:tt)*) => { emit(format_args!($($t)*), false) };
+}
 
 mod manpage;
 
@@ -238,8 +248,8 @@ fn sign(
     let found = catalog.lookup(method);
     let m = found.map(|f| f.method);
     match m {
-        Some(m) => println!("method  {} (rule: {})", m.name, m.auth.label()),
-        None => println!("method  {method} (not catalogued: MOR's global order)"),
+        Some(m) => say!("method  {} (rule: {})", m.name, m.auth.label()),
+        None => say!("method  {method} (not catalogued: MOR's global order)"),
     }
     let sep = if query.is_empty() { "" } else { "&" };
     let base = base.unwrap_or_else(|| base_of(&settings));
@@ -248,7 +258,7 @@ fn sign(
         let parts = signature::hashed_parts(catalog, m, &params).map_err(|e| e.to_string())?;
         let h = signature::digest(&parts, &key);
         let shown: Vec<String> = parts.iter().map(|(n, t)| format!("{n}={t}")).collect();
-        println!(
+        say!(
             "hashed  {} + key",
             if shown.is_empty() {
                 "(nothing)".to_string()
@@ -256,10 +266,10 @@ fn sign(
                 shown.join(" + ")
             }
         );
-        println!("hash    {}", h.as_str());
+        say!("hash    {}", h.as_str());
         format!("{query}{sep}hash={}", h.as_str())
     } else {
-        println!("hashed  nothing: this action takes no hash");
+        say!("hashed  nothing: this action takes no hash");
         query.clone()
     };
     let get_ok = policy.directory.allow_get || m.is_some_and(|m| m.get_always);
@@ -296,9 +306,9 @@ fn sign(
         ));
     }
     if get_ok {
-        println!("curl -s '{url}?{signed}'");
+        say!("curl -s '{url}?{signed}'");
     } else {
-        println!("curl -s -X POST '{url}' -d '{signed}'");
+        say!("curl -s -X POST '{url}' -d '{signed}'");
     }
     Ok(())
 }
@@ -328,7 +338,7 @@ fn demo(port: u16) -> Result<(), String> {
         DEMO_KEY.as_bytes(),
     );
     let h_res = signature::compute(&["user_id"], |_| Some("5"), DEMO_KEY_RES);
-    println!(
+    say!(
         r#"mor-gateway demo
   gateway   http://127.0.0.1:{gw}  (verifies, then forwards)
   MOR sim   http://127.0.0.1:{sim}  (embedded MOR simulator, admin key {DEMO_KEY})
@@ -405,6 +415,32 @@ fn use_host_ca_store() {
     }
 }
 
+/// Writes to standard output; a reader that has gone (`check ... | head -1`)
+/// ends the process quietly with status 0, any other write error with a
+/// message and status 1 (never a panic).
+fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                out.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("mor-gateway: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     #[cfg(feature = "static")]
     use_host_ca_store();
@@ -437,15 +473,15 @@ fn main() -> ExitCode {
         {
             Ok(s) => {
                 match method {
-                    Some(m) => print!("{}", s.policy.catalog.describe(&m)),
+                    Some(m) => say_raw!("{}", s.policy.catalog.describe(&m)),
                     None => {
-                        print!("{}", s.summary());
+                        say_raw!("{}", s.summary());
                         for line in server::check_directory(&s) {
-                            println!("{line}");
+                            say!("{line}");
                         }
                     }
                 }
-                println!("mor-gateway: configuration {} is valid", config.display());
+                say!("mor-gateway: configuration {} is valid", config.display());
                 Ok(())
             }
             Err(e) => Err(format!(
@@ -464,7 +500,7 @@ fn main() -> ExitCode {
         Cmd::Manpage { dir, gzip } => match dir {
             Some(d) => manpage::write_all(Cli::command(), &d, gzip).map(|files| {
                 for f in files {
-                    println!("{}", f.display());
+                    say!("{}", f.display());
                 }
             }),
             None => manpage::main_page(Cli::command(), &mut std::io::stdout().lock()),

@@ -41,8 +41,11 @@ entries name. Secrets are never printed or logged."#,
 Reload the configuration file. A file that does not check is refused and
 the running configuration stays (\fBmor_gateway_config_reloads_total\fR
 counts both). The access log is reopened and a changed
-\fBaccess_log.mode\fR or \fBpath\fR is applied. Listen addresses change only
-on restart.
+\fBaccess_log.mode\fR or \fBpath\fR is applied. \fBlisten\fR, \fBtls.listen\fR,
+\fBmetrics.listen\fR, \fBthreads\fR, \fBwork_stealing\fR, \fBshutdown_grace\fR,
+\fBupgrade_sock\fR, \fBread_buffer_bytes\fR and
+\fBupstream.keepalive_pool_size\fR change only on restart (a reload that
+changes one warns, naming it).
 .TP
 \fBSIGUSR1\fR
 Reopen the access log file (after logrotate renamed it). No line is lost:

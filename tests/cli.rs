@@ -436,8 +436,8 @@ fn check_creates_no_access_log_and_still_finds_a_bad_one() {
         let (_, err) = text(&o);
         assert!(!o.status.success(), "{}", path.display());
         assert!(
-            err.contains("access log") && err.to_lowercase().contains(says),
-            "{err}"
+            err.contains("access_log.path: ") && err.to_lowercase().contains(says),
+            "names the key: {err}"
         );
         assert!(!path.exists() || path.is_dir());
     }
@@ -496,5 +496,47 @@ fn sim_on_a_busy_port_fails_at_once_naming_the_address() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());
     assert!(err.contains(&format!("cannot listen on {a}")), "{err}");
+    drop(busy);
+}
+
+/// `check`'s output into a pipe whose reader has gone (`| head -1`) ends
+/// quietly: status 0, no panic.
+#[test]
+fn check_into_a_closed_pipe_ends_quietly() {
+    let p = config(GOOD);
+    for extra in [&["--method", "user_details_get"][..], &[][..]] {
+        let mut child = Command::new(BIN)
+            .args(["check", "-c", p.to_str().unwrap()])
+            .args(extra)
+            .env("CLI_KEY", "k")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes before a byte is written.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{extra:?}: {err}");
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {err}");
+    }
+}
+
+/// `run` on a busy port fails at once, naming the config key and the address.
+#[test]
+fn run_on_a_busy_port_names_the_key() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = busy.local_addr().unwrap();
+    let p = config(&format!(
+        "{}[metrics]\nlisten = \"{a}\"\n",
+        GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
+    ));
+    let o = run(&["run", "-c", p.to_str().unwrap()], &[("CLI_KEY", "k")]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("metrics.listen: cannot listen on {a}")),
+        "{err}"
+    );
     drop(busy);
 }

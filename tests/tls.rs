@@ -385,5 +385,39 @@ fn proxy_protocol_before_tls_names_the_client() {
     b.set_ca_file(&ca).unwrap();
     assert!(b.build().connect("localhost", tcp).is_err());
     assert!(sim_seen(sa).is_empty());
+    // After SIGHUP the TLS listeners' PROXY check reads the new list: the
+    // peer trusted now is believed, the one trusted no more is refused.
+    gw.reload(&body_for(
+        &[sa],
+        "",
+        &tables.replace("\"127.0.0.1\"", "\"127.0.0.2\""),
+    ));
+    let trusted_now = || {
+        let mut tcp = connect_from("127.0.0.2", tls_addr);
+        tcp.write_all(b"PROXY TCP4 192.0.2.9 127.0.0.1 1 443\r\n")
+            .unwrap();
+        let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+        b.set_ca_file(&ca).unwrap();
+        b.build().connect("localhost", tcp).ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut s = loop {
+        if let Some(s) = trusted_now() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload not applied to the TLS listener"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(ask(&mut s).contains("client123"));
+    assert_eq!(sim_seen(sa)[0]["x_real_ip"], "192.0.2.9");
+    assert!(tls_after(
+        tls_addr,
+        &ca,
+        b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n"
+    )
+    .is_err());
     drop(gw);
 }

@@ -349,9 +349,36 @@ impl Settings {
             .unwrap_or_else(|| PathBuf::from("<built-in>"));
         let raw: schema::File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: shown,
-            message: e.to_string().trim_end().to_string(),
+            message: parse_message(text, &e),
         })?;
         resolve::resolve(raw, path, env)
+    }
+
+    /// The keys read only when the gateway starts whose values differ
+    /// between `self` (in force) and `new` (a reload): they take effect on
+    /// restart, and a reload says so, naming them.
+    pub fn restart_only_changes(&self, new: &Settings) -> Vec<&'static str> {
+        let tls_listen = |s: &Settings| s.tls.as_ref().map(|t| t.listen.clone());
+        [
+            ("listen", self.listen != new.listen),
+            ("tls.listen", tls_listen(self) != tls_listen(new)),
+            ("metrics.listen", self.metrics_listen != new.metrics_listen),
+            ("threads", self.threads != new.threads),
+            ("work_stealing", self.work_stealing != new.work_stealing),
+            ("shutdown_grace", self.shutdown_grace != new.shutdown_grace),
+            ("upgrade_sock", self.upgrade_sock != new.upgrade_sock),
+            (
+                "read_buffer_bytes",
+                self.read_buffer_bytes != new.read_buffer_bytes,
+            ),
+            (
+                "upstream.keepalive_pool_size",
+                self.upstream.keepalive_pool_size != new.upstream.keepalive_pool_size,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect()
     }
 
     /// A human summary of what would be served (for `check`); no secret values.
@@ -365,7 +392,7 @@ impl Settings {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(s, "product        {:?}", self.product);
+        let _ = writeln!(s, "product        {}", word(&self.product));
         let _ = writeln!(
             s,
             "listen         {}{}",
@@ -411,19 +438,22 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "timeouts       connect {:?}, read {:?}, write {:?}, idle {:?}",
-            self.upstream.connect_timeout,
-            self.upstream.read_timeout,
-            self.upstream.write_timeout,
-            self.upstream.idle_timeout
+            "timeouts       connect {}, read {}, write {}, idle {}",
+            dur(self.upstream.connect_timeout),
+            dur(self.upstream.read_timeout),
+            dur(self.upstream.write_timeout),
+            dur(self.upstream.idle_timeout)
         );
         let _ = writeln!(s, "api prefix     {}", p.prefix);
         let d = &p.directory;
         let a = d.admin();
         let _ = writeln!(
             s,
-            "policy         unknown_methods={:?} undetermined={:?} rest_v2={:?} other_paths={:?}",
-            p.unknown_methods, p.undetermined, p.rest_v2, p.other_paths
+            "policy         unknown_methods = {}, undetermined = {}, rest_v2 = {}, other_paths = {}",
+            word(&p.unknown_methods),
+            word(&p.undetermined),
+            word(&p.rest_v2),
+            word(&p.other_paths)
         );
         let _ = writeln!(
             s,
@@ -438,17 +468,17 @@ impl Settings {
             on(!a.hash_off),
             on(d.allow_get)
         );
-        let _ = writeln!(s, "reply mode     {:?}", self.reply_mode);
+        let _ = writeln!(s, "reply mode     {}", word(&self.reply_mode));
         let c = &self.client;
         let _ = writeln!(
             s,
-            "clients        header within {:?} and {} bytes, read timeout {:?}, keep-alive {:?}, {} trusted balancer(s); shutdown grace {:?}; upgrade socket {}",
-            c.header_timeout,
+            "clients        header within {} and {} bytes, read timeout {}, keep-alive {}, {} trusted balancer(s); shutdown grace {}; upgrade socket {}",
+            dur(c.header_timeout),
             c.max_header_bytes,
-            c.read_timeout,
-            c.keepalive_timeout,
+            dur(c.read_timeout),
+            dur(c.keepalive_timeout),
             c.trusted_proxies.len(),
-            self.shutdown_grace,
+            dur(self.shutdown_grace),
             self.upgrade_sock.display()
         );
         let cap = |n: usize| {
@@ -502,14 +532,14 @@ impl Settings {
         if let Some(db) = &self.mor_db {
             let _ = writeln!(
                 s,
-                "directory      {} (TLS {}), tables {} and {}, refreshed every {:?} (timeout {:?}); before the first snapshot: {:?}",
+                "directory      {} (TLS {}), tables {} and {}, refreshed every {} (timeout {}); before the first snapshot: {}",
                 db.url,
                 on(db.tls),
                 db.users_table,
                 db.settings_view,
-                db.refresh_interval,
-                db.timeout,
-                db.without_snapshot
+                dur(db.refresh_interval),
+                dur(db.timeout),
+                word(&db.without_snapshot)
             );
         }
         let _ = writeln!(
@@ -553,27 +583,36 @@ impl Settings {
         );
         let _ = writeln!(
             s,
-            "undetermined   hash list not documented, api.undetermined = {:?}: {}",
-            p.undetermined,
+            "undetermined   hash list not documented, api.undetermined = {}: {}",
+            word(&p.undetermined),
             by_rule(Auth::Undetermined)
         );
         let l = &self.limits;
         if let Some(sh) = &self.shared_limits {
             let _ = writeln!(
                 s,
-                "shared limits  {} prefix={:?} timeout={:?} retry_interval={:?} per_ip shared={}",
-                sh.url, sh.key_prefix, sh.timeout, sh.retry_interval, sh.per_ip
+                "shared limits  {}, key prefix \"{}\", timeout {}, retry every {}, per-IP limit {}",
+                sh.url,
+                sh.key_prefix,
+                dur(sh.timeout),
+                dur(sh.retry_interval),
+                if sh.per_ip { "shared" } else { "local" }
             );
         }
         let _ = writeln!(
             s,
-            "limits         per_ip={:?} per_user={:?} per_method={} per_method_user={} exempt={} lockout={:?} max_tracked_keys={}",
-            l.per_ip,
-            l.per_user,
+            "limits         per IP {}; per user {}; {} per-method and {} per-method-user quota(s); {} exempt; lockout {}; {} keys tracked at most",
+            quota(l.per_ip.as_ref()),
+            quota(l.per_user.as_ref()),
             l.per_method.len(),
             l.per_method_user.len(),
             l.exempt.len(),
-            l.lockout,
+            l.lockout.as_ref().map_or("off".to_string(), |k| format!(
+                "after {} failed hashes within {}, for {}",
+                k.failures,
+                dur(k.window),
+                dur(k.cooloff)
+            )),
             l.max_tracked_keys
         );
         let _ = writeln!(
@@ -583,9 +622,74 @@ impl Settings {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|| "off".into())
         );
-        let _ = writeln!(s, "access log     {:?}", self.access_log);
+        let _ = writeln!(
+            s,
+            "access log     {}{}",
+            word(&self.access_log),
+            self.access_log_path
+                .as_ref()
+                .map(|p| format!(" ({})", p.display()))
+                .unwrap_or_default()
+        );
         s
     }
+}
+
+/// toml's message, with the key named in full and an example when the
+/// value was meant to be a duration.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let mut m = e.to_string().trim_end().to_string();
+    if m.contains("expected a duration") {
+        let key = e.span().and_then(|s| key_at(text, s.start));
+        m.push_str(&format!(
+            "\n{}a duration is a quoted number with its unit, e.g. \"30s\", \"500ms\", \"2m\" or \"1h 30m\"",
+            key.map(|k| format!("{k}: ")).unwrap_or_default()
+        ));
+    }
+    m
+}
+
+/// The dotted key whose value starts at byte `at` of `text` (its table
+/// header and the name before `=` on that line), when the line has one.
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let before = text.get(..at)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let (name, _) = text.get(line_start..at)?.split_once('=')?;
+    let name = name.trim().trim_matches('"');
+    if name.is_empty() {
+        return None;
+    }
+    let table = before[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|r| r.split(']').next())
+            .map(|t| t.trim_matches('[').trim().to_string())
+    });
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{name}"),
+        _ => name.to_string(),
+    })
+}
+
+/// A setting's value as the config file spells it (`"forward"`, `"MOR"`).
+fn word<T: serde::Serialize>(v: &T) -> String {
+    match toml::Value::try_from(v) {
+        Ok(toml::Value::String(w)) => w,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_string(),
+    }
+}
+
+/// A duration as the config file spells it (`30s`, `1m 30s`, `250ms`).
+fn dur(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A rate limit in words: `10/s, bursts of 20`, or `off`.
+fn quota(q: Option<&crate::core::limits::QuotaSpec>) -> String {
+    q.map_or("off".to_string(), |q| {
+        format!("{}/s, bursts of {}", q.per_second, q.burst)
+    })
 }
 
 #[cfg(test)]
@@ -625,6 +729,112 @@ admin_key_env = "MORGW_TEST_KEY"
             Some(&b"456789"[..])
         );
         assert_eq!(s.reply_mode, ReplyMode::Mor);
+    }
+
+    #[test]
+    fn a_quota_governor_would_overflow_is_refused() {
+        // 1e-9/s with a burst of 20: 2e10 s of burst window, past u64 ns.
+        let q = "[limits.per_ip]\nper_second = 1e-9\nburst = 20\n";
+        let msg = load(&base(q)).unwrap_err().to_string();
+        assert!(
+            msg.contains("limits.per_ip") && msg.contains("burst"),
+            "{msg}"
+        );
+        // The largest window that fits still loads.
+        let q = "[limits.per_ip]\nper_second = 1e-8\nburst = 1\n";
+        assert!(load(&base(q)).is_ok());
+    }
+
+    #[test]
+    fn an_alias_and_its_method_in_one_table_are_refused_naming_both() {
+        for table in ["per_method", "per_method_user"] {
+            let q = format!(
+                "[limits.{table}]\nuser_details = {{ per_second = 1.0, burst = 1 }}\nuser_details_get = {{ per_second = 5.0, burst = 5 }}\n"
+            );
+            let msg = load(&base(&q)).unwrap_err().to_string();
+            assert!(
+                msg.contains("user_details'") && msg.contains("'user_details_get'"),
+                "{table}: {msg}"
+            );
+        }
+        let q = "[limits.per_method]\nuser_details = { per_second = 1.0, burst = 1 }\n[limits.per_method_user]\nuser_details_get = { per_second = 1.0, burst = 1 }\n";
+        assert!(load(&base(q)).is_ok(), "one name per table is fine");
+    }
+
+    #[test]
+    fn a_duration_without_its_unit_names_the_key_and_shows_an_example() {
+        for v in ["30", "\"30\"", "\"30 parsecs\""] {
+            let text = base(&format!("[client]\nheader_timeout = {v}\n"));
+            let msg = load(&text).unwrap_err().to_string();
+            assert!(msg.contains("client.header_timeout: "), "{msg}");
+            assert!(msg.contains("\"30s\""), "{msg}");
+        }
+    }
+
+    #[test]
+    fn every_restart_only_key_is_named_when_it_changes() {
+        let old = load(&base("")).unwrap();
+        assert!(old.restart_only_changes(&old.clone()).is_empty());
+        let edits = [
+            ("listen", base("").replace("127.0.0.1:0", "127.0.0.1:1")),
+            (
+                "metrics.listen",
+                base("[metrics]\nlisten = \"127.0.0.1:9\"\n"),
+            ),
+            ("threads", format!("threads = 3\n{}", base(""))),
+            (
+                "work_stealing",
+                format!("work_stealing = true\n{}", base("")),
+            ),
+            (
+                "shutdown_grace",
+                format!("shutdown_grace = \"3s\"\n{}", base("")),
+            ),
+            (
+                "upgrade_sock",
+                format!("upgrade_sock = \"/tmp/x.sock\"\n{}", base("")),
+            ),
+            (
+                "read_buffer_bytes",
+                format!("read_buffer_bytes = 131072\n{}", base("")),
+            ),
+            (
+                "upstream.keepalive_pool_size",
+                base("").replace("[upstream]\n", "[upstream]\nkeepalive_pool_size = 7\n"),
+            ),
+        ];
+        for (key, text) in edits {
+            let new = load(&text).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert_eq!(old.restart_only_changes(&new), vec![key], "{key}");
+        }
+        // A key that reloads live is not named.
+        let new = load(&base("[client]\nmax_connections = 500\n")).unwrap();
+        assert!(old.restart_only_changes(&new).is_empty());
+    }
+
+    #[test]
+    fn the_summary_speaks_in_the_config_words() {
+        let text = base("[limits.per_ip]\nper_second = 10.0\nburst = 20\n[limits.lockout]\nfailures = 5\nwindow = \"1m\"\ncooloff = \"5m\"\n");
+        let s = load(&text).unwrap().summary();
+        for debug in [
+            "Some(",
+            "QuotaSpec",
+            "Lockout {",
+            "Forward",
+            "Unchecked",
+            "Mor\n",
+            "Stdout",
+        ] {
+            assert!(!s.contains(debug), "{debug} in:\n{s}");
+        }
+        assert!(s.contains("per IP 10/s, bursts of 20"), "{s}");
+        assert!(
+            s.contains("lockout after 5 failed hashes within 1m, for 5m"),
+            "{s}"
+        );
+        assert!(s.contains("unknown_methods = forward"), "{s}");
+        assert!(s.contains("product        MOR"), "{s}");
+        assert!(s.contains("access log     stdout"), "{s}");
     }
 
     #[test]

@@ -123,7 +123,8 @@ fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
 }
 
 /// A quota governor can build: a positive rate whose cell interval fits in
-/// nanoseconds, and a burst of at least one.
+/// nanoseconds, a burst of at least one, and a burst window (interval ×
+/// burst, which governor computes in u64 nanoseconds) that fits too.
 fn quota_ok(key: &str, q: &QuotaSpec) -> Result<(), ConfigError> {
     if !(q.per_second.is_finite() && q.per_second > 0.0) {
         return Err(invalid(key, "per_second must be a positive number"));
@@ -136,6 +137,16 @@ fn quota_ok(key: &str, q: &QuotaSpec) -> Result<(), ConfigError> {
     }
     if q.burst == 0 {
         return Err(invalid(key, "burst must be at least 1"));
+    }
+    // The same bound for the burst window: 1 / per_second × burst seconds.
+    if f64::from(q.burst) / q.per_second > (u64::MAX / 1_000_000_000) as f64 {
+        return Err(invalid(
+            key,
+            format!(
+                "burst / per_second is {:.3e} seconds, more than 500 years: raise per_second or lower burst",
+                f64::from(q.burst) / q.per_second
+            ),
+        ));
     }
     Ok(())
 }
@@ -713,14 +724,25 @@ fn limits(
     .into_iter()
     .zip(tables.iter_mut())
     {
+        // The name each method was given by, to refuse a second name of it.
+        let mut named: HashMap<String, &str> = HashMap::new();
         for (m, q) in map {
             let key = format!("{table}.{m}");
             quota_ok(&key, q)?;
             let found = catalog
                 .lookup(m)
                 .ok_or_else(|| invalid(&key, format!("'{m}' is not a method in the catalogue")))?;
+            let canonical = &found.method.name;
+            if let Some(first) = named.insert(canonical.clone(), m) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "'{first}' and '{m}' are the same method ({canonical}): one quota each, keep one of them"
+                    ),
+                ));
+            }
             // Aliases share their method's bucket.
-            out.insert(found.method.name.clone(), *q);
+            out.insert(canonical.clone(), *q);
         }
     }
     if l.max_tracked_keys == 0 {

@@ -333,7 +333,7 @@ pub struct Reseller {
 }
 
 /// What the gateway does before MOR's database was ever read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WithoutSnapshot {
     /// Do not start: `run` ends with the database's error.
@@ -511,7 +511,7 @@ impl Default for Metrics {
 }
 
 /// Where the access log goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogMode {
     /// No access log.

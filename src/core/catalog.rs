@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub const EMBEDDED: &str = include_str!("../../config/catalog.toml");
 
 /// Which server product the gateway fronts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 pub enum Product {
     /// Kolmisoft MOR.
     #[serde(rename = "MOR")]

@@ -12,7 +12,7 @@ use crate::core::catalog::Catalog;
 use crate::core::directory::Directory;
 
 /// What to do with a request whose path is not a catalogued API method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathPolicy {
     /// Answer with a refusal; nothing is forwarded.
@@ -22,7 +22,7 @@ pub enum PathPolicy {
 }
 
 /// What to do with an API method that is not in the catalogue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownMethods {
     /// Answer "Unknown API method"; nothing is forwarded.
@@ -36,7 +36,7 @@ pub enum UnknownMethods {
 
 /// What to do with an action whose hash list the documentation does not
 /// settle (catalogue `auth = "undetermined"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Undetermined {
     /// Forward without the gateway's own hash check (MOR checks it);

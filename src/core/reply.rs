@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::core::catalog::Envelope;
 
 /// How refusals are answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplyMode {
     /// Like MOR: HTTP 200 with the XML error (transport errors keep 413/502).

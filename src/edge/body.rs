@@ -21,7 +21,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::protocols::http::ServerSession;
-use pingora::Error;
+use pingora::{Error, ErrorType};
+
+use crate::core::reply::{Reason, Refusal};
 use tokio::time::Instant;
 
 /// The bytes of bodies buffered before their verdicts, now: in total and
@@ -81,6 +83,37 @@ pub enum BodyError {
     TooSlow,
     /// The read failed (the client closed, stalled, or sent bad framing).
     Io(Box<Error>),
+}
+
+impl BodyError {
+    /// The refusal a failed body read is answered with, or the error when
+    /// the client left (nobody to answer).
+    pub fn answer(self) -> Result<Refusal, Box<Error>> {
+        let busy = |reason| {
+            let mut r = Refusal::new(reason);
+            r.retry_after = Some(Duration::from_secs(1));
+            r
+        };
+        Ok(match self {
+            BodyError::TooLarge => Refusal::new(Reason::BodyTooLarge),
+            BodyError::Overloaded => busy(Reason::Overloaded),
+            BodyError::AddressOverloaded => busy(Reason::AddressOverloaded),
+            BodyError::TooSlow => Refusal::new(Reason::BodyTooSlow),
+            BodyError::Io(e) => match io_fault(&e) {
+                Reason::ClientClosed => return Err(e),
+                reason => Refusal::with(reason, "the request body could not be read"),
+            },
+        })
+    }
+}
+
+/// What a failed body read was: the client's fault in every case.
+fn io_fault(e: &Error) -> Reason {
+    match e.etype() {
+        ErrorType::ConnectionClosed | ErrorType::ReadError => Reason::ClientClosed,
+        ErrorType::ReadTimedout => Reason::ClientTimeout,
+        _ => Reason::BadFraming,
+    }
 }
 
 /// One request's share of the [`Budget`], given back when dropped.

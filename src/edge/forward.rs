@@ -12,7 +12,8 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::{Error, ErrorType};
 
-use super::proxy::{timeout_kind, Ctx, Shared};
+use super::context::Ctx;
+use super::state::Shared;
 use super::upstreams::local_exhaustion;
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
@@ -225,4 +226,85 @@ pub async fn forward(
         .release_http_session(up, &peer, peer.options.idle_timeout)
         .await;
     Ok(())
+}
+
+/// True for the errors that are timeouts (connect, read or write).
+pub(crate) fn timeout_kind(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::decision::Forward;
+    use crate::edge::testing::session_of;
+
+    fn verified(path_and_query: &str, signer: Signer) -> Ctx {
+        let mut ctx = Ctx::new();
+        ctx.ip = Some("198.51.100.7".parse().unwrap());
+        ctx.forward = Some(Forward {
+            path_and_query: path_and_query.parse().unwrap(),
+            signer,
+            skipped: None,
+            allowance: None,
+        });
+        ctx
+    }
+
+    fn names(req: &RequestHeader) -> Vec<String> {
+        let mut v: Vec<String> = req.headers.keys().map(|k| k.as_str().to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn the_upstream_request_is_rebuilt_from_the_verified_view() {
+        let raw = b"POST /billing/api/user_details?u=admin HTTP/1.1\r\nHost: mor\r\n\
+Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\
+Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\n\
+Client-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: s=1\r\nAuthorization: Basic x\r\n\
+Accept: */*\r\nUser-Agent: t\r\n\r\nu=a";
+        let session = session_of(raw).await;
+        let ctx = verified("/billing/api/user_details_get?u=admin", Signer::Admin);
+        let req = upstream_request(&session, &ctx, 3).unwrap();
+        // The verified path (the alias rewritten), not the client's.
+        assert_eq!(req.uri.to_string(), "/billing/api/user_details_get?u=admin");
+        assert_eq!(req.method, http::Method::POST);
+        assert_eq!(
+            names(&req),
+            [
+                "accept",
+                "content-length",
+                "content-type",
+                "host",
+                "user-agent",
+                "x-forwarded-for",
+                "x-real-ip"
+            ]
+        );
+        let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_string();
+        assert_eq!(h("content-length"), "3");
+        assert_eq!(h("content-type"), "application/x-www-form-urlencoded");
+        // The gateway's reading of the client, not the client's claim.
+        assert_eq!(h("x-forwarded-for"), "198.51.100.7");
+        assert_eq!(h("x-real-ip"), "198.51.100.7");
+
+        // Paths forwarded without a hash check keep the client's credentials.
+        let ctx = verified("/billing/api/v2/x", Signer::PassThrough);
+        let req = upstream_request(&session, &ctx, 0).unwrap();
+        assert!(req.headers.get("cookie").is_some() && req.headers.get("authorization").is_some());
+        // A POST always says its length, even 0.
+        assert_eq!(req.headers.get("content-length").unwrap(), "0");
+    }
+
+    #[tokio::test]
+    async fn a_get_without_a_body_gets_no_length() {
+        let session = session_of(b"GET /billing/api/x?u=a HTTP/1.1\r\nHost: mor\r\n\r\n").await;
+        let req =
+            upstream_request(&session, &verified("/billing/api/x?u=a", Signer::Admin), 0).unwrap();
+        assert!(req.headers.get("content-length").is_none());
+    }
 }

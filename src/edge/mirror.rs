@@ -15,7 +15,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use super::mor_db::{self, DbError, Fingerprint, Read};
-use super::proxy::Shared;
+use super::state::Shared;
 use crate::config::{MorDbSettings, Settings, WithoutSnapshot};
 use crate::core::directory::Directory;
 use crate::ops::metrics::Metrics;

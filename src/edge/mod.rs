@@ -1,13 +1,52 @@
 //! The network edge: pingora glue around the decision core.
+//!
+//! A connection: [`connections`] (accept, [`caps`], PROXY protocol, [`tls`])
+//! → [`http1`] (the keep-alive loop, over a [`guarded`] stream that shares
+//! the [`phase`] marker) → [`proxy`] (the `ProxyHttp` hooks, one [`context`]
+//! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`]).
+//! [`state`] holds what every request shares; [`cut`] is why a connection
+//! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.
+//! The core's limit questions: [`local_limits`] (governor) or
+//! [`shared_limits`] (Redis) answer them.
 
 pub mod body;
+pub mod caps;
 pub mod connections;
+pub mod context;
+pub mod cut;
 pub mod forward;
+pub mod guarded;
+pub mod http1;
 pub mod local_limits;
 pub mod mirror;
 pub mod mor_db;
+pub mod phase;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod request;
 pub mod shared_limits;
+pub mod state;
 pub mod tls;
 pub mod upstreams;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `m`, taking the data of a poisoned lock as it is (a panic while
+/// counting connections must not stop the gateway from counting them).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Glue-test helpers: real pingora sessions over a mock client.
+#[cfg(test)]
+pub(crate) mod testing {
+    use pingora::proxy::Session;
+
+    /// A pingora session that has read the request `raw` from a mock client.
+    pub(crate) async fn session_of(raw: &[u8]) -> Session {
+        let io = tokio_test::io::Builder::new().read(raw).build();
+        let mut s = Session::new_h1(Box::new(io));
+        assert!(s.read_request().await.unwrap());
+        s
+    }
+}

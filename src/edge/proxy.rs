@@ -3,182 +3,29 @@
 //! edge or forwards to a MOR upstream through [`super::forward`], one path for
 //! every body size. Nothing reaches MOR before the verdict.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use pingora::connectors::http::Connector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::config::{CertKey, Settings};
 use crate::core::catalog::Envelope;
-use crate::core::decision::{self, CallInfo, Checked, Forward, Head, Rejected, Signer, Verdict};
+use crate::core::decision::{self, Checked, Rejected, Signer, Verdict};
 use crate::core::framing;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
-use crate::core::route::redact_path;
-use crate::edge::body::{self, BodyError, Budget, Reservation};
-use crate::edge::local_limits::Limits;
-use crate::edge::mirror::Mirror;
-use crate::edge::shared_limits::{self, SharedLimits};
-use crate::edge::upstreams::Upstreams;
-use crate::ops::accesslog::{micros, redact_query_also, AccessLog, Record, Timestamp};
-use crate::ops::metrics::Metrics;
-
-/// Settings, limiter state and upstreams, swapped together on reload.
-pub struct State {
-    /// The configuration in force.
-    pub settings: Arc<Settings>,
-    /// Limiters built from it.
-    pub limits: Arc<Limits>,
-    /// Its MOR servers.
-    pub upstreams: Arc<Upstreams>,
-    /// The limits shared through Redis, when `[limits.shared]` is on.
-    pub shared_limits: Option<Arc<SharedLimits>>,
-}
-
-/// State shared by every request.
-pub struct Shared {
-    /// Settings + limits + upstreams, swapped on reload.
-    pub state: ArcSwap<State>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// Access log.
-    pub access_log: AccessLog,
-    pub(crate) connector: Connector,
-    /// Bytes of request bodies buffered before their verdicts, now.
-    budget: Arc<Budget>,
-    /// The HTTPS listeners' certificate, swapped on reload.
-    pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
-    /// MOR's directory in force (static config or a database snapshot).
-    pub mirror: Mirror,
-}
-
-impl Shared {
-    /// Creates shared state for `settings`.
-    pub fn new(
-        settings: Arc<Settings>,
-        metrics: Arc<Metrics>,
-        access_log: AccessLog,
-    ) -> std::io::Result<Shared> {
-        let limits = Limits::new(&settings.limits);
-        let upstreams = Upstreams::new(&settings.upstream, metrics.clone())?;
-        let settings_certs = settings
-            .tls
-            .as_ref()
-            .map(|t| Arc::new(ArcSwap::new(t.material.clone())));
-        register_settings(&metrics, &settings);
-        let shared_limits = shared_limits(&settings, &metrics);
-        let mirror = Mirror::new(&settings);
-        metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
-        Ok(Shared {
-            mirror,
-            state: ArcSwap::from_pointee(State {
-                settings,
-                limits: Arc::new(limits),
-                upstreams: Arc::new(upstreams),
-                shared_limits,
-            }),
-            metrics,
-            access_log,
-            connector: Connector::new(None),
-            budget: Arc::new(Budget::default()),
-            certs: settings_certs,
-        })
-    }
-
-    /// Installs new settings, keeping limiter buckets whose quotas did not
-    /// change and the upstream set (with its health) when it did not change.
-    /// The access log is reopened with the new mode and path; if it cannot
-    /// be opened, nothing changes.
-    pub fn reload(&self, settings: Arc<Settings>) -> std::io::Result<()> {
-        let old = self.state.load();
-        let upstreams = if old.upstreams.settings == settings.upstream {
-            old.upstreams.clone()
-        } else {
-            Arc::new(Upstreams::new(&settings.upstream, self.metrics.clone())?)
-        };
-        self.access_log
-            .configure(settings.access_log, settings.access_log_path.as_deref())
-            .map_err(|e| std::io::Error::new(e.kind(), format!("access log: {e}")))?;
-        let limits = old.limits.reconfigure(&settings.limits);
-        if let (Some(swap), Some(t)) = (&self.certs, &settings.tls) {
-            swap.store(t.material.clone());
-        }
-        register_settings(&self.metrics, &settings);
-        // A new Redis client each time: the address or password may have changed.
-        let shared_limits = shared_limits(&settings, &self.metrics);
-        self.mirror.configure(&settings, &self.metrics);
-        self.state.store(Arc::new(State {
-            settings,
-            limits: Arc::new(limits),
-            upstreams,
-            shared_limits,
-        }));
-        Ok(())
-    }
-}
-
-/// The Redis side of the limits, when the settings turn it on.
-fn shared_limits(settings: &Settings, metrics: &Arc<Metrics>) -> Option<Arc<SharedLimits>> {
-    metrics.share_limits(settings.shared_limits.is_some());
-    settings
-        .shared_limits
-        .clone()
-        .map(|cfg| Arc::new(SharedLimits::new(cfg, metrics.clone())))
-}
-
-/// Pre-creates the series of a configuration's methods and stamps its load time.
-fn register_settings(metrics: &Metrics, settings: &Settings) {
-    metrics.register_methods(
-        settings
-            .policy
-            .catalog
-            .methods()
-            .iter()
-            .map(|m| m.name.as_str()),
-    );
-    metrics
-        .config_loaded
-        .set(crate::ops::metrics::unix_now().as_secs_f64());
-}
-
-/// A path as logs show it, and whether its action's id is a secret (then
-/// its `id` query values are redacted too).
-fn shown_path<'a>(shared: &Shared, path: &'a str) -> (std::borrow::Cow<'a, str>, bool) {
-    let st = shared.state.load();
-    let p = &st.settings.policy;
-    let shown = redact_path(path, &p.prefix, &p.catalog);
-    let pre = p.prefix.split('/').filter(|s| !s.is_empty()).count();
-    let secret = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .nth(pre)
-        .is_some_and(|a| crate::core::route::secret_action(a, &p.catalog));
-    (shown, secret)
-}
-
-/// Per-request context.
-pub struct Ctx {
-    start: Instant,
-    pub(crate) state: Option<Arc<State>>,
-    pub(crate) ip: Option<IpAddr>,
-    pub(crate) info: CallInfo,
-    pub(crate) refused: Option<Reason>,
-    pub(crate) forward: Option<Forward>,
-    pub(crate) upstream: Option<SocketAddr>,
-    pub(crate) tried: Vec<SocketAddr>,
-    req_bytes: usize,
-    counted: bool,
-    reserved: Option<Reservation>,
-}
+use crate::edge::body::{self, Reservation};
+use crate::edge::context::{Ctx, InFlight};
+use crate::edge::forward::timeout_kind;
+use crate::edge::phase;
+use crate::edge::request::{client_ip, head_of, shown_path};
+use crate::edge::shared_limits;
+use crate::edge::state::Shared;
+use crate::ops::accesslog::{micros, redact_query_also, Record, Timestamp};
 
 /// The gateway service.
 pub struct Gateway {
@@ -186,56 +33,24 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
 }
 
-/// The client's address: the peer (the PROXY protocol's client, when the
-/// connection began with a PROXY header), or behind a trusted balancer the
-/// right-most untrusted `X-Forwarded-For` address ([`crate::core::client`]).
-fn client_ip(session: &Session, settings: &Settings) -> IpAddr {
-    let peer = session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    let xff = session
-        .req_header()
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.as_bytes());
-    crate::core::client::address(
-        peer,
-        xff,
-        &settings.client.trusted_proxies,
-        super::connections::proxy_protocol_used(),
-    )
-}
-
-fn head_of(session: &Session, ip: IpAddr) -> Head<'_> {
-    let req = session.req_header();
-    Head {
-        method: req.method.as_str(),
-        path: req.uri.path(),
-        query: req.uri.query(),
-        content_type: req
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        client_ip: ip,
+/// What the client is told when handling its call failed with `e`:
+/// nothing when the client caused it (it left, it was too slow) or an
+/// answer has begun; the gateway's own lack of sockets as a 503 that is not
+/// MOR's fault; MOR's failures as a timeout or a bad gateway.
+fn failure_answer(e: &Error, answer_begun: bool) -> Option<Refusal> {
+    if e.esource() == &ErrorSource::Downstream || answer_begun {
+        return None;
     }
-}
-
-/// What a failed body read was: the client's fault in every case.
-fn body_fault(e: &Error) -> Reason {
-    match e.etype() {
-        ErrorType::ConnectionClosed | ErrorType::ReadError => Reason::ClientClosed,
-        ErrorType::ReadTimedout => Reason::ClientTimeout,
-        _ => Reason::BadFraming,
+    if super::upstreams::local_exhaustion(e) {
+        let mut r = Refusal::new(Reason::NoSocket);
+        r.retry_after = Some(std::time::Duration::from_secs(1));
+        return Some(r);
     }
-}
-
-pub(crate) fn timeout_kind(e: &Error) -> bool {
-    matches!(
-        e.etype(),
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-    )
+    Some(Refusal::new(if timeout_kind(e) {
+        Reason::UpstreamTimeout
+    } else {
+        Reason::UpstreamError
+    }))
 }
 
 impl Gateway {
@@ -280,33 +95,20 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            start: Instant::now(),
-            state: None,
-            ip: None,
-            info: CallInfo::default(),
-            refused: None,
-            forward: None,
-            upstream: None,
-            tried: Vec::new(),
-            req_bytes: 0,
-            counted: false,
-            reserved: None,
-        }
+        Ctx::new()
     }
 
     /// The header is complete: its deadline and size cap no longer apply
-    /// ([`super::connections`]).
+    /// ([`super::guarded`]).
     async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        super::connections::header_complete();
+        phase::header_complete();
         Ok(())
     }
 
     /// The whole request is handled here: refused, or forwarded by
     /// [`super::forward::forward`]; pingora's own proxy phases never run.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        self.shared.metrics.in_flight.inc();
-        ctx.counted = true;
+        ctx.in_flight = Some(InFlight::enter(&self.shared.metrics.in_flight));
         // Pipelined requests are answered one after the other, in order
         // (pingora's default drops them with the connection).
         session.as_downstream_mut().set_pipelining_enabled(true);
@@ -336,7 +138,7 @@ impl ProxyHttp for Gateway {
         // The header lines as received: pingora's parsed view has already
         // dropped a Content-Length sent with Transfer-Encoding.
         let raw = session.as_downstream().to_h1_raw();
-        let framed = if super::connections::request_target_bad() {
+        let framed = if phase::request_target_bad() {
             Err(framing::FramingError::Target)
         } else {
             framing::check(line, framing::header_lines(&raw))
@@ -390,27 +192,15 @@ impl ProxyHttp for Gateway {
             Ok(b) => b,
             Err(fault) => {
                 session.set_keepalive(None);
-                let busy = |reason| {
-                    let mut r = Refusal::new(reason);
-                    r.retry_after = Some(std::time::Duration::from_secs(1));
-                    r
+                match fault.answer() {
+                    Ok(r) => self.refuse(session, ctx, r).await?,
+                    Err(mut e) => {
+                        // Nobody to answer: the connection is dropped.
+                        ctx.refused = Some(Reason::ClientClosed);
+                        e.as_down();
+                        return Err(e);
+                    }
                 };
-                let r = match fault {
-                    BodyError::TooLarge => Refusal::new(Reason::BodyTooLarge),
-                    BodyError::Overloaded => busy(Reason::Overloaded),
-                    BodyError::AddressOverloaded => busy(Reason::AddressOverloaded),
-                    BodyError::TooSlow => Refusal::new(Reason::BodyTooSlow),
-                    BodyError::Io(mut e) => match body_fault(&e) {
-                        Reason::ClientClosed => {
-                            // Nobody to answer: the connection is dropped.
-                            ctx.refused = Some(Reason::ClientClosed);
-                            e.as_down();
-                            return Err(e);
-                        }
-                        reason => Refusal::with(reason, "the request body could not be read"),
-                    },
-                };
-                self.refuse(session, ctx, r).await?;
                 return Ok(true);
             }
         };
@@ -466,24 +256,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let code = match e.esource() {
-            ErrorSource::Downstream => 0,
-            _ if session.response_written().is_some() => 0,
-            _ if super::upstreams::local_exhaustion(e) => {
-                let mut r = Refusal::new(Reason::NoSocket);
-                r.retry_after = Some(std::time::Duration::from_secs(1));
-                self.refuse(session, ctx, r).await.unwrap_or(0)
-            }
-            _ => {
-                let reason = if timeout_kind(e) {
-                    Reason::UpstreamTimeout
-                } else {
-                    Reason::UpstreamError
-                };
-                self.refuse(session, ctx, Refusal::new(reason))
-                    .await
-                    .unwrap_or(0)
-            }
+        let code = match failure_answer(e, session.response_written().is_some()) {
+            Some(r) => self.refuse(session, ctx, r).await.unwrap_or(0),
+            None => 0,
         };
         FailToProxy {
             error_code: code,
@@ -492,11 +267,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if !ctx.counted {
+        // Out of the in-flight gauge now (and on any other way out).
+        if ctx.in_flight.take().is_none() {
             return;
         }
         let m = &self.shared.metrics;
-        m.in_flight.dec();
         let elapsed = ctx.start.elapsed();
         let label = ctx.info.label();
         let req = session.req_header();
@@ -547,5 +322,53 @@ impl ProxyHttp for Gateway {
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_map_to_who_is_at_fault() {
+        let up = |t: ErrorType| {
+            let mut e = Error::new(t);
+            e.as_up();
+            e
+        };
+        let reason = |e: &Error, begun| failure_answer(e, begun).map(|r| r.reason);
+        assert_eq!(
+            reason(&up(ErrorType::ConnectTimedout), false),
+            Some(Reason::UpstreamTimeout)
+        );
+        assert_eq!(
+            reason(&up(ErrorType::ReadTimedout), false),
+            Some(Reason::UpstreamTimeout)
+        );
+        assert_eq!(
+            reason(&up(ErrorType::ConnectRefused), false),
+            Some(Reason::UpstreamError)
+        );
+        assert_eq!(
+            reason(&up(ErrorType::InvalidHTTPHeader), false),
+            Some(Reason::UpstreamError)
+        );
+        // An answer has begun: nothing more can be said.
+        assert_eq!(reason(&up(ErrorType::ReadTimedout), true), None);
+        // The client's own fault is never answered as MOR's.
+        let mut down = Error::new(ErrorType::ReadTimedout);
+        down.as_down();
+        assert_eq!(reason(&down, false), None);
+        // No descriptor left: the gateway's fault, 503 with Retry-After.
+        let emfile = Error::because(
+            ErrorType::ConnectError,
+            "connect",
+            std::io::Error::from_raw_os_error(24),
+        );
+        let mut emfile = emfile;
+        emfile.as_up();
+        let r = failure_answer(&emfile, false).unwrap();
+        assert_eq!(r.reason, Reason::NoSocket);
+        assert!(r.retry_after.is_some());
     }
 }

@@ -165,7 +165,7 @@ mod tests {
             "pingora_proxy",
             "failed to acquire reusable stream"
         ));
-        assert!(!is_noise("mor_gateway::ops::server", "reload refused"));
+        assert!(!is_noise("mor_gateway::server", "reload refused"));
         assert!(is_noise(
             "pingora_core::server::transfer_fd",
             "No incoming socket transfer, sleep 1s and try again"

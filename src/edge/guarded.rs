@@ -1,0 +1,292 @@
+//! The client stream of a connection of the gateway listeners: it reads
+//! exactly as the stream it wraps, except while a request header is being
+//! read (then it caps the bytes and watches the deadline, and cuts the
+//! connection when either is broken), and forwards every pingora stream
+//! trait to the stream inside.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::cut::Cut;
+use super::lock;
+use super::phase::{Conn, BODY, HEADER, IDLE};
+use crate::config::ClientSettings;
+use crate::core::framing::LineScan;
+
+/// A client stream that reads exactly like the stream it wraps, except that
+/// while a request header is read it never reads more than
+/// `max_header_bytes` for it and gives up at its deadline.
+pub struct Guarded {
+    inner: Option<Stream>,
+    conn: Arc<Conn>,
+    timeout: Duration,
+    max_bytes: usize,
+    /// Header bytes read for the header being read.
+    read: usize,
+    /// When the header being read must be complete.
+    deadline: Instant,
+    /// Armed only when a header read has to wait (slow clients).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guarded")
+            .field("inner", &self.inner)
+            .field("read", &self.read)
+            .finish()
+    }
+}
+
+fn gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "connection cut")
+}
+
+impl Guarded {
+    pub(crate) fn new(inner: Stream, conn: Arc<Conn>, client: &ClientSettings) -> Guarded {
+        Guarded {
+            inner: Some(inner),
+            conn,
+            timeout: client.header_timeout,
+            max_bytes: client.max_header_bytes,
+            read: 0,
+            deadline: Instant::now() + client.header_timeout,
+            timer: None,
+        }
+    }
+
+    /// Records the cut and wakes the connection loop, which drops the
+    /// request; the read never completes.
+    fn cut(&self, why: Cut) -> Poll<std::io::Result<()>> {
+        self.conn.cut.store(why.code(), Ordering::Release);
+        self.conn.notify.notify_one();
+        Poll::Pending
+    }
+
+    /// True when the header's deadline has passed (arming the timer so that
+    /// the task wakes at the deadline).
+    fn late(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.conn.cut.load(Ordering::Acquire) != 0 {
+            if let Some(s) = self.inner.take() {
+                *lock(&self.conn.salvage) = Some(s);
+            }
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(io) = this.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let phase = this.conn.phase.load(Ordering::Relaxed);
+        if phase == BODY {
+            return Pin::new(io).poll_read(cx, buf);
+        }
+        if this.conn.cut.load(Ordering::Acquire) != 0 {
+            return Poll::Pending;
+        }
+        let used = if phase == HEADER { this.read } else { 0 };
+        let room = this.max_bytes.saturating_sub(used);
+        if room == 0 {
+            // pingora asks for more: the header is not complete within the cap.
+            return this.cut(Cut::HeaderTooLarge);
+        }
+        let before = buf.filled().len();
+        let asked = buf.remaining() > 0;
+        let res = if buf.remaining() <= room {
+            Pin::new(io).poll_read(cx, buf)
+        } else {
+            let (res, n) = {
+                let mut part = ReadBuf::new(buf.initialize_unfilled_to(room));
+                let res = Pin::new(io).poll_read(cx, &mut part);
+                (res, part.filled().len())
+            };
+            buf.advance(n);
+            res
+        };
+        // The client left in the middle of a header: pingora would log an
+        // error line for it; the connection is ended here instead.
+        let mid_header = phase == HEADER && this.read > 0;
+        match res {
+            Poll::Ready(Ok(())) if mid_header && asked && buf.filled().len() == before => {
+                this.cut(Cut::ClosedMidHeader)
+            }
+            Poll::Ready(Err(_)) if mid_header => this.cut(Cut::ClosedMidHeader),
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    let mut line = lock(&this.conn.line);
+                    if phase == IDLE {
+                        // The first byte of a kept-alive request.
+                        this.conn.phase.store(HEADER, Ordering::Relaxed);
+                        this.read = 0;
+                        this.deadline = Instant::now() + this.timeout;
+                        *line = LineScan::default();
+                    }
+                    line.feed(&buf.filled()[before..]);
+                    this.read += n;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if phase == HEADER && this.late(cx) => this.cut(if this.read == 0 {
+                Cut::Silent
+            } else {
+                Cut::HeaderTimeout
+            }),
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().inner.as_mut() {
+            Some(io) => Pin::new(io).poll_write(cx, buf),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().inner.as_mut() {
+            Some(io) => Pin::new(io).poll_flush(cx),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut().inner.as_mut() {
+            Some(io) => Pin::new(io).poll_shutdown(cx),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut().inner.as_mut() {
+            Some(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        if let Some(io) = self.inner.as_mut() {
+            Shutdown::shutdown(io.as_mut()).await;
+        }
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.as_ref().map_or(-1, |io| io.id())
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.as_ref().and_then(|io| io.get_ssl())
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.as_ref().and_then(|io| io.get_ssl_digest())
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.as_ref().and_then(|io| io.selected_alpn_proto())
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner
+            .as_ref()
+            .map_or_else(Vec::new, |io| io.get_timing_digest())
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |io| io.get_read_pending_time())
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner
+            .as_ref()
+            .map_or(Duration::ZERO, |io| io.get_write_pending_time())
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.as_ref().and_then(|io| io.get_proxy_digest())
+    }
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        if let Some(io) = self.inner.as_mut() {
+            io.set_proxy_digest(digest);
+        }
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.as_ref().and_then(|io| io.get_socket_digest())
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        if let Some(io) = self.inner.as_mut() {
+            io.set_socket_digest(digest);
+        }
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        match self.inner.as_mut() {
+            Some(io) => io.try_peek(buf).await,
+            None => Err(gone()),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! What `mor-gateway check` does beyond parsing: builds the runtime state
+//! as `run` would, and reads MOR's database when the config mirrors it.
+
+use std::sync::Arc;
+
+use super::ServerError;
+use crate::config::{LogMode, Settings};
+use crate::edge::mor_db;
+use crate::edge::state::Shared;
+use crate::ops::accesslog::{self, AccessLog};
+use crate::ops::metrics::Metrics;
+
+/// Builds everything `run` builds from `settings` except the listeners and
+/// the access log file (limiters, the upstream set; the log's file or
+/// directory is checked, not created), so that a configuration `check`
+/// accepts also starts (`mor-gateway check`).
+pub fn check(settings: &Settings) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new());
+    // Whether `run` can write it, creating nothing (check often runs as
+    // root, before the service ever did).
+    accesslog::check_target(settings.access_log, settings.access_log_path.as_deref())
+        .map_err(ServerError::AccessLog)?;
+    let log = AccessLog::open(LogMode::Off, None).map_err(ServerError::AccessLog)?;
+    Shared::new(Arc::new(settings.clone()), metrics, log).map_err(ServerError::Upstreams)?;
+    Ok(())
+}
+
+/// What `check` finds in MOR's database (with `[directory]`): a snapshot's
+/// counts and switches, and whether the account can read more than it
+/// needs. Lines to print; the database being unreachable is reported, not
+/// an error (the gateway can start without it if the config says so).
+pub fn check_directory(settings: &Settings) -> Vec<String> {
+    use std::fmt::Write;
+    let Some(db) = &settings.mor_db else {
+        return Vec::new();
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return vec![format!("directory      not checked: {e}")],
+    };
+    let mut out = Vec::new();
+    rt.block_on(async {
+        let read = tokio::time::timeout(db.timeout, mor_db::read(db, None)).await;
+        match read {
+            Ok(Ok((mor_db::Read::Fresh(d), _))) => {
+                let on = |b: bool| if b { "on" } else { "off" };
+                out.push(format!(
+                    "directory      read: {} users, {} owners; admin: Allow API {}, hash checking {}, key {}; Allow GET API {}; Devices_Check_Ballance {}",
+                    d.user_count,
+                    d.owner_count,
+                    on(d.admin().allow_api),
+                    on(!d.admin().hash_off),
+                    if d.admin().key.is_some() { "set" } else { "EMPTY" },
+                    on(d.allow_get),
+                    on(d.balance_over_http)
+                ));
+                let unusual = d.unusual_owners();
+                let mut line = format!(
+                    "owners         {} with Allow API off, hash checking off or no key",
+                    unusual.len()
+                );
+                for (id, o) in unusual.iter().take(20) {
+                    let _ = write!(
+                        line,
+                        "\n               {} (id {id}): Allow API {}, hash checking {}, key {}",
+                        o.name,
+                        on(o.allow_api),
+                        on(!(o.allow_api && o.hash_off)),
+                        if o.key.is_some() { "set" } else { "empty" }
+                    );
+                }
+                if unusual.len() > 20 {
+                    let _ = write!(line, "\n               ... and {} more", unusual.len() - 20);
+                }
+                out.push(line);
+            }
+            Ok(Ok((mor_db::Read::Unchanged, _))) => {}
+            Ok(Err(e)) => out.push(format!("directory      WARNING: cannot read MOR's database: {e}")),
+            Err(_) => out.push(format!(
+                "directory      WARNING: MOR's database did not answer within {:?}",
+                db.timeout
+            )),
+        }
+        match tokio::time::timeout(db.timeout, mor_db::grants(db)).await {
+            Ok(Ok(lines)) => {
+                let extra = mor_db::excess(&lines, &db.database, &db.users_table, &db.settings_view);
+                if extra.is_empty() {
+                    out.push("grants         least privilege: the five users columns and the settings view only".into());
+                } else {
+                    let mut line = "grants         WARNING: the account can read more than it needs (README: \"Mirroring MOR's settings\"):".to_string();
+                    for g in extra {
+                        let _ = write!(line, "\n               {g}");
+                    }
+                    out.push(line);
+                }
+            }
+            Ok(Err(e)) => out.push(format!("grants         not checked: {e}")),
+            Err(_) => out.push("grants         not checked: no answer".into()),
+        }
+    });
+    out
+}
