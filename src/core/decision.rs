@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use crate::core::catalog::{Auth, Caller, Envelope, Method};
 use crate::core::directory::{self, Directory, Lookup, UserId};
-pub use crate::core::limits::HashCheck;
+use crate::core::limits::HashCheck;
 use crate::core::limits::{Allowance, Answer, LimitSettings, LimitTrace, Question};
 use crate::core::params::{ParamError, Params, Value};
 use crate::core::policy::{PathPolicy, Policy, Undetermined, UnknownMethods};
