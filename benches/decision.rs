@@ -1,5 +1,7 @@
-//! Criterion microbenchmarks of the decision core: parse + normalise +
-//! verify + decide, for a GET, a form POST and a JSON POST, plus a bad hash.
+//! Criterion microbenchmarks of the decision core, driven like the proxy
+//! drives it (admit, the per-IP question, verify, the call's question):
+//! parse + normalise + verify + decide, for a GET, a form POST and a JSON
+//! POST, plus a bad hash; and a form POST with the local limiters on.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,9 +15,45 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
 use mor_gateway::config::Settings;
-use mor_gateway::core::decision::{decide, decide_with, Head, Verdict};
+use mor_gateway::core::decision::{admit, verify, Checked, Head, Verdict};
 use mor_gateway::core::directory::{ConfRow, Directory, UserRow};
-use mor_gateway::core::limits::Open;
+use mor_gateway::core::limits::{Gate, LimitSettings, Open};
+use mor_gateway::core::policy::Policy;
+
+/// The proxy's route with a gate that answers at once.
+fn route<G: Gate>(
+    s: &Policy,
+    dir: &Directory,
+    limits: &LimitSettings,
+    gate: &G,
+    head: &Head<'_>,
+    body: &[u8],
+) -> Verdict {
+    let admission = match admit(s, dir, head) {
+        Ok(a) => a,
+        Err(r) => return Verdict::Refuse(r.refusal, r.info),
+    };
+    let answer = gate.answer(&admission.question(limits));
+    let admitted = match admission.conclude(answer) {
+        Ok(a) => a,
+        Err(r) => return Verdict::Refuse(r.refusal, r.info),
+    };
+    match verify(s, dir, head, admitted, body) {
+        Checked::Done(v) => v,
+        Checked::Pending(p) => {
+            let answer = gate.answer(&p.question(limits));
+            p.conclude(answer)
+        }
+    }
+}
+
+fn decide(s: &Policy, gate: &Open, head: &Head<'_>, body: &[u8]) -> Verdict {
+    route(s, &s.directory, &LimitSettings::default(), gate, head, body)
+}
+
+fn decide_with(s: &Policy, dir: &Directory, gate: &Open, head: &Head<'_>, body: &[u8]) -> Verdict {
+    route(s, dir, &LimitSettings::default(), gate, head, body)
+}
 
 fn settings() -> Settings {
     Settings::from_toml(
@@ -222,5 +260,32 @@ fn directory(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, directory);
+/// The form POST with the local limiters on (per IP, per user, per method
+/// and user, the lockout; quotas never reached): the limit seam's cost.
+fn limited(c: &mut Criterion) {
+    let s = Settings::from_toml(
+        "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"BENCH_KEY\"\n[limits]\nper_ip = { per_second = 1000000000, burst = 1000000 }\nper_user = { per_second = 1000000000, burst = 1000000 }\n[limits.per_method_user]\nuser_details_get = { per_second = 1000000000, burst = 1000000 }\n[limits.lockout]\nfailures = 5\nwindow = \"60s\"\ncooloff = \"60s\"\n",
+        None,
+        &std::collections::HashMap::from([("BENCH_KEY", "456789")]),
+    )
+    .expect("bench config");
+    let form = format!("u=admin&user_id=123&hash={H}");
+    let head = Head {
+        method: "POST",
+        path: "/billing/api/user_details_get",
+        query: None,
+        content_type: Some("application/x-www-form-urlencoded"),
+        client_ip: "192.0.2.1".parse().expect("ip"),
+    };
+    let gate = mor_gateway::edge::local_limits::Limits::new(&s.limits);
+    let go = |head: &Head<'_>, body: &[u8]| {
+        route(&s.policy, &s.policy.directory, &s.limits, &gate, head, body)
+    };
+    assert!(matches!(go(&head, form.as_bytes()), Verdict::Forward(..)));
+    c.bench_function("decide_limited/form_post", |b| {
+        b.iter(|| go(black_box(&head), black_box(form.as_bytes())))
+    });
+}
+
+criterion_group!(benches, bench, directory, limited);
 criterion_main!(benches);

@@ -21,8 +21,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mor_gateway::core::limits::{Gate, Limits};
-use mor_gateway::core::limits::{LimitSettings, LimitTrace, Lockout, QuotaSpec};
+use mor_gateway::core::limits::{Gate, HashCheck, LimitSettings, Lockout, QuotaSpec};
+use mor_gateway::edge::local_limits::Limits;
 
 fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -68,14 +68,11 @@ fn scenario(keys: u32, cap: usize) {
     for i in 0..keys {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i));
         let user = format!("user{i}");
-        let _ = limits.check_ip(ip, &mut LimitTrace::default());
-        let _ = limits.check_call(
-            ip,
-            Some(&user),
-            "user_calls_get",
-            &mut LimitTrace::default(),
-        );
-        limits.record_hash(ip, &user, false);
+        let s = limits.settings();
+        let _ = limits.answer(&s.ip_question(ip));
+        let quotas = s.call_question(ip, Some(&user), "user_calls_get", HashCheck::Skipped);
+        let _ = limits.answer(&quotas);
+        let _ = limits.answer(&s.call_question(ip, Some(&user), "m", HashCheck::Bad));
     }
     let fed = t.elapsed();
     let tracked = limits.tracked_keys();

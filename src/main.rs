@@ -9,8 +9,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use mor_gateway::config::envfile::EnvFile;
 use mor_gateway::config::{Env, Settings};
-use mor_gateway::core::decision::{decide, Head, Verdict};
-use mor_gateway::core::limits::Open;
+use mor_gateway::core::decision::{self, Checked, Head, Verdict};
+use mor_gateway::core::limits::Answer;
 use mor_gateway::core::params::Params;
 use mor_gateway::core::signature;
 use mor_gateway::server::{self, Plan};
@@ -298,7 +298,17 @@ fn sign(
         client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
     };
     let body = if get_ok { "" } else { signed.as_str() };
-    if let Verdict::Refuse(r, _) = decide(policy, &Open, &head, body.as_bytes()) {
+    // The proxy's route, every limit question answered "allowed".
+    let dir = &policy.directory;
+    let verdict =
+        match decision::admit(policy, dir, &head).and_then(|a| a.conclude(Answer::default())) {
+            Err(r) => Verdict::Refuse(r.refusal, r.info),
+            Ok(a) => match decision::verify(policy, dir, &head, a, body.as_bytes()) {
+                Checked::Done(v) => v,
+                Checked::Pending(p) => p.conclude(Answer::default()),
+            },
+        };
+    if let Verdict::Refuse(r, _) = verdict {
         let source = config.as_ref().map_or_else(
             || "the built-in defaults".to_string(),
             |p| p.display().to_string(),

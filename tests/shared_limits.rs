@@ -380,3 +380,69 @@ fn hung_redis_costs_at_most_the_timeout_per_call() {
         .collect();
     assert_eq!(seen, [true, true, false]);
 }
+
+/// Script runs that reached the script (EVALSHA and EVAL calls that did
+/// not fail, e.g. with NOSCRIPT before the script is loaded), from
+/// `INFO commandstats`.
+fn script_runs(port: u16) -> u64 {
+    let field = |l: &str, name: &str| -> u64 {
+        l.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    redis_cli(port, &["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| field(l, "calls") - field(l, "failed_calls"))
+        .sum()
+}
+
+/// The per-IP layer is asked after routing in shared mode too: a path the
+/// gateway does not serve ("Not found", the 404 of the route) spends no Redis round trip and no per-IP
+/// token, so a scanner cannot load Redis nor use up its network's burst
+/// with unknown paths; the calls after it are still counted in Redis.
+#[test]
+fn a_404_spends_no_redis_round_trip_and_no_per_ip_token() {
+    let rp = free_port();
+    let _redis = start_redis(rp, &[]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[limits]\nper_ip = {{ per_second = 0.01, burst = 2 }}\nper_user = {{ per_second = 0.01, burst = 50 }}\n\n{}",
+        shared_table(rp, "per_ip = true\n")
+    );
+    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    redis_cli(rp, &["CONFIG", "RESETSTAT"]);
+    assert_eq!(script_runs(rp), 0);
+    for path in [
+        "/billing/callc/login",
+        "/billing/api/v2/calls",
+        "/billing/api/a/b/c/d/e",
+        "/nothing/here",
+    ] {
+        for _ in 0..5 {
+            let r = gw.post(path, "u=admin");
+            // MOR's "not found" (in MOR's shape and status).
+            assert!(
+                r.text().contains("<error>Not found"),
+                "{path}: {}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(script_runs(rp), 0, "an unknown path asked Redis");
+    assert_eq!(
+        redis_cli(rp, &["EXISTS", "t:q:ip|127.0.0.1"]),
+        "0",
+        "an unknown path spent a per-IP token"
+    );
+    // The burst of 2 is whole; the third call is refused, each decided in
+    // Redis (one round trip for the per-IP layer, one for the call's).
+    let served: Vec<bool> = (0..3)
+        .map(|_| ok(&gw.post("/billing/api/user_details_get", &details("alice"))))
+        .collect();
+    assert_eq!(served, [true, true, false]);
+    assert_eq!(script_runs(rp), 5, "2 × (per-IP + call) + 1 refused per-IP");
+    assert_eq!(redis_cli(rp, &["EXISTS", "t:q:ip|127.0.0.1"]), "1");
+}

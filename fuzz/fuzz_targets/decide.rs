@@ -1,4 +1,6 @@
-//! Fuzzes the pure decision core with arbitrary request views.
+//! Fuzzes the pure decision core with arbitrary request views, driven like
+//! the proxy drives it: admit, the per-IP question, verify, the call's
+//! question, each answered by the local limiters.
 //! Run: `cargo fuzz run decide` from the repo root (needs cargo-fuzz).
 #![no_main]
 
@@ -6,8 +8,9 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mor_gateway::config::Settings;
-use mor_gateway::core::decision::{decide, Head};
-use mor_gateway::core::limits::Limits;
+use mor_gateway::core::decision::{admit, verify, Checked, Head};
+use mor_gateway::core::limits::Gate;
+use mor_gateway::edge::local_limits::Limits;
 
 fn settings() -> &'static (Settings, Limits) {
     static S: OnceLock<(Settings, Limits)> = OnceLock::new();
@@ -52,5 +55,16 @@ fuzz_target!(|data: &[u8]| {
         content_type: ctype.as_deref(),
         client_ip: "192.0.2.1".parse().unwrap(),
     };
-    let _ = decide(&s.policy, limits, &head, body);
+    let (p, dir, l) = (&s.policy, &s.policy.directory, &s.limits);
+    let Ok(admission) = admit(p, dir, &head) else {
+        return;
+    };
+    let answer = limits.answer(&admission.question(l));
+    let Ok(admitted) = admission.conclude(answer) else {
+        return;
+    };
+    if let Checked::Pending(pending) = verify(p, dir, &head, admitted, body) {
+        let answer = limits.answer(&pending.question(l));
+        let _ = pending.conclude(answer);
+    }
 });

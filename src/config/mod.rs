@@ -273,8 +273,6 @@ impl fmt::Debug for MorDbSettings {
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// File it was loaded from (None: built in).
-    pub source: Option<PathBuf>,
     /// Product whose catalogue entries are served.
     pub product: Product,
     /// Gateway listen addresses (plain HTTP).

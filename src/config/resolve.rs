@@ -925,7 +925,6 @@ pub fn resolve(
     }
 
     Ok(Settings {
-        source: path.map(Path::to_path_buf),
         product: raw.product,
         listen,
         proxy_protocol: raw.proxy_protocol,

@@ -1,22 +1,31 @@
-//! The pure decision core: a request view in, a [`Verdict`] out. No I/O; the
-//! only state it touches is the [`Gate`] (rate limits, lockout).
+//! The pure decision core: a request view in, a [`Verdict`] out. No I/O and
+//! no state: the limit layers are questions ([`Question`]) the caller has
+//! answered by a gate (local limiters or Redis) and hands back.
 //!
-//! Order: route and HTTP method → per-IP limit → API policies and the
-//! method's own rule (refused actions die before their body is read) →
-//! (body read by the caller) → parameter view → lockout → hash with the key
-//! of the caller's owner → user and method limits → forward with the
-//! canonical path.
+//! The one route, the proxy's and every test's:
+//! 1. [`admit`]: route and the path policies (a path refused here costs no
+//!    per-IP token); then [`Admission::question`] (the per-IP layer), its
+//!    answer to [`Admission::conclude`], which also applies the HTTP method,
+//!    the API policies and the method's own rule (refused actions die
+//!    before their body is read);
+//! 2. (the body, read by the caller);
+//! 3. [`verify`]: parameter view → caller and owner → hash with the owner's
+//!    key → the path to forward to;
+//! 4. [`Pending::question`] (lockout, then user and method limits), its
+//!    answer to [`Pending::conclude`]: the [`Verdict`].
 
 use std::net::IpAddr;
 
 use crate::core::catalog::{Auth, Caller, Envelope, Method};
 use crate::core::directory::{self, Directory, Lookup, UserId};
-use crate::core::limits::{Allowance, Gate, LimitTrace};
+use crate::core::limits::HashCheck;
+use crate::core::limits::{Allowance, Answer, LimitSettings, LimitTrace, Question};
 use crate::core::params::{ParamError, Params, Value};
 use crate::core::policy::{PathPolicy, Policy, Undetermined, UnknownMethods};
 use crate::core::reply::{Reason, Refusal};
 use crate::core::route::{forward_path, route, ApiPath, PathKind, RouteError};
 use crate::core::signature;
+use http::uri::PathAndQuery;
 
 /// What the core needs of a request before its body is read.
 #[derive(Debug, Clone, Copy)]
@@ -104,7 +113,7 @@ impl Skipped {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     /// Path and query to send upstream (alias rewritten, path canonical).
-    pub path_and_query: String,
+    pub path_and_query: PathAndQuery,
     /// Who signed.
     pub signer: Signer,
     /// Set when MOR checks a hash the gateway did not.
@@ -122,30 +131,62 @@ pub enum Verdict {
     Refuse(Refusal, CallInfo),
 }
 
-/// An API call that passed the first stage, its method resolved once.
+/// What passed the first stage: an API call with its method resolved once,
+/// or a path forwarded unchanged. Its body is needed next ([`verify`]).
 #[derive(Debug, Clone)]
-pub struct ApiCall {
-    path: ApiPath,
-    /// Catalogue index of the method (None: not catalogued).
-    method: Option<usize>,
+pub struct Admitted {
+    /// The API path and the catalogue index of its method (None: not
+    /// catalogued); None for a pass-through path (REST v2 or other paths,
+    /// when configured).
+    api: Option<(ApiPath, Option<usize>)>,
     info: CallInfo,
-}
-
-/// What passed the first stage.
-#[derive(Debug, Clone)]
-pub enum Admitted {
-    /// An API call; the body is needed next.
-    Api(ApiCall, Option<Allowance>),
-    /// A path forwarded unchanged (REST v2 or other paths, when configured).
-    PassThrough(Option<Allowance>, CallInfo),
+    /// The per-IP layer's allowance.
+    allowance: Option<Allowance>,
 }
 
 impl Admitted {
     /// What is known of the call before its body is read.
     pub fn info(&self) -> &CallInfo {
-        match self {
-            Admitted::Api(call, _) => &call.info,
-            Admitted::PassThrough(_, info) => info,
+        &self.info
+    }
+}
+
+/// A routed request waiting for the per-IP layer: ask
+/// [`Admission::question`], hand the answer to [`Admission::conclude`].
+#[derive(Debug, Clone)]
+pub struct Admission {
+    ip: IpAddr,
+    /// What the first stage decides once the per-IP layer allows the call.
+    next: Result<Admitted, Box<Rejected>>,
+}
+
+impl Admission {
+    /// The per-IP layer's question.
+    pub fn question(&self, limits: &LimitSettings) -> Question<'static> {
+        limits.ip_question(self.ip)
+    }
+
+    /// The first stage's outcome once the per-IP layer answered.
+    pub fn conclude(self, answer: Answer) -> Result<Admitted, Box<Rejected>> {
+        let Answer { outcome, trace } = answer;
+        let (info, next) = match self.next {
+            Ok(mut a) => (std::mem::take(&mut a.info), Ok(a)),
+            Err(r) => {
+                let Rejected { refusal, info } = *r;
+                (info, Err(refusal))
+            }
+        };
+        let info = CallInfo {
+            limits: info.limits.then(trace),
+            ..info
+        };
+        match (outcome, next) {
+            (Err(refusal), _) | (Ok(_), Err(refusal)) => Err(Box::new(Rejected { refusal, info })),
+            (Ok(allowance), Ok(a)) => Ok(Admitted {
+                info,
+                allowance,
+                ..a
+            }),
         }
     }
 }
@@ -173,20 +214,16 @@ fn route_refusal(e: RouteError) -> Refusal {
     Refusal::with(reason, e.to_string())
 }
 
-/// Whether a request with this head carries a body worth reading.
-pub fn is_get(method: &str) -> bool {
+/// Whether `method` is GET or HEAD: the calls MOR's "Allow GET API" governs.
+fn is_get(method: &str) -> bool {
     method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
 }
 
-/// Stage one, before the body is read: route, HTTP method, per-IP limit,
-/// API policies (those that do not depend on the caller), the method's own
-/// rule. A refusal carries what is known of the call.
-pub fn admit<G: Gate + ?Sized>(
-    s: &Policy,
-    dir: &Directory,
-    gate: &G,
-    head: &Head<'_>,
-) -> Result<Admitted, Box<Rejected>> {
+/// Stage one, before the body is read: route and the path policies; what
+/// follows the per-IP layer (HTTP method, API policies that do not depend
+/// on the caller, the method's own rule) is decided here and applied by
+/// [`Admission::conclude`]. A refusal carries what is known of the call.
+pub fn admit(s: &Policy, dir: &Directory, head: &Head<'_>) -> Result<Admission, Box<Rejected>> {
     let kind = route(head.path, &s.prefix).map_err(|e| {
         Box::new(Rejected {
             refusal: route_refusal(e),
@@ -197,7 +234,7 @@ pub fn admit<G: Gate + ?Sized>(
         PathKind::Api(a) => s.catalog.lookup(&a.method),
         _ => None,
     };
-    let mut info = match (&kind, found) {
+    let info = match (&kind, found) {
         (PathKind::Api(_), Some(f)) => CallInfo {
             method: Some(f.method.name.clone()),
             alias: f.alias.map(str::to_string),
@@ -221,20 +258,34 @@ pub fn admit<G: Gate + ?Sized>(
             info,
         }));
     }
-    let checked = gate.check_ip(head.client_ip, &mut info.limits);
+    let next = match kind {
+        PathKind::Api(api) => screen(s, dir, head, api, found, info),
+        _ => Ok(Admitted {
+            api: None,
+            info,
+            allowance: None,
+        }),
+    };
+    Ok(Admission {
+        ip: head.client_ip,
+        next,
+    })
+}
+
+/// The first stage's checks after the per-IP layer, for an API path.
+fn screen(
+    s: &Policy,
+    dir: &Directory,
+    head: &Head<'_>,
+    api: ApiPath,
+    found: Option<crate::core::catalog::Found<'_>>,
+    info: CallInfo,
+) -> Result<Admitted, Box<Rejected>> {
     let refuse = |refusal: Refusal| {
         Err(Box::new(Rejected {
             refusal,
             info: info.clone(),
         }))
-    };
-    let allowance = match checked {
-        Ok(a) => a,
-        Err(r) => return refuse(r),
-    };
-    let api = match kind {
-        PathKind::Api(a) => a,
-        _ => return Ok(Admitted::PassThrough(allowance, info)),
     };
     let get = is_get(head.method);
     if !get && !head.method.eq_ignore_ascii_case("POST") {
@@ -286,14 +337,11 @@ pub fn admit<G: Gate + ?Sized>(
     if method.is_none() && s.unknown_methods == UnknownMethods::Refuse {
         return refuse(Refusal::new(Reason::UnknownMethod));
     }
-    Ok(Admitted::Api(
-        ApiCall {
-            path: api,
-            method: found.map(|f| f.index),
-            info,
-        },
-        allowance,
-    ))
+    Ok(Admitted {
+        api: Some((api, found.map(|f| f.index))),
+        info,
+        allowance: None,
+    })
 }
 
 /// Builds MOR's parameter view. Sources go in Rails' precedence, lowest
@@ -359,22 +407,9 @@ enum Check<'a> {
     Skip(Skipped),
 }
 
-/// How the hash comparison of a call came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashCheck {
-    /// No hash was compared (no hash needed): the lockout does not apply.
-    Skipped,
-    /// The hash matched.
-    Good,
-    /// The hash did not match.
-    Bad,
-}
-
 /// A call whose parameters and hash were checked, waiting for the limit
-/// layers (lockout, then user and method quotas). The local limiters
-/// settle it with [`Pending::settle`]; a shared store asks the same
-/// questions ([`Pending::ip`], [`Pending::user`], [`Pending::method`],
-/// [`Pending::hash`]) and gives its answer to [`Pending::conclude`].
+/// layers: ask [`Pending::question`] (lockout, then user and method
+/// quotas), hand the answer to [`Pending::conclude`].
 #[derive(Debug, Clone)]
 pub struct Pending {
     info: CallInfo,
@@ -393,89 +428,46 @@ pub enum Checked {
 }
 
 impl Pending {
-    /// Client address.
-    pub fn ip(&self) -> IpAddr {
-        self.ip
-    }
-    /// `u`, when given as a single value.
-    pub fn user(&self) -> Option<&str> {
-        self.info.user.as_deref()
-    }
-    /// The method's bounded label (canonical name or `other`).
-    pub fn method(&self) -> &str {
-        self.info.label()
-    }
-    /// How the hash comparison came out.
-    pub fn hash(&self) -> HashCheck {
-        self.hash
+    /// The limit layers' question about this call.
+    pub fn question<'a>(&'a self, limits: &LimitSettings) -> Question<'a> {
+        limits.call_question(
+            self.ip,
+            self.info.user.as_deref(),
+            self.info.label(),
+            self.hash,
+        )
     }
 
-    /// Asks `gate` in MOR's order: lockout, hash record, then the user and
-    /// method layers.
-    pub fn settle<G: Gate + ?Sized>(self, gate: &G) -> Verdict {
-        let mut trace = self.info.limits;
-        let answer = self.ask(gate, &mut trace);
-        self.conclude(answer, trace)
-    }
-
-    fn ask<G: Gate + ?Sized>(
-        &self,
-        gate: &G,
-        trace: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        if self.hash != HashCheck::Skipped {
-            let who = self.user().unwrap_or("");
-            gate.check_lockout(self.ip, who)?;
-            gate.record_hash(self.ip, who, self.hash == HashCheck::Good);
-            if self.hash == HashCheck::Bad {
-                return Err(Refusal::new(Reason::BadHash));
-            }
-        }
-        gate.check_call(self.ip, self.user(), self.method(), trace)
-    }
-
-    /// The verdict once the limit layers answered: `answer` is the tightest
-    /// allowance or the refusal, `trace` the layers that decided (it
-    /// replaces the call's trace, so it starts from [`Pending::trace`]).
-    pub fn conclude(
-        self,
-        answer: Result<Option<Allowance>, Refusal>,
-        trace: LimitTrace,
-    ) -> Verdict {
+    /// The verdict once the limit layers answered: their refusal, the
+    /// hash's when it did not match, or the forward with the tightest
+    /// allowance. The answer's trace follows the per-IP layer's.
+    pub fn conclude(self, answer: Answer) -> Verdict {
         let Pending {
             mut info,
             mut forward,
+            hash,
             ..
         } = self;
-        info.limits = trace;
-        match answer {
+        info.limits = info.limits.then(answer.trace);
+        match answer.outcome {
             Err(r) => Verdict::Refuse(r, info),
+            Ok(_) if hash == HashCheck::Bad => Verdict::Refuse(Refusal::new(Reason::BadHash), info),
             Ok(a) => {
                 forward.allowance = Allowance::tighter(forward.allowance, a);
                 Verdict::Forward(forward, info)
             }
         }
     }
-
-    /// The layers that decided so far (the per-IP layer).
-    pub fn trace(&self) -> LimitTrace {
-        self.info.limits
-    }
 }
 
-/// Stage two, with the whole body: everything else.
-pub fn finish<G: Gate + ?Sized>(
-    s: &Policy,
-    dir: &Directory,
-    gate: &G,
-    head: &Head<'_>,
-    admitted: Admitted,
-    body: &[u8],
-) -> Verdict {
-    match verify(s, dir, head, admitted, body) {
-        Checked::Done(v) => v,
-        Checked::Pending(p) => p.settle(gate),
+/// The path and query sent upstream, built once.
+fn target(path: String, query: Option<&str>) -> Result<PathAndQuery, Refusal> {
+    let mut pq = path;
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
     }
+    PathAndQuery::try_from(pq).map_err(|e| Refusal::with(Reason::BadRequest, e.to_string()))
 }
 
 /// Stage two up to the limit layers: parameter view, caller, keys, hash,
@@ -487,30 +479,25 @@ pub fn verify(
     admitted: Admitted,
     body: &[u8],
 ) -> Checked {
-    let (call, ip_allowance) = match admitted {
-        Admitted::PassThrough(a, info) => {
-            let mut pq = head.path.to_string();
-            if let Some(q) = head.query {
-                pq.push('?');
-                pq.push_str(q);
-            }
-            return Checked::Done(Verdict::Forward(
+    let Admitted {
+        api,
+        mut info,
+        allowance: ip_allowance,
+    } = admitted;
+    let Some((api, method)) = api else {
+        return Checked::Done(match target(head.path.to_string(), head.query) {
+            Ok(pq) => Verdict::Forward(
                 Forward {
                     path_and_query: pq,
                     signer: Signer::PassThrough,
                     skipped: None,
-                    allowance: a,
+                    allowance: ip_allowance,
                 },
                 info,
-            ));
-        }
-        Admitted::Api(call, a) => (call, a),
+            ),
+            Err(r) => Verdict::Refuse(r, info),
+        });
     };
-    let ApiCall {
-        path: api,
-        method,
-        mut info,
-    } = call;
     let method = method.and_then(|i| s.catalog.get(i));
     let bad = |e: &dyn std::fmt::Display, info: CallInfo| {
         Checked::Done(Verdict::Refuse(
@@ -647,11 +634,11 @@ pub fn verify(
         (None, Some(m)) => m.name.as_str(),
         _ => api.method.as_str(),
     };
-    let mut pq = forward_path(&s.prefix, name, api.id.as_deref(), api.format.as_deref());
-    if let Some(q) = head.query {
-        pq.push('?');
-        pq.push_str(q);
-    }
+    let pq = forward_path(&s.prefix, name, api.id.as_deref(), api.format.as_deref());
+    let pq = match target(pq, head.query) {
+        Ok(pq) => pq,
+        Err(r) => return done(r, info),
+    };
     Checked::Pending(Pending {
         info,
         ip: head.client_ip,
@@ -665,30 +652,53 @@ pub fn verify(
     })
 }
 
-/// Both stages at once with the static config's directory (tests,
-/// fuzzing, benchmarks).
-pub fn decide<G: Gate + ?Sized>(s: &Policy, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
-    decide_with(s, &s.directory, gate, head, body)
-}
-
-/// Both stages at once with `dir`.
-pub fn decide_with<G: Gate + ?Sized>(
-    s: &Policy,
-    dir: &Directory,
-    gate: &G,
-    head: &Head<'_>,
-    body: &[u8],
-) -> Verdict {
-    match admit(s, dir, gate, head) {
-        Ok(a) => finish(s, dir, gate, head, a, body),
-        Err(r) => Verdict::Refuse(r.refusal, r.info),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::core::limits::Open;
+    use crate::core::limits::{Gate, Open};
+
+    /// The proxy's route, with a gate that answers at once and `limits`.
+    pub(crate) fn route_with<G: Gate>(
+        s: &Policy,
+        dir: &Directory,
+        limits: &LimitSettings,
+        gate: &G,
+        head: &Head<'_>,
+        body: &[u8],
+    ) -> Verdict {
+        let admission = match admit(s, dir, head) {
+            Ok(a) => a,
+            Err(r) => return Verdict::Refuse(r.refusal, r.info),
+        };
+        let answer = gate.answer(&admission.question(limits));
+        let admitted = match admission.conclude(answer) {
+            Ok(a) => a,
+            Err(r) => return Verdict::Refuse(r.refusal, r.info),
+        };
+        match verify(s, dir, head, admitted, body) {
+            Checked::Done(v) => v,
+            Checked::Pending(p) => {
+                let answer = gate.answer(&p.question(limits));
+                p.conclude(answer)
+            }
+        }
+    }
+
+    /// The route with `dir` and no limits.
+    pub(crate) fn decide_with<G: Gate>(
+        s: &Policy,
+        dir: &Directory,
+        gate: &G,
+        head: &Head<'_>,
+        body: &[u8],
+    ) -> Verdict {
+        route_with(s, dir, &LimitSettings::default(), gate, head, body)
+    }
+
+    /// The route with the static config's directory and no limits.
+    pub(crate) fn decide<G: Gate>(s: &Policy, gate: &G, head: &Head<'_>, body: &[u8]) -> Verdict {
+        decide_with(s, &s.directory, gate, head, body)
+    }
 
     fn env() -> std::collections::HashMap<&'static str, &'static str> {
         std::collections::HashMap::from([
@@ -736,7 +746,7 @@ uniquehash = "res1uniq"
 
     fn fwd_path(v: &Verdict) -> &str {
         match v {
-            Verdict::Forward(f, _) => &f.path_and_query,
+            Verdict::Forward(f, _) => f.path_and_query.as_str(),
             Verdict::Refuse(r, _) => panic!("refused: {r:?}"),
         }
     }
@@ -837,10 +847,26 @@ admin_key_env = "MORGW_DECISION_SECRET"
     /// and its answer turned into the verdict by `conclude`.
     #[test]
     fn verify_leaves_the_limit_layers_to_the_caller() {
+        use crate::core::limits::{Layer, Lockout, QuotaSpec};
         let s = settings("");
+        let limits = LimitSettings {
+            per_user: Some(QuotaSpec {
+                per_second: 1.0,
+                burst: 5,
+            }),
+            lockout: Some(Lockout {
+                failures: 3,
+                window: std::time::Duration::from_secs(60),
+                cooloff: std::time::Duration::from_secs(60),
+            }),
+            ..LimitSettings::default()
+        };
         let checked = |q: &str| {
             let h = head("POST", "/billing/api/user_details", Some(q));
-            let a = admit(&s, &s.directory, &Open, &h).unwrap();
+            let a = admit(&s, &s.directory, &h)
+                .unwrap()
+                .conclude(Answer::default())
+                .unwrap();
             match verify(&s, &s.directory, &h, a, b"") {
                 Checked::Pending(p) => p,
                 Checked::Done(v) => panic!("decided without the limit layers: {v:?}"),
@@ -848,29 +874,36 @@ admin_key_env = "MORGW_DECISION_SECRET"
         };
         let good = "u=john&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441";
         let p = checked(good);
+        let q = p.question(&limits);
         assert_eq!(
-            (p.ip(), p.user(), p.method(), p.hash()),
+            (q.ip, q.user, q.method, q.lockout),
             (
                 "192.0.2.1".parse().unwrap(),
                 Some("john"),
                 "user_details_get",
-                HashCheck::Good
+                Some((limits.lockout.unwrap(), true))
             )
         );
+        assert_eq!(
+            q.steps().map(|s| s.layer).collect::<Vec<_>>(),
+            [Layer::User]
+        );
         // The store's refusal is the verdict; the trace is the store's.
-        let mut trace = p.trace();
-        trace.push("user", false);
-        let v = p.conclude(
-            Err(crate::core::limits::limited(
-                "user",
+        let mut trace = LimitTrace::default();
+        trace.push(Layer::User, false);
+        let v = p.conclude(Answer {
+            outcome: Err(crate::core::limits::limited(
                 std::time::Duration::from_secs(2),
             )),
             trace,
-        );
+        });
         match &v {
             Verdict::Refuse(r, info) => {
-                assert_eq!((r.reason, r.layer), (Reason::Limited, Some("user")));
-                assert_eq!(info.limits.iter().collect::<Vec<_>>(), [("user", false)]);
+                assert_eq!(r.reason, Reason::Limited);
+                assert_eq!(
+                    info.limits.iter().collect::<Vec<_>>(),
+                    [(Layer::User, false)]
+                );
             }
             v => panic!("{v:?}"),
         }
@@ -880,28 +913,98 @@ admin_key_env = "MORGW_DECISION_SECRET"
             remaining: 4,
             reset: std::time::Duration::from_millis(100),
         };
-        let v = checked(good).conclude(Ok(Some(a)), LimitTrace::default());
+        let v = checked(good).conclude(Answer {
+            outcome: Ok(Some(a)),
+            trace: LimitTrace::default(),
+        });
         match v {
             Verdict::Forward(f, _) => {
                 assert!(f
                     .path_and_query
+                    .as_str()
                     .starts_with("/billing/api/user_details_get?"));
                 assert_eq!(f.allowance, Some(a));
                 assert_eq!(f.signer, Signer::Admin);
             }
             v => panic!("{v:?}"),
         }
-        // A bad hash is left to the lockout layer, and refused by settle.
+        // A bad hash: only the lockout is asked, and conclude refuses it.
         let p = checked("u=john&user_id=124&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441");
-        assert_eq!(p.hash(), HashCheck::Bad);
-        assert_eq!(reason(&p.settle(&Open)), Reason::BadHash);
+        let q = p.question(&limits);
+        assert_eq!(
+            (q.steps().count(), q.lockout.map(|l| l.1)),
+            (0, Some(false))
+        );
+        assert_eq!(reason(&p.conclude(Answer::default())), Reason::BadHash);
         // No hash needed: the lockout does not apply.
         let h = head("POST", "/billing/api/user_login", Some("u=john&p=x"));
-        let a = admit(&s, &s.directory, &Open, &h).unwrap();
+        let a = admit(&s, &s.directory, &h)
+            .unwrap()
+            .conclude(Answer::default())
+            .unwrap();
         match verify(&s, &s.directory, &h, a, b"") {
-            Checked::Pending(p) => assert_eq!(p.hash(), HashCheck::Skipped),
+            Checked::Pending(p) => assert_eq!(p.question(&limits).lockout, None),
             Checked::Done(v) => panic!("{v:?}"),
         }
+    }
+
+    /// The per-IP layer is asked after routing: a path refused by routing
+    /// or by the path policies asks nothing; everything routed asks it, and
+    /// its refusal wins over the later first-stage checks.
+    #[test]
+    fn the_per_ip_question_after_routing() {
+        use crate::core::limits::{Layer, QuotaSpec};
+        let s = settings("");
+        let limits = LimitSettings {
+            per_ip: Some(QuotaSpec {
+                per_second: 1.0,
+                burst: 1,
+            }),
+            ..LimitSettings::default()
+        };
+        for (m, path) in [
+            ("POST", "/billing/callc/login"),
+            ("POST", "/billing/api/v2/calls"),
+            ("POST", "/billing/api/a/b/c/d/e"),
+            ("POST", "/billing/api/../x"),
+        ] {
+            assert!(
+                admit(&s, &s.directory, &head(m, path, None)).is_err(),
+                "{path}"
+            );
+        }
+        let a = admit(
+            &s,
+            &s.directory,
+            &head("PUT", "/billing/api/user_details", None),
+        )
+        .unwrap();
+        assert_eq!(
+            a.question(&limits)
+                .steps()
+                .map(|s| s.layer)
+                .collect::<Vec<_>>(),
+            [Layer::Ip]
+        );
+        let mut trace = LimitTrace::default();
+        trace.push(Layer::Ip, false);
+        let r = a
+            .clone()
+            .conclude(Answer {
+                outcome: Err(crate::core::limits::limited(
+                    std::time::Duration::from_secs(1),
+                )),
+                trace,
+            })
+            .unwrap_err();
+        assert_eq!(r.refusal.reason, Reason::Limited);
+        assert_eq!(
+            r.info.limits.iter().collect::<Vec<_>>(),
+            [(Layer::Ip, false)]
+        );
+        assert_eq!(r.info.method.as_deref(), Some("user_details_get"));
+        let r = a.conclude(Answer::default()).unwrap_err();
+        assert_eq!(r.refusal.reason, Reason::MethodNotAllowed);
     }
 
     #[test]
@@ -1448,7 +1551,7 @@ admin_key_env = "MORGW_DECISION_SECRET"
 
 #[cfg(test)]
 mod properties {
-    use super::tests::settings;
+    use super::tests::{decide, settings};
     use super::*;
     use crate::core::limits::Open;
     use crate::core::params::encode;

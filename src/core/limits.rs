@@ -1,28 +1,24 @@
-//! Rate limits (GCRA via governor) and the failed-hash lockout.
+//! The limit plan: which rate-limit layers and which lockout a call is
+//! asked about, in which order, under which keys and quotas. Pure: the
+//! decision core asks a [`Question`], a [`Gate`] answers it. Two gates
+//! exist in the gateway, both in `edge/`: the local governor limiters
+//! (`edge::local_limits`) and Redis (`edge::shared_limits`, a Lua script).
 //!
-//! Layers: per client IP (before the hash is checked), per verified user,
-//! per method and per method+user (after). Exempt CIDRs skip every rate
-//! layer. Keyed state is bounded: each keyed limiter tracks at most
-//! `max_tracked_keys` keys; a key first seen while the store is full shares
-//! one overflow bucket (same quota) with every other such key until the
-//! periodic [`Limits::sweep`] frees room. Keys already tracked keep their own
-//! buckets, so a flood of new keys cannot reset or evict real users.
+//! Two questions per call, each after the stage that makes it askable:
+//! - after routing, the per-IP layer ([`LimitSettings::ip_question`]);
+//! - after the hash, the lockout of the (IP, user) pair (checked, then the
+//!   hash's outcome recorded), then per user, per method and per
+//!   method+user ([`LimitSettings::call_question`]).
+//!
+//! Exempt sources are asked no quota layer (the lockout still applies). A
+//! call whose hash did not match is asked only the lockout: its refusal is
+//! the hash's, unless the pair is locked.
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::{InMemoryState, NotKeyed, RateLimiter, StateStore};
-use governor::Quota;
 use ipnet::IpNet;
-
 use serde::Deserialize;
 
 use crate::core::reply::{Reason, Refusal};
@@ -53,7 +49,7 @@ pub struct Lockout {
 pub struct LimitSettings {
     /// Sources never limited.
     pub exempt: Vec<IpNet>,
-    /// Per client IP, checked before the hash.
+    /// Per client IP, asked after routing, before the body is read.
     pub per_ip: Option<QuotaSpec>,
     /// Per verified user (`u`).
     pub per_user: Option<QuotaSpec>,
@@ -88,6 +84,103 @@ impl Default for LimitSettings {
     }
 }
 
+/// A limit layer. Its name (the `layer` label of the metrics) is
+/// [`Layer::label`], and nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layer {
+    /// Per client IP (IPv6 by network), before the body is read.
+    Ip,
+    /// Per verified user.
+    User,
+    /// Per canonical method, all users together.
+    Method,
+    /// Per canonical method and user.
+    MethodUser,
+}
+
+impl Layer {
+    /// Stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Layer::Ip => "ip",
+            Layer::User => "user",
+            Layer::Method => "method",
+            Layer::MethodUser => "method_user",
+        }
+    }
+}
+
+/// How the hash comparison of a call came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashCheck {
+    /// No hash was compared (no hash needed): the lockout does not apply.
+    Skipped,
+    /// The hash matched.
+    Good,
+    /// The hash did not match.
+    Bad,
+}
+
+/// One quota a question counts against: the layer (which says which of
+/// the question's key parts name the bucket) and its quota.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The layer.
+    pub layer: Layer,
+    /// Its quota.
+    pub quota: QuotaSpec,
+}
+
+/// What a [`Gate`] is asked about one call, in order: the lockout (when
+/// set), then each step; the first step over its quota refuses the call
+/// and the later ones are not counted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Question<'a> {
+    /// The client's key: IPv4 as is, IPv6 grouped by network.
+    pub ip: IpAddr,
+    /// `u` when given, the key part of the user layers and the lockout.
+    pub user: Option<&'a str>,
+    /// The method's label, the key part of the method layers.
+    pub method: &'a str,
+    /// The lockout rule and whether the hash matched: the pair is checked,
+    /// then the outcome recorded.
+    pub lockout: Option<(Lockout, bool)>,
+    steps: [Option<Step>; 3],
+}
+
+impl<'a> Question<'a> {
+    fn new(ip: IpAddr, user: Option<&'a str>, method: &'a str) -> Question<'a> {
+        Question {
+            ip,
+            user,
+            method,
+            lockout: None,
+            steps: [None; 3],
+        }
+    }
+
+    fn push(&mut self, layer: Layer, quota: Option<QuotaSpec>) {
+        if let (Some(quota), Some(slot)) = (quota, self.steps.iter_mut().find(|s| s.is_none())) {
+            *slot = Some(Step { layer, quota });
+        }
+    }
+
+    /// The quota steps, in the order they are counted.
+    pub fn steps(&self) -> impl Iterator<Item = Step> + '_ {
+        self.steps.iter().map_while(|s| *s)
+    }
+
+    /// Whether there is nothing to ask (no step, no lockout).
+    pub fn is_empty(&self) -> bool {
+        self.lockout.is_none() && self.steps[0].is_none()
+    }
+
+    /// The (IP, user) pair's user part (empty when no `u`).
+    pub fn pair_user(&self) -> &'a str {
+        self.user.unwrap_or("")
+    }
+}
+
 impl LimitSettings {
     /// The key of `ip` in the per-IP layer and the lockout: IPv6 grouped by
     /// `ipv6_prefix`.
@@ -97,11 +190,44 @@ impl LimitSettings {
 
     /// Whether `ip` (IPv4-mapped IPv6 taken as IPv4) skips the rate layers.
     pub fn is_exempt(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = crate::core::client::canonical(ip);
         self.exempt.iter().any(|n: &IpNet| n.contains(&ip))
+    }
+
+    /// The question asked after routing: the per-IP layer.
+    pub fn ip_question(&self, ip: IpAddr) -> Question<'static> {
+        let mut q = Question::new(self.key(ip), None, "");
+        if !self.is_exempt(ip) {
+            q.push(Layer::Ip, self.per_ip);
+        }
+        q
+    }
+
+    /// The question asked after the hash: the lockout (when a hash was
+    /// compared), then the user, method and method+user layers (none for
+    /// an exempt source or a hash that did not match).
+    pub fn call_question<'a>(
+        &self,
+        ip: IpAddr,
+        user: Option<&'a str>,
+        method: &'a str,
+        hash: HashCheck,
+    ) -> Question<'a> {
+        let mut q = Question::new(self.key(ip), user, method);
+        if hash != HashCheck::Skipped {
+            q.lockout = self.lockout.map(|lo| (lo, hash == HashCheck::Good));
+        }
+        if hash == HashCheck::Bad || self.is_exempt(ip) {
+            return q;
+        }
+        if user.is_some() {
+            q.push(Layer::User, self.per_user);
+        }
+        q.push(Layer::Method, self.per_method.get(method).copied());
+        if user.is_some() {
+            q.push(Layer::MethodUser, self.per_method_user.get(method).copied());
+        }
+        q
     }
 }
 
@@ -109,21 +235,29 @@ impl LimitSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LimitTrace {
     n: usize,
-    items: [(&'static str, bool); 4],
+    items: [Option<(Layer, bool)>; 4],
 }
 
 impl LimitTrace {
     /// Records one layer's decision (at most four are kept).
-    pub fn push(&mut self, layer: &'static str, allowed: bool) {
+    pub fn push(&mut self, layer: Layer, allowed: bool) {
         if let Some(slot) = self.items.get_mut(self.n) {
-            *slot = (layer, allowed);
+            *slot = Some((layer, allowed));
             self.n += 1;
         }
     }
 
     /// Each decision as (layer, allowed).
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
-        self.items[..self.n].iter().copied()
+    pub fn iter(&self) -> impl Iterator<Item = (Layer, bool)> + '_ {
+        self.items.iter().map_while(|i| *i)
+    }
+
+    /// This trace followed by `later`'s decisions.
+    pub fn then(mut self, later: LimitTrace) -> LimitTrace {
+        for (layer, ok) in later.iter() {
+            self.push(layer, ok);
+        }
+        self
     }
 }
 
@@ -149,90 +283,44 @@ impl Allowance {
     }
 }
 
-/// The limiting decisions the decision core asks for. Each layer a gate
-/// does not implement allows everything ([`Open`] implements none).
+/// A gate's answer to a [`Question`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The tightest allowance (None: no quota applied), or the refusal.
+    pub outcome: Result<Option<Allowance>, Refusal>,
+    /// The layers that decided, in order.
+    pub trace: LimitTrace,
+}
+
+impl Default for Answer {
+    fn default() -> Self {
+        Answer {
+            outcome: Ok(None),
+            trace: LimitTrace::default(),
+        }
+    }
+}
+
+/// Whatever answers the core's limit questions.
 pub trait Gate {
-    /// Per-IP layer, before the hash is checked.
-    fn check_ip(&self, _ip: IpAddr, _trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
-        Ok(None)
-    }
-    /// Is (ip, user) locked out after failed hashes?
-    fn check_lockout(&self, _ip: IpAddr, _user: &str) -> Result<(), Refusal> {
-        Ok(())
-    }
-    /// Records a hash verdict for (ip, user).
-    fn record_hash(&self, _ip: IpAddr, _user: &str, _ok: bool) {}
-    /// User, method and method+user layers, after the hash verified.
-    fn check_call(
-        &self,
-        _ip: IpAddr,
-        _user: Option<&str>,
-        _method: &str,
-        _trace: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        Ok(None)
-    }
+    /// Answers `q`: lockout first (checked, then recorded), then each step.
+    fn answer(&self, q: &Question<'_>) -> Answer;
 }
 
 /// A gate that never limits.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Open;
 
-impl Gate for Open {}
-
-/// A governor state store with a hard cap on tracked keys (see module docs).
-pub struct CappedStore<K: Hash + Eq + Clone> {
-    map: DashMapStateStore<K>,
-    overflow: InMemoryState,
-    cap: usize,
-}
-
-impl<K: Hash + Eq + Clone> CappedStore<K> {
-    fn new(cap: usize) -> Self {
-        CappedStore {
-            map: DashMapStateStore::default(),
-            overflow: InMemoryState::default(),
-            cap,
-        }
+impl Gate for Open {
+    fn answer(&self, _: &Question<'_>) -> Answer {
+        Answer::default()
     }
 }
 
-impl<K: Hash + Eq + Clone> StateStore for CappedStore<K> {
-    type Key = K;
-    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        if self.map.len() >= self.cap && !self.map.contains_key(key) {
-            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
-        }
-        self.map.measure_and_replace(key, f)
-    }
-}
-
-impl<K: Hash + Eq + Clone> ShrinkableKeyedStateStore<K> for CappedStore<K> {
-    fn retain_recent(&self, drop_below: Nanos) {
-        self.map.retain_recent(drop_below);
-    }
-    fn shrink_to_fit(&self) {
-        self.map.shrink_to_fit();
-    }
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
-type Keyed<K> = RateLimiter<K, CappedStore<K>, DefaultClock, StateInformationMiddleware>;
-type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-/// The refusal of a call over the quota of `layer`, free again after `retry`.
-pub fn limited(layer: &'static str, retry: Duration) -> Refusal {
+/// The refusal of a call over a layer's quota, free again after `retry`.
+pub fn limited(retry: Duration) -> Refusal {
     let mut r = Refusal::new(Reason::Limited);
     r.retry_after = Some(retry);
-    r.layer = Some(layer);
     r
 }
 
@@ -240,471 +328,81 @@ pub fn limited(layer: &'static str, retry: Duration) -> Refusal {
 pub fn locked_out(retry: Duration) -> Refusal {
     let mut r = Refusal::new(Reason::LockedOut);
     r.retry_after = Some(retry);
-    r.layer = Some("lockout");
     r
-}
-
-/// A governor quota from the config's rate and burst.
-pub fn quota(q: &QuotaSpec) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / q.per_second).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(q.burst).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-        .allow_burst(burst)
-}
-
-fn keyed<K: Hash + Eq + Clone>(q: &QuotaSpec, cap: usize) -> Keyed<K> {
-    RateLimiter::<K, CappedStore<K>, DefaultClock, StateInformationMiddleware>::new(
-        quota(q),
-        CappedStore::new(cap),
-        DefaultClock::default(),
-    )
-}
-
-fn direct(q: &QuotaSpec) -> Direct {
-    RateLimiter::direct(quota(q)).with_middleware::<StateInformationMiddleware>()
-}
-
-#[derive(Debug)]
-struct FailState {
-    window_start: Instant,
-    failures: u32,
-    locked_until: Option<Instant>,
-}
-
-/// Live limiter state built from [`LimitSettings`].
-pub struct Limits {
-    settings: LimitSettings,
-    clock: DefaultClock,
-    ip: Option<Arc<Keyed<IpAddr>>>,
-    user: Option<Arc<Keyed<String>>>,
-    method: HashMap<String, Arc<Direct>>,
-    method_user: HashMap<String, Arc<Keyed<String>>>,
-    fails: Arc<Mutex<HashMap<(IpAddr, String), FailState>>>,
-}
-
-impl std::fmt::Debug for Limits {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limits")
-            .field("settings", &self.settings)
-            .finish()
-    }
-}
-
-fn snapshot_allowance(s: &governor::middleware::StateSnapshot) -> Allowance {
-    let q = s.quota();
-    let limit = q.burst_size().get();
-    let remaining = s.remaining_burst_capacity();
-    Allowance {
-        limit,
-        remaining,
-        reset: q.replenish_interval() * (limit - remaining.min(limit)),
-    }
-}
-
-impl Limits {
-    /// Builds limiters for `settings`.
-    pub fn new(settings: &LimitSettings) -> Limits {
-        let cap = settings.max_tracked_keys;
-        Limits {
-            settings: settings.clone(),
-            clock: DefaultClock::default(),
-            ip: settings.per_ip.as_ref().map(|q| Arc::new(keyed(q, cap))),
-            user: settings.per_user.as_ref().map(|q| Arc::new(keyed(q, cap))),
-            method: settings
-                .per_method
-                .iter()
-                .map(|(m, q)| (m.clone(), Arc::new(direct(q))))
-                .collect(),
-            method_user: settings
-                .per_method_user
-                .iter()
-                .map(|(m, q)| (m.clone(), Arc::new(keyed(q, cap))))
-                .collect(),
-            fails: Arc::new(Mutex::new(HashMap::new())),
-        }
-    }
-
-    /// Builds limiters for new settings, keeping the buckets of every layer
-    /// whose quota did not change (config reload).
-    pub fn reconfigure(&self, settings: &LimitSettings) -> Limits {
-        let mut next = Limits::new(settings);
-        let old = &self.settings;
-        let same_cap = old.max_tracked_keys == settings.max_tracked_keys;
-        if old.per_ip == settings.per_ip && same_cap {
-            next.ip.clone_from(&self.ip);
-        }
-        if old.per_user == settings.per_user && same_cap {
-            next.user.clone_from(&self.user);
-        }
-        for (m, lim) in next.method.iter_mut() {
-            if let (true, Some(kept)) = (
-                old.per_method.get(m) == settings.per_method.get(m),
-                self.method.get(m),
-            ) {
-                *lim = Arc::clone(kept);
-            }
-        }
-        for (m, lim) in next.method_user.iter_mut() {
-            if let (true, Some(kept)) = (
-                old.per_method_user.get(m) == settings.per_method_user.get(m) && same_cap,
-                self.method_user.get(m),
-            ) {
-                *lim = Arc::clone(kept);
-            }
-        }
-        if old.lockout == settings.lockout {
-            next.fails = Arc::clone(&self.fails);
-        }
-        next
-    }
-
-    /// The settings in force.
-    pub fn settings(&self) -> &LimitSettings {
-        &self.settings
-    }
-
-    fn exempt(&self, ip: IpAddr) -> bool {
-        self.settings.is_exempt(ip)
-    }
-
-    fn refusal(
-        &self,
-        layer: &'static str,
-        nu: &governor::NotUntil<governor::clock::QuantaInstant>,
-    ) -> Refusal {
-        limited(layer, nu.wait_time_from(self.clock.now()))
-    }
-
-    fn check_keyed<K: Hash + Eq + Clone>(
-        &self,
-        lim: &Keyed<K>,
-        key: &K,
-        layer: &'static str,
-        trace: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        let checked = lim.check_key(key);
-        trace.push(layer, checked.is_ok());
-        match checked {
-            Ok(s) => Ok(Some(snapshot_allowance(&s))),
-            Err(nu) => Err(self.refusal(layer, &nu)),
-        }
-    }
-
-    /// Drops idle keys and expired lockouts and returns memory; call periodically.
-    pub fn sweep(&self) {
-        if let Some(l) = &self.ip {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        if let Some(l) = &self.user {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        for l in self.method_user.values() {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
-        let now = Instant::now();
-        if let (Some(lo), Ok(mut fails)) = (self.settings.lockout, self.fails.lock()) {
-            fails.retain(|_, f| {
-                f.locked_until.is_some_and(|t| t > now)
-                    || now.duration_since(f.window_start) < lo.window
-            });
-            fails.shrink_to_fit();
-        }
-    }
-
-    /// How many (IP, user) pairs are locked out now.
-    pub fn active_lockouts(&self) -> usize {
-        let now = Instant::now();
-        self.fails.lock().map_or(0, |f| {
-            f.values()
-                .filter(|f| f.locked_until.is_some_and(|t| t > now))
-                .count()
-        })
-    }
-
-    /// Keys tracked across keyed limiters and the lockout table.
-    pub fn tracked_keys(&self) -> usize {
-        self.ip.as_ref().map_or(0, |l| l.len())
-            + self.user.as_ref().map_or(0, |l| l.len())
-            + self.method_user.values().map(|l| l.len()).sum::<usize>()
-            + self.fails.lock().map(|f| f.len()).unwrap_or(0)
-    }
-
-    fn lockout(&self) -> Option<Lockout> {
-        self.settings.lockout
-    }
-}
-
-impl Gate for Limits {
-    fn check_ip(&self, ip: IpAddr, trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
-        match &self.ip {
-            Some(l) if !self.exempt(ip) => self.check_keyed(l, &self.settings.key(ip), "ip", trace),
-            _ => Ok(None),
-        }
-    }
-
-    fn check_lockout(&self, ip: IpAddr, user: &str) -> Result<(), Refusal> {
-        if self.lockout().is_none() {
-            return Ok(());
-        }
-        let now = Instant::now();
-        let Ok(fails) = self.fails.lock() else {
-            return Ok(());
-        };
-        if let Some(until) = fails
-            .get(&(self.settings.key(ip), user.to_string()))
-            .and_then(|f| f.locked_until)
-            .filter(|t| *t > now)
-        {
-            return Err(locked_out(until - now));
-        }
-        Ok(())
-    }
-
-    fn record_hash(&self, ip: IpAddr, user: &str, ok: bool) {
-        let Some(lo) = self.lockout() else { return };
-        let now = Instant::now();
-        let Ok(mut fails) = self.fails.lock() else {
-            return;
-        };
-        let key = (self.settings.key(ip), user.to_string());
-        if ok {
-            fails.remove(&key);
-            return;
-        }
-        if !fails.contains_key(&key) && fails.len() >= self.settings.max_tracked_keys {
-            // Full: the pair is not tracked until a sweep frees room; the
-            // per-IP layer still bounds what it can try.
-            return;
-        }
-        let f = fails.entry(key).or_insert(FailState {
-            window_start: now,
-            failures: 0,
-            locked_until: None,
-        });
-        if f.locked_until.is_some_and(|t| t <= now)
-            || now.duration_since(f.window_start) >= lo.window
-        {
-            f.window_start = now;
-            f.failures = 0;
-            f.locked_until = None;
-        }
-        f.failures += 1;
-        if f.failures >= lo.failures && f.locked_until.is_none() {
-            f.locked_until = Some(now + lo.cooloff);
-        }
-    }
-
-    fn check_call(
-        &self,
-        ip: IpAddr,
-        user: Option<&str>,
-        method: &str,
-        trace: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        if self.exempt(ip) {
-            return Ok(None);
-        }
-        let mut best = None;
-        if let (Some(l), Some(u)) = (&self.user, user) {
-            best = Allowance::tighter(best, self.check_keyed(l, &u.to_string(), "user", trace)?);
-        }
-        if let Some(l) = self.method.get(method) {
-            let checked = l.check();
-            trace.push("method", checked.is_ok());
-            match checked {
-                Ok(s) => best = Allowance::tighter(best, Some(snapshot_allowance(&s))),
-                Err(nu) => return Err(self.refusal("method", &nu)),
-            }
-        }
-        if let (Some(l), Some(u)) = (self.method_user.get(method), user) {
-            best = Allowance::tighter(
-                best,
-                self.check_keyed(l, &u.to_string(), "method_user", trace)?,
-            );
-        }
-        Ok(best)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn q(per_second: f64, burst: u32) -> QuotaSpec {
+        QuotaSpec { per_second, burst }
+    }
 
     fn settings() -> LimitSettings {
         LimitSettings {
-            exempt: vec!["10.9.0.0/16".parse().unwrap()],
-            per_ip: Some(QuotaSpec {
-                per_second: 1.0,
-                burst: 3,
-            }),
-            per_user: Some(QuotaSpec {
-                per_second: 1.0,
-                burst: 2,
-            }),
-            per_method: HashMap::new(),
-            per_method_user: HashMap::new(),
-            max_tracked_keys: 4,
-            headers: true,
+            exempt: vec!["10.0.0.0/8".parse().unwrap()],
+            per_ip: Some(q(1.0, 3)),
+            per_user: Some(q(1.0, 5)),
+            per_method: HashMap::from([("user_details_get".to_string(), q(10.0, 50))]),
+            per_method_user: HashMap::from([("user_details_get".to_string(), q(1.0, 2))]),
             lockout: Some(Lockout {
                 failures: 2,
                 window: Duration::from_secs(60),
                 cooloff: Duration::from_secs(60),
             }),
-            ipv6_prefix: 64,
+            ..LimitSettings::default()
         }
     }
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn layers(q: &Question<'_>) -> Vec<Layer> {
+        q.steps().map(|s| s.layer).collect()
     }
 
     #[test]
-    fn ip_burst_then_limited_with_retry_after() {
-        let l = Limits::new(&settings());
-        for i in 0..3 {
-            let a = l
-                .check_ip(ip("1.1.1.1"), &mut LimitTrace::default())
-                .unwrap()
-                .unwrap();
-            assert_eq!(a.remaining, 2 - i);
-        }
-        let r = l
-            .check_ip(ip("1.1.1.1"), &mut LimitTrace::default())
-            .unwrap_err();
-        assert_eq!(r.reason, Reason::Limited);
-        assert!(r.retry_after.unwrap() <= Duration::from_secs(1));
-        assert!(l
-            .check_ip(ip("1.1.1.2"), &mut LimitTrace::default())
-            .is_ok());
+    fn the_plan_in_order() {
+        let s = settings();
+        let ip = "192.0.2.1".parse().unwrap();
+        let c = s.call_question(ip, Some("john"), "user_details_get", HashCheck::Good);
+        assert_eq!(layers(&c), [Layer::User, Layer::Method, Layer::MethodUser]);
+        assert_eq!(c.lockout, Some((s.lockout.unwrap(), true)));
+        assert_eq!(layers(&s.ip_question(ip)), [Layer::Ip]);
+        // No user: the user layers are not asked.
+        let c = s.call_question(ip, None, "user_details_get", HashCheck::Skipped);
+        assert_eq!(layers(&c), [Layer::Method]);
+        assert_eq!(c.lockout, None, "no hash compared: no lockout");
+        // A bad hash: only the lockout.
+        let c = s.call_question(ip, Some("john"), "user_details_get", HashCheck::Bad);
+        assert_eq!(layers(&c), []);
+        assert_eq!(c.lockout, Some((s.lockout.unwrap(), false)));
+        // Exempt: no quota, the lockout still.
+        let ex = "10.1.2.3".parse().unwrap();
+        assert!(s.ip_question(ex).is_empty());
+        let c = s.call_question(ex, Some("john"), "user_details_get", HashCheck::Good);
+        assert_eq!(layers(&c), []);
+        assert!(!c.is_empty());
+        // IPv4-mapped IPv6 is the IPv4 address, exempt included.
+        assert!(s.ip_question("::ffff:10.1.2.3".parse().unwrap()).is_empty());
+        // IPv6 by network.
+        let v6 = s.ip_question("2001:db8:1:2::9".parse().unwrap());
+        assert_eq!(v6.ip, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
     }
 
     #[test]
-    fn ipv6_clients_share_their_network_s_bucket_and_lockout() {
-        let l = Limits::new(&settings());
-        for host in 1..=3 {
-            let a = ip(&format!("2001:db8:1:2::{host}"));
-            assert!(l.check_ip(a, &mut LimitTrace::default()).is_ok());
-        }
-        // A fourth address of the same /64: the network's burst is spent.
-        let r = l.check_ip(ip("2001:db8:1:2:ffff::9"), &mut LimitTrace::default());
-        assert!(r.is_err());
-        assert!(l
-            .check_ip(ip("2001:db8:1:3::1"), &mut LimitTrace::default())
-            .is_ok());
-        // Failed hashes from two addresses of one /64 add up.
-        l.record_hash(ip("2001:db8:9:9::1"), "john", false);
-        l.record_hash(ip("2001:db8:9:9::2"), "john", false);
-        assert!(l.check_lockout(ip("2001:db8:9:9::3"), "john").is_err());
-        assert!(l.check_lockout(ip("2001:db8:9:8::3"), "john").is_ok());
-    }
-
-    #[test]
-    fn exempt_never_limited() {
-        let l = Limits::new(&settings());
-        for _ in 0..50 {
-            assert!(l
-                .check_ip(ip("10.9.3.4"), &mut LimitTrace::default())
-                .is_ok());
-            assert!(l
-                .check_call(ip("10.9.3.4"), Some("u"), "x", &mut LimitTrace::default())
-                .is_ok());
-        }
-    }
-
-    #[test]
-    fn users_are_independent() {
-        let l = Limits::new(&settings());
-        assert!(l
-            .check_call(ip("1.1.1.1"), Some("a"), "m", &mut LimitTrace::default())
-            .is_ok());
-        assert!(l
-            .check_call(ip("1.1.1.1"), Some("a"), "m", &mut LimitTrace::default())
-            .is_ok());
-        assert!(l
-            .check_call(ip("1.1.1.1"), Some("a"), "m", &mut LimitTrace::default())
-            .is_err());
-        assert!(l
-            .check_call(ip("1.1.1.1"), Some("b"), "m", &mut LimitTrace::default())
-            .is_ok());
-    }
-
-    #[test]
-    fn cap_sends_new_keys_to_overflow_and_keeps_tracked_ones() {
-        let l = Limits::new(&settings());
-        for i in 0..4 {
-            l.check_ip(ip(&format!("2.0.0.{i}")), &mut LimitTrace::default())
-                .unwrap();
-        }
-        assert_eq!(l.ip.as_ref().unwrap().len(), 4);
-        // New keys now share one overflow bucket of burst 3.
-        let mut ok = 0;
-        for i in 10..20 {
-            if l.check_ip(ip(&format!("2.0.0.{i}")), &mut LimitTrace::default())
-                .is_ok()
-            {
-                ok += 1;
-            }
-        }
-        assert_eq!(ok, 3);
-        assert_eq!(l.ip.as_ref().unwrap().len(), 4);
-        // A tracked key still has its own bucket (2 left).
-        assert!(l
-            .check_ip(ip("2.0.0.0"), &mut LimitTrace::default())
-            .is_ok());
-    }
-
-    #[test]
-    fn lockout_trips_and_success_resets() {
-        let l = Limits::new(&settings());
-        let a = ip("3.3.3.3");
-        l.record_hash(a, "bob", false);
-        assert!(l.check_lockout(a, "bob").is_ok());
-        l.record_hash(a, "bob", true);
-        l.record_hash(a, "bob", false);
-        assert!(l.check_lockout(a, "bob").is_ok(), "success reset the count");
-        l.record_hash(a, "bob", false);
-        let r = l.check_lockout(a, "bob").unwrap_err();
-        assert_eq!(r.reason, Reason::LockedOut);
-        assert!(r.retry_after.unwrap() > Duration::from_secs(50));
-        assert!(
-            l.check_lockout(ip("3.3.3.4"), "bob").is_ok(),
-            "other IP unaffected"
-        );
-        assert!(l.check_lockout(a, "alice").is_ok(), "other user unaffected");
-    }
-
-    #[test]
-    fn reconfigure_keeps_unchanged_buckets() {
-        let l = Limits::new(&settings());
-        for _ in 0..3 {
-            l.check_ip(ip("4.4.4.4"), &mut LimitTrace::default())
-                .unwrap();
-        }
-        let mut s = settings();
-        s.per_user = Some(QuotaSpec {
-            per_second: 5.0,
-            burst: 9,
-        });
-        let l = l.reconfigure(&s);
-        assert!(
-            l.check_ip(ip("4.4.4.4"), &mut LimitTrace::default())
-                .is_err(),
-            "ip bucket kept"
-        );
-        let mut s2 = s.clone();
-        s2.per_ip = Some(QuotaSpec {
-            per_second: 1.0,
-            burst: 10,
-        });
-        let l = l.reconfigure(&s2);
-        assert!(
-            l.check_ip(ip("4.4.4.4"), &mut LimitTrace::default())
-                .is_ok(),
-            "changed layer starts fresh"
+    fn traces_concatenate() {
+        let mut a = LimitTrace::default();
+        a.push(Layer::Ip, true);
+        let mut b = LimitTrace::default();
+        b.push(Layer::User, true);
+        b.push(Layer::Method, false);
+        assert_eq!(
+            a.then(b).iter().collect::<Vec<_>>(),
+            [
+                (Layer::Ip, true),
+                (Layer::User, true),
+                (Layer::Method, false)
+            ]
         );
     }
 }

@@ -244,8 +244,6 @@ pub struct Refusal {
     pub detail: Option<Cow<'static, str>>,
     /// For limits and lockouts: when to retry.
     pub retry_after: Option<Duration>,
-    /// For limits: which layer refused (`ip`, `user`, `method`, `method_user`).
-    pub layer: Option<&'static str>,
 }
 
 impl Refusal {
@@ -255,7 +253,6 @@ impl Refusal {
             reason,
             detail: None,
             retry_after: None,
-            layer: None,
         }
     }
 

@@ -75,8 +75,8 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
         .forward
         .as_ref()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no verdict"))?;
-    let mut req =
-        RequestHeader::build(client.method.clone(), f.path_and_query.as_bytes(), Some(12))?;
+    let mut req = RequestHeader::build(client.method.clone(), b"/", Some(12))?;
+    req.set_uri(http::Uri::from(f.path_and_query.clone()));
     let through = f.signer == Signer::PassThrough;
     let extra = ctx
         .state
@@ -243,7 +243,7 @@ mod tests {
         let mut ctx = Ctx::new();
         ctx.ip = Some("198.51.100.7".parse().unwrap());
         ctx.forward = Some(Forward {
-            path_and_query: path_and_query.to_string(),
+            path_and_query: path_and_query.parse().unwrap(),
             signer,
             skipped: None,
             allowance: None,

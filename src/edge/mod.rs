@@ -6,6 +6,8 @@
 //! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`]).
 //! [`state`] holds what every request shares; [`cut`] is why a connection
 //! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.
+//! The core's limit questions: [`local_limits`] (governor) or
+//! [`shared_limits`] (Redis) answer them.
 
 pub mod body;
 pub mod caps;
@@ -15,6 +17,7 @@ pub mod cut;
 pub mod forward;
 pub mod guarded;
 pub mod http1;
+pub mod local_limits;
 pub mod mirror;
 pub mod mor_db;
 pub mod phase;

@@ -17,7 +17,6 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::core::catalog::Envelope;
 use crate::core::decision::{self, Checked, Rejected, Signer, Verdict};
 use crate::core::framing;
-use crate::core::limits::LimitTrace;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
 use crate::core::request_id;
 use crate::edge::body::{self, Reservation};
@@ -25,7 +24,7 @@ use crate::edge::context::{Ctx, InFlight};
 use crate::edge::forward::timeout_kind;
 use crate::edge::phase;
 use crate::edge::request::{client_ip, head_of, shown_path};
-use crate::edge::shared_limits::DecidedIp;
+use crate::edge::shared_limits;
 use crate::edge::state::Shared;
 use crate::ops::accesslog::{micros, redact_query_also, Record, Timestamp};
 
@@ -70,8 +69,11 @@ impl Gateway {
                 .as_deref()
                 .map(|d| format!(": {d}"))
                 .unwrap_or_default(),
-            r.layer
-                .map(|l| format!(" (limit layer {l})"))
+            ctx.info
+                .limits
+                .iter()
+                .find(|(_, allowed)| !allowed)
+                .map(|(l, _)| format!(" (limit layer {})", l.label()))
                 .unwrap_or_default(),
             ctx.info.label(),
             ctx.info.user.as_deref().unwrap_or("-"),
@@ -186,18 +188,14 @@ impl ProxyHttp for Gateway {
             .await?;
             return Ok(true);
         }
-        let admitted = match &st.shared_limits {
-            Some(sh) if sh.per_ip() => {
-                let mut trace = LimitTrace::default();
-                let answer = sh.check_ip(ip, &st.limits, &mut trace).await;
-                decision::admit(
-                    &s.policy,
-                    &dir,
-                    &DecidedIp(answer, trace),
-                    &head_of(session, ip),
-                )
+        let sh = st.shared_limits.as_deref();
+        let admitted = match decision::admit(&s.policy, &dir, &head_of(session, ip)) {
+            Ok(a) => {
+                let q = a.question(&s.limits);
+                let answer = shared_limits::answer(sh, &st.limits, &q).await;
+                a.conclude(answer)
             }
-            _ => decision::admit(&s.policy, &dir, &*st.limits, &head_of(session, ip)),
+            Err(r) => Err(r),
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -245,10 +243,11 @@ impl ProxyHttp for Gateway {
         let verdict =
             match decision::verify(&s.policy, &dir, &head_of(session, ip), admitted, &body) {
                 Checked::Done(v) => v,
-                Checked::Pending(p) => match &st.shared_limits {
-                    Some(sh) => sh.settle(p, &st.limits).await,
-                    None => p.settle(&*st.limits),
-                },
+                Checked::Pending(p) => {
+                    let answer =
+                        shared_limits::answer(sh, &st.limits, &p.question(&s.limits)).await;
+                    p.conclude(answer)
+                }
             };
         match verdict {
             Verdict::Refuse(r, info) => {

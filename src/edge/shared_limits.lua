@@ -5,7 +5,9 @@
 -- KEYS[2]  lock of the pair
 -- KEYS[3]  sorted set of the locked pairs (score: end of the lock, ms), for
 --          the lockouts_active gauge
--- KEYS[4..] one GCRA bucket per quota layer, in the order they are checked
+-- KEYS[4..] one GCRA bucket per step of the core's question (the limit
+--          plan, src/core/limits.rs), in its order; the script knows no
+--          layer names, its reply names the refusing step by position
 -- ARGV[1]  hash: 0 not compared, 1 matched, 2 did not match
 -- ARGV[2]  failures that trip the lockout (0: no lockout)
 -- ARGV[3]  lockout window, ms

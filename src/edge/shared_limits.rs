@@ -1,15 +1,18 @@
 //! Limits shared by several gateways through Redis (`[limits.shared]`).
 //!
-//! The user, method and method+user quotas and the failed-hash lockout of a
-//! call are decided in one round trip by a Lua script (`shared_limits.lua`):
-//! GCRA buckets on Redis' clock, keys that expire by themselves. The per-IP
-//! layer stays local unless `per_ip = true`. When Redis is slow or down the
+//! The core's limit questions ([`Question`]: the per-IP layer after
+//! routing; the lockout, user, method and method+user layers after the
+//! hash) are answered in one round trip each by a Lua script
+//! (`shared_limits.lua`): GCRA buckets on Redis' clock, keys that expire by
+//! themselves. The script knows no layer names: it counts the question's
+//! steps in order and names the first refusing one by its position. The
+//! per-IP layer stays local unless `per_ip = true`; a question with nothing
+//! to ask costs no round trip. When Redis is slow or down the
 //! same questions go to the local limiters (counted in
 //! `shared_limits_fallbacks_total`, `shared_limits_up` = 0) and Redis is
 //! tried again after `retry_interval`, or sooner when a housekeeping probe
 //! finds it back.
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +21,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha1::{Digest, Sha1};
 
 use crate::config::SharedLimitSettings;
-use crate::core::decision::{HashCheck, Pending, Verdict};
 use crate::core::limits::{
-    limited, locked_out, Allowance, Gate, LimitSettings, LimitTrace, Limits, Lockout, QuotaSpec,
+    limited, locked_out, Allowance, Answer, Gate, Layer, LimitTrace, Lockout, Question, Step,
 };
 use crate::core::reply::{Reason, Refusal};
+use crate::edge::local_limits::Limits;
 use crate::ops::metrics::Metrics;
 
 const SCRIPT: &str = include_str!("shared_limits.lua");
@@ -37,15 +40,15 @@ return redis.call('ZCARD', KEYS[1])
 /// Why a decision was settled locally (the `reason` label).
 type Fallback = &'static str;
 
-/// One quota a call is counted against in Redis.
+/// One step of a question and its bucket's key in Redis.
 #[derive(Debug, Clone, PartialEq)]
-struct Layer {
-    name: &'static str,
+struct Bucket {
+    step: Step,
     key: String,
-    quota: QuotaSpec,
 }
 
-/// The lockout's keys for one (IP, user) pair, and the rule.
+/// The lockout's keys for one (IP, user) pair, the rule and the hash's
+/// outcome.
 struct PairKeys {
     /// Failure counter.
     fail: String,
@@ -54,6 +57,7 @@ struct PairKeys {
     /// The pair's name in the set of locked pairs.
     pair: String,
     rule: Lockout,
+    good: bool,
 }
 
 /// The Redis side of the limits; one per configuration in force.
@@ -86,73 +90,63 @@ fn part(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The quota layers a call counts against, in the local limiters' order:
-/// user, method, method+user (none for an exempt source).
-fn layers(
-    prefix: &str,
-    l: &LimitSettings,
-    ip: IpAddr,
-    user: Option<&str>,
-    method: &str,
-) -> Vec<Layer> {
-    let mut out = Vec::new();
-    if l.is_exempt(ip) {
-        return out;
-    }
-    if let (Some(q), Some(u)) = (l.per_user, user) {
-        out.push(Layer {
-            name: "user",
-            key: format!("{prefix}q:user|{}", part(u)),
-            quota: q,
-        });
-    }
-    if let Some(q) = l.per_method.get(method) {
-        out.push(Layer {
-            name: "method",
-            key: format!("{prefix}q:method|{method}"),
-            quota: *q,
-        });
-    }
-    if let (Some(q), Some(u)) = (l.per_method_user.get(method), user) {
-        out.push(Layer {
-            name: "method_user",
-            key: format!("{prefix}q:mu|{method}|{}", part(u)),
-            quota: *q,
-        });
-    }
-    out
+/// The Redis key of each step of `q`, in order.
+fn buckets(prefix: &str, q: &Question<'_>) -> Vec<Bucket> {
+    q.steps()
+        .map(|step| {
+            let key = match step.layer {
+                Layer::Ip => format!("{prefix}q:ip|{}", q.ip),
+                Layer::User => format!("{prefix}q:user|{}", part(q.pair_user())),
+                Layer::Method => format!("{prefix}q:method|{}", q.method),
+                Layer::MethodUser => {
+                    format!("{prefix}q:mu|{}|{}", q.method, part(q.pair_user()))
+                }
+            };
+            Bucket { step, key }
+        })
+        .collect()
+}
+
+/// The lockout's keys for `q`'s pair, when it asks the lockout.
+fn pair_keys(prefix: &str, q: &Question<'_>) -> Option<PairKeys> {
+    let (rule, good) = q.lockout?;
+    let pair = format!("{}|{}", q.ip, part(q.pair_user()));
+    Some(PairKeys {
+        fail: format!("{prefix}lo:f|{pair}"),
+        lock: format!("{prefix}lo:l|{pair}"),
+        pair,
+        rule,
+        good,
+    })
 }
 
 fn micros(d: i64) -> Duration {
     Duration::from_micros(u64::try_from(d).unwrap_or(0))
 }
 
-/// Reads the script's reply into the answer the core expects, recording
-/// the layers that decided in `trace`. None: a reply the script never gives.
-fn interpret(
-    reply: &[i64],
-    layers: &[Layer],
-    trace: &mut LimitTrace,
-) -> Option<Result<Option<Allowance>, Refusal>> {
-    match reply {
-        [1, retry_ms] => Some(Err(locked_out(Duration::from_millis(
+/// Reads the script's reply into the core's answer. None: a reply the
+/// script never gives.
+fn interpret(reply: &[i64], buckets: &[Bucket]) -> Option<Answer> {
+    let mut trace = LimitTrace::default();
+    let outcome = match reply {
+        [1, retry_ms] => Err(locked_out(Duration::from_millis(
             u64::try_from(*retry_ms).unwrap_or(0),
-        )))),
-        [2] => Some(Err(Refusal::new(Reason::BadHash))),
+        ))),
+        [2] => Err(Refusal::new(Reason::BadHash)),
         [3, at, retry_us] => {
             let at = usize::try_from(*at).ok()?.checked_sub(1)?;
-            let layer = layers.get(at)?;
-            for l in &layers[..at] {
-                trace.push(l.name, true);
+            let refused = buckets.get(at)?;
+            for b in &buckets[..at] {
+                trace.push(b.step.layer, true);
             }
-            trace.push(layer.name, false);
-            Some(Err(limited(layer.name, micros(*retry_us))))
+            trace.push(refused.step.layer, false);
+            Err(limited(micros(*retry_us)))
         }
-        [0, rest @ ..] if rest.len() == 2 * layers.len() => {
+        [0, rest @ ..] if rest.len() == 2 * buckets.len() => {
             let mut best = None;
-            for (l, pair) in layers.iter().zip(rest.chunks_exact(2)) {
-                trace.push(l.name, true);
-                let limit = l.quota.burst.max(1);
+            for (b, pair) in buckets.iter().zip(rest.chunks_exact(2)) {
+                trace.push(b.step.layer, true);
+                let limit = b.step.quota.burst.max(1);
                 let remaining = u32::try_from(pair[0].max(0)).unwrap_or(u32::MAX).min(limit);
                 best = Allowance::tighter(
                     best,
@@ -163,9 +157,19 @@ fn interpret(
                     }),
                 );
             }
-            Some(Ok(best))
+            Ok(best)
         }
-        _ => None,
+        _ => return None,
+    };
+    Some(Answer { outcome, trace })
+}
+
+/// Answers `q`: in Redis when limits are shared and Redis holds its
+/// layers, else (and whenever Redis is not usable) by the local limiters.
+pub async fn answer(shared: Option<&SharedLimits>, local: &Limits, q: &Question<'_>) -> Answer {
+    match shared {
+        Some(sh) => sh.answer(q, local).await,
+        None => local.answer(q),
     }
 }
 
@@ -187,11 +191,6 @@ impl SharedLimits {
             logged: AtomicU8::new(logged),
             metrics,
         }
-    }
-
-    /// Whether the per-IP layer is decided here too.
-    pub fn per_ip(&self) -> bool {
-        self.cfg.per_ip
     }
 
     /// How long decisions stay local after a failure (also the probe period).
@@ -249,9 +248,8 @@ impl SharedLimits {
     /// Runs the script, within the timeout; a failure marks Redis down.
     async fn eval(
         &self,
-        hash: HashCheck,
-        lockout: Option<PairKeys>,
-        layers: &[Layer],
+        lockout: Option<&PairKeys>,
+        buckets: &[Bucket],
     ) -> Result<Vec<i64>, Fallback> {
         if self.now_ms() < self.down_until_ms.load(Ordering::Acquire) {
             return Err("down");
@@ -264,25 +262,25 @@ impl SharedLimits {
             }
         };
         let mut call = self.script.prepare_invoke();
-        let (fail, lock, pair, lo) = match &lockout {
+        let (fail, lock, pair, lo) = match lockout {
             Some(k) => (
                 k.fail.as_str(),
                 k.lock.as_str(),
                 k.pair.as_str(),
-                Some(k.rule),
+                Some((k.rule, k.good)),
             ),
             None => ("", "", "", None),
         };
         call.key(fail).key(lock).key(self.locks_key.as_str());
-        for l in layers {
-            call.key(&l.key);
+        for b in buckets {
+            call.key(&b.key);
         }
-        call.arg(match hash {
-            HashCheck::Skipped => 0,
-            HashCheck::Good => 1,
-            HashCheck::Bad => 2,
+        call.arg(match lo {
+            None => 0,
+            Some((_, true)) => 1,
+            Some((_, false)) => 2,
         });
-        match lo {
+        match lo.map(|(rule, _)| rule) {
             Some(lo) => call
                 .arg(lo.failures)
                 .arg(lo.window.as_millis().max(1) as u64)
@@ -290,9 +288,9 @@ impl SharedLimits {
             None => call.arg(0).arg(0).arg(0),
         };
         call.arg(pair);
-        for l in layers {
-            call.arg(format!("{:.3}", 1e6 / l.quota.per_second))
-                .arg(l.quota.burst.max(1));
+        for b in buckets {
+            call.arg(format!("{:.3}", 1e6 / b.step.quota.per_second))
+                .arg(b.step.quota.burst.max(1));
         }
         let start = Instant::now();
         let r =
@@ -328,79 +326,34 @@ impl SharedLimits {
             .inc();
     }
 
-    /// Settles a verified call: in Redis, or by `local` when Redis is not
-    /// usable. The answer has the same shape either way.
-    pub async fn settle(&self, p: Pending, local: &Limits) -> Verdict {
-        let settings = local.settings();
+    /// Answers `q` in Redis, or by `local` when Redis is not usable or does
+    /// not hold `q`'s layers (the per-IP layer without `per_ip = true`). A
+    /// question with nothing to ask costs no round trip. The answer has
+    /// the same shape either way.
+    pub async fn answer(&self, q: &Question<'_>, local: &Limits) -> Answer {
+        if q.is_empty() {
+            return Answer::default();
+        }
+        if !self.cfg.per_ip && q.steps().any(|s| s.layer == Layer::Ip) {
+            return local.answer(q);
+        }
         let prefix = &self.cfg.key_prefix;
-        let layers = layers(prefix, settings, p.ip(), p.user(), p.method());
-        let lockout = match (settings.lockout, p.hash()) {
-            (Some(lo), HashCheck::Good | HashCheck::Bad) => {
-                let pair = format!("{}|{}", settings.key(p.ip()), part(p.user().unwrap_or("")));
-                Some(PairKeys {
-                    fail: format!("{prefix}lo:f|{pair}"),
-                    lock: format!("{prefix}lo:l|{pair}"),
-                    pair,
-                    rule: lo,
-                })
-            }
-            _ => None,
-        };
-        if layers.is_empty() && lockout.is_none() {
-            // Nothing shared to decide (an exempt source, no quota).
-            return p.settle(local);
-        }
-        let mut trace = p.trace();
-        match self.decide(p.hash(), lockout, &layers, &mut trace).await {
-            Some(answer) => p.conclude(answer, trace),
-            None => p.settle(local),
-        }
-    }
-
-    /// Redis' answer, the layers that decided recorded in `trace`; None
-    /// (counted, `trace` untouched) when the local limiters must decide.
-    async fn decide(
-        &self,
-        hash: HashCheck,
-        lockout: Option<PairKeys>,
-        layers: &[Layer],
-        trace: &mut LimitTrace,
-    ) -> Option<Result<Option<Allowance>, Refusal>> {
-        let reply = match self.eval(hash, lockout, layers).await {
+        let buckets = buckets(prefix, q);
+        let lockout = pair_keys(prefix, q);
+        let reply = match self.eval(lockout.as_ref(), &buckets).await {
             Ok(reply) => reply,
             Err(why) => {
                 self.fallback(why);
-                return None;
+                return local.answer(q);
             }
         };
-        let answer = interpret(&reply, layers, trace);
-        if answer.is_none() {
-            tracing::error!("shared limits: unexpected script reply {reply:?}");
-            self.fallback("error");
-        }
-        answer
-    }
-
-    /// The per-IP layer in Redis (when `per_ip = true`), or by `local` when
-    /// Redis is not usable.
-    pub async fn check_ip(
-        &self,
-        ip: IpAddr,
-        local: &Limits,
-        trace: &mut LimitTrace,
-    ) -> Result<Option<Allowance>, Refusal> {
-        let settings = local.settings();
-        let Some(q) = settings.per_ip.filter(|_| !settings.is_exempt(ip)) else {
-            return Ok(None);
-        };
-        let layer = [Layer {
-            name: "ip",
-            key: format!("{}q:ip|{}", self.cfg.key_prefix, settings.key(ip)),
-            quota: q,
-        }];
-        match self.decide(HashCheck::Skipped, None, &layer, trace).await {
+        match interpret(&reply, &buckets) {
             Some(answer) => answer,
-            None => local.check_ip(ip, trace),
+            None => {
+                tracing::error!("shared limits: unexpected script reply {reply:?}");
+                self.fallback("error");
+                local.answer(q)
+            }
         }
     }
 
@@ -432,23 +385,11 @@ impl SharedLimits {
     }
 }
 
-/// A [`Gate`] whose per-IP answer was decided beforehand (in Redis); the
-/// other layers are not asked of it (the first stage only asks per IP).
-pub struct DecidedIp(pub Result<Option<Allowance>, Refusal>, pub LimitTrace);
-
-impl Gate for DecidedIp {
-    fn check_ip(&self, _: IpAddr, trace: &mut LimitTrace) -> Result<Option<Allowance>, Refusal> {
-        for (layer, ok) in self.1.iter() {
-            trace.push(layer, ok);
-        }
-        self.0.clone()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::core::limits::{HashCheck, LimitSettings, QuotaSpec};
     use std::collections::HashMap;
 
     fn q(per_second: f64, burst: u32) -> QuotaSpec {
@@ -458,6 +399,7 @@ mod tests {
     fn settings() -> LimitSettings {
         LimitSettings {
             exempt: vec!["10.0.0.0/8".parse().unwrap()],
+            per_ip: Some(q(1.0, 3)),
             per_user: Some(q(1.0, 5)),
             per_method: HashMap::from([("user_details_get".to_string(), q(10.0, 50))]),
             per_method_user: HashMap::from([("user_details_get".to_string(), q(1.0, 2))]),
@@ -465,77 +407,64 @@ mod tests {
         }
     }
 
-    #[test]
-    fn layers_in_local_order_with_bounded_keys() {
+    fn call<'a>(user: Option<&'a str>, method: &'a str) -> Question<'a> {
         let ip = "192.0.2.1".parse().unwrap();
-        let l = layers("p:", &settings(), ip, Some("john"), "user_details_get");
-        let names: Vec<_> = l.iter().map(|l| (l.name, l.key.as_str())).collect();
+        settings().call_question(ip, user, method, HashCheck::Good)
+    }
+
+    #[test]
+    fn keys_in_the_plan_s_order_and_bounded() {
+        let b = buckets("p:", &call(Some("john"), "user_details_get"));
+        let names: Vec<_> = b.iter().map(|b| (b.step.layer, b.key.as_str())).collect();
         assert_eq!(
             names,
             [
-                ("user", "p:q:user|john"),
-                ("method", "p:q:method|user_details_get"),
-                ("method_user", "p:q:mu|user_details_get|john")
+                (Layer::User, "p:q:user|john"),
+                (Layer::Method, "p:q:method|user_details_get"),
+                (Layer::MethodUser, "p:q:mu|user_details_get|john")
             ]
         );
         let long = "x".repeat(10_000);
-        let l = layers("p:", &settings(), ip, Some(&long), "other");
-        assert_eq!(l.len(), 1);
-        assert!(l[0].key.len() < 60, "{}", l[0].key);
-        assert!(layers(
-            "p:",
-            &settings(),
-            "10.1.2.3".parse().unwrap(),
-            Some("john"),
-            "x"
-        )
-        .is_empty());
+        let b = buckets("p:", &call(Some(&long), "other"));
+        assert_eq!(b.len(), 1);
+        assert!(b[0].key.len() < 60, "{}", b[0].key);
+        assert_eq!(buckets("p:", &call(None, "user_details_get")).len(), 1);
+        let ip = settings().ip_question("2001:db8:1:2::7".parse().unwrap());
         assert_eq!(
-            layers("p:", &settings(), ip, None, "user_details_get").len(),
-            1
+            buckets("p:", &ip)
+                .iter()
+                .map(|b| b.key.as_str())
+                .collect::<Vec<_>>(),
+            ["p:q:ip|2001:db8:1:2::"]
         );
     }
 
     #[test]
     fn replies_become_the_cores_answers() {
-        let ip = "192.0.2.1".parse().unwrap();
-        let l = layers("p:", &settings(), ip, Some("john"), "user_details_get");
-        let mut t = LimitTrace::default();
-        let a = interpret(&[0, 4, 1_000_000, 49, 100_000, 0, 2_000_000], &l, &mut t)
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!((a.limit, a.remaining), (2, 0));
-        assert_eq!(a.reset, Duration::from_secs(2));
-        assert_eq!(t.iter().filter(|(_, ok)| *ok).count(), 3);
+        let b = buckets("p:", &call(Some("john"), "user_details_get"));
+        let a = interpret(&[0, 4, 1_000_000, 49, 100_000, 0, 2_000_000], &b).unwrap();
+        let allowed = a.outcome.unwrap().unwrap();
+        assert_eq!((allowed.limit, allowed.remaining), (2, 0));
+        assert_eq!(allowed.reset, Duration::from_secs(2));
+        assert_eq!(a.trace.iter().filter(|(_, ok)| *ok).count(), 3);
 
-        let mut t = LimitTrace::default();
-        let r = interpret(&[3, 2, 250_000], &l, &mut t)
-            .unwrap()
-            .unwrap_err();
+        let a = interpret(&[3, 2, 250_000], &b).unwrap();
+        let r = a.outcome.unwrap_err();
         assert_eq!(r.reason, Reason::Limited);
-        assert_eq!(r.layer, Some("method"));
         assert_eq!(r.retry_after, Some(Duration::from_millis(250)));
         assert_eq!(
-            t.iter().collect::<Vec<_>>(),
-            [("user", true), ("method", false)]
+            a.trace.iter().collect::<Vec<_>>(),
+            [(Layer::User, true), (Layer::Method, false)]
         );
 
-        let r = interpret(&[1, 1500], &l, &mut LimitTrace::default())
-            .unwrap()
-            .unwrap_err();
+        let r = interpret(&[1, 1500], &b).unwrap().outcome.unwrap_err();
         assert_eq!(r.reason, Reason::LockedOut);
         assert_eq!(r.retry_after, Some(Duration::from_millis(1500)));
-        let r = interpret(&[2], &l, &mut LimitTrace::default())
-            .unwrap()
-            .unwrap_err();
+        let r = interpret(&[2], &b).unwrap().outcome.unwrap_err();
         assert_eq!(r.reason, Reason::BadHash);
 
         for bad in [&[][..], &[0, 1], &[3, 4, 1], &[3, 0, 1], &[9]] {
-            assert!(
-                interpret(bad, &l, &mut LimitTrace::default()).is_none(),
-                "{bad:?}"
-            );
+            assert!(interpret(bad, &b).is_none(), "{bad:?}");
         }
     }
 }

@@ -5,16 +5,15 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 
 use crate::config::{CertKey, Settings};
-use crate::core::limits::Limits;
 use crate::core::request_id::IdSource;
 use crate::edge::body::Budget;
+use crate::edge::local_limits::Limits;
 use crate::edge::mirror::Mirror;
 use crate::edge::shared_limits::SharedLimits;
 use crate::edge::upstreams::Upstreams;
@@ -158,12 +157,7 @@ fn register_settings(metrics: &Metrics, settings: &Settings) {
             .iter()
             .map(|m| m.name.as_str()),
     );
-    metrics.config_loaded.set(unix_now());
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    metrics
+        .config_loaded
+        .set(crate::ops::metrics::unix_now().as_secs_f64());
 }

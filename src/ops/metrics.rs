@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::core::decision::{CallInfo, Skipped};
+use crate::core::limits::Layer;
 use crate::core::reply::Reason;
 
 /// Access-log lines not written, by reason: `queue_full` (the writer's
@@ -35,6 +36,14 @@ pub(crate) static LOG_SUPPRESSED: LazyLock<IntCounter> = LazyLock::new(|| {
         "pingora log lines of expected noise (connection-pool races, upgrade retries), not written to stderr.",
     ))
 });
+
+/// Wall-clock time since the Unix epoch (zero if the clock is set before
+/// it), for the timestamp gauges.
+pub fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
 
 /// A metric from a static definition.
 #[allow(
@@ -526,9 +535,17 @@ impl Metrics {
         }
         for (layer, allowed) in info.limits.iter() {
             // The per-IP layer is checked before the method is known.
-            let m = if layer == "ip" { "all" } else { api_method };
+            let m = if layer == Layer::Ip {
+                "all"
+            } else {
+                api_method
+            };
             self.limit_decisions
-                .with_label_values(&[layer, m, if allowed { "allowed" } else { "limited" }])
+                .with_label_values(&[
+                    layer.label(),
+                    m,
+                    if allowed { "allowed" } else { "limited" },
+                ])
                 .inc();
         }
     }
