@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
 use pingora::connectors::http::Connector;
+use pingora::connectors::TransportConnector;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
@@ -53,6 +54,9 @@ pub struct Shared {
     /// Access log.
     pub access_log: AccessLog,
     pub(crate) connector: Connector,
+    /// New upstream connections past the pool: the one retry of a GET or
+    /// HEAD whose kept-alive connection MOR had closed (`edge::forward`).
+    pub(crate) fresh: TransportConnector,
     /// Bytes of request bodies buffered before their verdicts, now.
     budget: Arc<Budget>,
     /// The HTTPS listeners' certificate, swapped on reload.
@@ -89,6 +93,7 @@ impl Shared {
             metrics,
             access_log,
             connector: Connector::new(None),
+            fresh: TransportConnector::new(None),
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
         })
