@@ -183,7 +183,6 @@ fn main() {
         run(Plan {
             settings: Arc::new(settings),
             config_path: None,
-            sim: None,
             upgrade: false,
         })
         .unwrap()

@@ -6,10 +6,11 @@
 //!   DNS) and the runtime settings.
 //! - [`edge`]: the pingora glue: reading the request, forwarding to MOR.
 //! - [`ops`]: running it: the server, metrics, access log.
-//! - [`sim`]: the embedded MOR simulator (demo and tests).
+//!
+//! The MOR simulator (`src/sim/`, demo and tests) is a binary of its own,
+//! `mor-sim`: no part of this library.
 
 pub mod config;
 pub mod core;
 pub mod edge;
 pub mod ops;
-pub mod sim;

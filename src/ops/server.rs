@@ -1,5 +1,5 @@
 //! Assembles the pingora server: the gateway proxy service, the metrics and
-//! health listener, the optional embedded simulator, and housekeeping
+//! health listener, and housekeeping
 //! (SIGHUP reload, SIGUSR1 access-log reopen, limiter sweeps, upstream
 //! health checks).
 
@@ -28,7 +28,6 @@ use crate::edge::proxy::{Gateway, Shared};
 use crate::edge::tls::Tls;
 use crate::ops::accesslog::{self, AccessLog};
 use crate::ops::metrics::Metrics;
-use crate::sim::{SimSettings, Simulator};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +61,6 @@ pub struct Plan {
     pub settings: Arc<Settings>,
     /// Config file to re-read on SIGHUP (None: reload disabled).
     pub config_path: Option<PathBuf>,
-    /// Embedded simulator: where it listens and how it behaves.
-    pub sim: Option<(SocketAddr, SimSettings)>,
     /// Take the listening sockets over from a running gateway (zero-downtime
     /// upgrade: start this, then send the old process SIGQUIT).
     pub upgrade: bool,
@@ -76,7 +73,6 @@ fn addresses(plan: &Plan) -> Vec<SocketAddr> {
         .iter()
         .chain(s.tls.iter().flat_map(|t| t.listen.iter()))
         .chain(s.metrics_listen.iter())
-        .chain(plan.sim.iter().map(|(a, _)| a))
         .copied()
         .collect()
 }
@@ -518,15 +514,6 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
         server.add_service(svc);
     }
 
-    if let Some((addr, sim)) = plan.sim {
-        let mut svc = Service::new(
-            "mor-simulator".to_string(),
-            HttpServer::new_app(Simulator::new(sim)),
-        );
-        svc.add_tcp(&addr.to_string());
-        server.add_service(svc);
-    }
-
     server.add_service(background_service(
         "directory",
         Refresher {
@@ -544,36 +531,5 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     server.run(RunArgs::default());
     // The last lines of calls that finished during the shutdown.
     shared.access_log.flush(Duration::from_secs(2));
-    Ok(())
-}
-
-/// Runs only the simulator (for tests, benchmarks and manual work), over
-/// TLS when `tls` names a certificate and key file. Blocks.
-pub fn run_simulator(
-    addr: SocketAddr,
-    sim: SimSettings,
-    threads: usize,
-    tls: Option<(PathBuf, PathBuf)>,
-) -> Result<(), ServerError> {
-    // pingora would retry a busy address forever: fail at once, naming it.
-    probe_binds(&[addr])?;
-    let mut server = Server::new_with_opt_and_conf(None, base_conf(threads));
-    server.bootstrap();
-    let mut svc = Service::new(
-        "mor-simulator".to_string(),
-        HttpServer::new_app(Simulator::new(sim)),
-    );
-    match tls {
-        Some((cert, key)) => svc
-            .add_tls(
-                &addr.to_string(),
-                &cert.display().to_string(),
-                &key.display().to_string(),
-            )
-            .map_err(|e| ServerError::Tls(e.to_string()))?,
-        None => svc.add_tcp(&addr.to_string()),
-    }
-    server.add_service(svc);
-    server.run(RunArgs::default());
     Ok(())
 }
