@@ -183,8 +183,8 @@ fn main() {
         run(Plan {
             settings: Arc::new(settings),
             config_path: None,
-            sim: None,
             upgrade: false,
+            on_exit: None,
         })
         .unwrap()
     });

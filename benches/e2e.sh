@@ -63,7 +63,7 @@ need_apt nginx wrk cmake
 need_deb libnginx-mod-http-lua   # the nginx+lua peer
 if [ -n "$REDIS" ]; then need_apt redis-server; fi
 if [ "${#VARIANTS[@]}" -eq 0 ]; then
-  cargo build --release --quiet
+  cargo build --release --quiet --bin mor-gateway
   VARIANTS=("gw=target/release/mor-gateway")
 fi
 ulimit -n 65536 2>/dev/null || true

@@ -13,7 +13,7 @@
 # "shared" variant decides them in Redis, one round trip per call. Loopback only, bounded by --duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
+cargo build --release --quiet --bin mor-gateway
 B=target/release/mor-gateway
 LIM='[limits];per_user = { per_second = 0.01, burst = 1000000 };[limits.per_method_user];user_details_get = { per_second = 0.01, burst = 1000000 };[limits.lockout];failures = 1000000000;window = "60s";cooloff = "300s"'
 benches/e2e.sh --redis "$@" \

@@ -4,7 +4,7 @@
 #   benches/slow.sh [--connections N] [--seconds S] [--binary PATH]
 #                   [--variant LABEL=PATH]... [--memory-connections M]
 #
-# One embedded MOR simulator is the upstream of both proxies: nginx 1 worker
+# One MOR simulator (mor-sim) is the upstream of both proxies: nginx 1 worker
 # with proxy_pass (its defaults: client_header_timeout and client_body_timeout
 # 60s, keepalive_timeout 75s, client_max_body_size 1m, no connection cap but
 # worker_connections; an ssl listener whose handshake client_header_timeout
@@ -60,7 +60,11 @@ done
 
 . benches/lib.sh
 need_apt nginx slowhttptest curl openssl
-[ -x "$BIN" ] || cargo build --release --quiet
+[ -x "$BIN" ] || cargo build --release --quiet --bin mor-gateway
+# The MOR simulator (a development tool, its own binary), optimised as the
+# gateway it stands behind.
+SIM_BIN=target/release/mor-sim
+[ -x "$SIM_BIN" ] || cargo build --release --quiet --bin mor-sim
 ulimit -n 65536 2>/dev/null || true
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 
@@ -77,7 +81,7 @@ H=$(printf '%s' "123$KEY" | sha1sum | cut -d' ' -f1)
 openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" \
   -days 2 -subj /CN=localhost >/dev/null 2>&1
 
-SIM_KEY=$KEY "$BIN" sim --listen "127.0.0.1:$SIM" --key-env SIM_KEY --threads 1 2>/dev/null & PIDS+=($!)
+SIM_KEY=$KEY "$SIM_BIN" --listen "127.0.0.1:$SIM" --key-env SIM_KEY --threads 1 2>/dev/null & PIDS+=($!)
 mkdir -p "$W/ngx"
 cat > "$W/ngx/nginx.conf" <<EOF
 daemon off; master_process off; worker_processes 1; error_log stderr crit; pid $W/ngx/nginx.pid;

@@ -26,7 +26,7 @@ done
 need_apt nginx strace
 need_deb libnginx-mod-http-lua
 if [ -z "$BIN" ]; then
-  cargo build --release --quiet
+  cargo build --release --quiet --bin mor-gateway
   BIN=target/release/mor-gateway
 fi
 

@@ -12,6 +12,10 @@
 #                             target/x86_64-unknown-linux-musl/generate-rpm/mor-gateway-VERSION-1.x86_64.rpm
 #   deploy/package.sh         all three
 #
+# Only the mor-gateway binary is built and packaged: the MOR simulator
+# (mor-sim) is a development tool (tests/package.rs and .ci/run check that
+# no package and no gateway binary holds it).
+#
 # Each run replaces what an earlier one built. What a step needs and lacks
 # is installed first, and said: cargo-deb and cargo-generate-rpm (cargo
 # install, into ~/.cargo/bin), the musl target (rustup). The static build
@@ -42,7 +46,7 @@ man_pages() {
 
 deb() {
   need_cargo_tool cargo-deb cargo-deb ""
-  cargo build --release --locked --quiet
+  cargo build --release --locked --quiet --bin mor-gateway
   man_pages "$tgt/release/mor-gateway" "$tgt/release/man"
   rm -f "$tgt"/debian/mor-gateway_*.deb
   cargo deb --no-build --locked --quiet
@@ -61,7 +65,7 @@ static() {
   # OpenSSL from source (openssl-src), for every crate that links it; the
   # Debian build's OPENSSL_NO_VENDOR=1 (.cargo/config.toml) is overridden
   # here, and build.rs refuses a `static` build that did not vendor it.
-  OPENSSL_NO_VENDOR=0 cargo build --locked --quiet \
+  OPENSSL_NO_VENDOR=0 cargo build --locked --quiet --bin mor-gateway \
     --target "$musl" --profile "$profile" --features static
   man_pages "$tgt/$musl/$profile/mor-gateway" "$tgt/$musl/$profile/man"
   say "built $tgt/$musl/$profile/mor-gateway"

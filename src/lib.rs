@@ -9,7 +9,9 @@
 //! - [`doctor`]: `mor-gateway doctor`, the config checked against the live MOR.
 //! - [`server`]: the composition root: the pingora server, its services,
 //!   housekeeping and `check`.
-//! - [`sim`]: the embedded MOR simulator (demo and tests).
+//!
+//! The MOR simulator (`src/sim/`, demo and tests) is a binary of its own,
+//! `mor-sim`: no part of this library.
 
 pub mod config;
 pub mod core;
@@ -17,4 +19,3 @@ pub mod doctor;
 pub mod edge;
 pub mod ops;
 pub mod server;
-pub mod sim;

@@ -1,4 +1,4 @@
-//! `mor-gateway`: run, check, sign, demo and sim subcommands.
+//! `mor-gateway`: run, check, sign and demo subcommands.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,7 +14,6 @@ use mor_gateway::core::limits::Answer;
 use mor_gateway::core::params::Params;
 use mor_gateway::core::signature;
 use mor_gateway::server::{self, Plan};
-use mor_gateway::sim::SimSettings;
 
 /// `println!` through [`emit`].
 macro_rules! say {
@@ -106,51 +105,17 @@ enum Cmd {
         /// The call, e.g. 'user_details_get?u=admin&user_id=123'.
         call: String,
     },
-    /// Start the gateway and the embedded MOR simulator on loopback and
-    /// print curl lines to try; serves until Ctrl-C.
+    /// Start the gateway and the MOR simulator (`mor-sim`, a development
+    /// tool, run as a process of its own) on loopback and print curl lines
+    /// to try; serves until Ctrl-C.
     Demo {
         /// Gateway port; the simulator uses port+1, metrics port+2.
         #[arg(long, default_value_t = 8480)]
         port: u16,
-    },
-    /// Run only the embedded MOR simulator.
-    Sim {
-        /// Listen address.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Environment variable holding the admin secret key.
-        #[arg(long)]
-        key_env: String,
-        /// Reseller as NAME=ENV_VAR (its key from that variable); repeatable.
-        #[arg(long = "reseller")]
-        resellers: Vec<String>,
-        /// Refuse GET like MOR with "Allow GET API" off.
-        #[arg(long)]
-        no_get: bool,
-        /// Answer every API call with one fixed document (benchmarks).
-        #[arg(long)]
-        fixed_reply: bool,
-        /// A reseller's switches as NAME=ALLOW_API,DISABLE_HASH_CHECKING
-        /// (each 0 or 1, MOR's values); repeatable.
-        #[arg(long = "reseller-switches")]
-        reseller_switches: Vec<String>,
-        /// The MOR played where X8 and the newer wiki pages disagree.
-        #[arg(long, default_value = "current", value_parser = ["x8", "current"])]
-        mor_version: String,
-        /// Environment variable holding MOR's database URL
-        /// (mysql://user:password@host:port/database): callers and API
-        /// settings are read from its users and conflines tables per call.
-        #[arg(long)]
-        db_url_env: Option<String>,
-        /// Worker threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
-        #[arg(long)]
-        tls_cert: Option<PathBuf>,
-        /// The certificate's private key (PEM).
-        #[arg(long)]
-        tls_key: Option<PathBuf>,
+        /// The simulator's binary (build it with `cargo build --bin
+        /// mor-sim`); default: `mor-sim` beside this binary.
+        #[arg(long, value_name = "PATH")]
+        sim: Option<PathBuf>,
     },
     /// Print the manual page (roff), or write every page into --dir.
     #[command(hide = true)]
@@ -327,7 +292,7 @@ fn sign(
     Ok(())
 }
 
-fn demo(port: u16) -> Result<(), String> {
+fn demo(port: u16, sim_bin: Option<PathBuf>) -> Result<(), String> {
     let (gw, sim, met) = (
         port,
         port.checked_add(1).ok_or("port too high")?,
@@ -342,8 +307,7 @@ fn demo(port: u16) -> Result<(), String> {
         .replace("127.0.0.1:8481", &format!("127.0.0.1:{sim}"))
         .replace("127.0.0.1:8482", &format!("127.0.0.1:{met}"));
     let settings = Settings::from_toml(&text, None, &env).map_err(|e| e.to_string())?;
-    let mut sim_settings = SimSettings::new(DEMO_KEY.as_bytes());
-    sim_settings.resellers = vec![("res1".into(), DEMO_RESELLER_KEY.as_bytes().to_vec())];
+    let sim_proc = start_simulator(sim_bin, SocketAddr::from(([127, 0, 0, 1], sim)), &env)?;
     let base = format!("http://127.0.0.1:{gw}/billing/api");
     let h_get = signature::compute(&["user_id"], |_| Some("123"), DEMO_KEY.as_bytes());
     let h_upd = signature::compute(
@@ -355,7 +319,7 @@ fn demo(port: u16) -> Result<(), String> {
     say!(
         r#"mor-gateway demo
   gateway   http://127.0.0.1:{gw}  (verifies, then forwards)
-  MOR sim   http://127.0.0.1:{sim}  (embedded MOR simulator, admin key {DEMO_KEY})
+  MOR sim   http://127.0.0.1:{sim}  (mor-sim, pid {sim_pid}, admin key {DEMO_KEY})
   metrics   http://127.0.0.1:{met}/metrics
 
 Paste these in another terminal:
@@ -394,14 +358,74 @@ Ctrl-C stops the demo."#,
         h_get = h_get.as_str(),
         h_upd = h_upd.as_str(),
         h_res = h_res.as_str(),
+        sim_pid = sim_proc.id(),
     );
+    // The simulator this demo started is stopped by its pid as the demo
+    // ends, however it ends.
+    let sim_proc = std::sync::Mutex::new(Some(sim_proc));
+    let stop_sim: server::OnExit = Arc::new(move || {
+        let child = sim_proc.lock().ok().and_then(|mut c| c.take());
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    });
     server::run(Plan {
         settings: Arc::new(settings),
         config_path: None,
-        sim: Some((SocketAddr::from(([127, 0, 0, 1], sim)), sim_settings)),
         upgrade: false,
+        on_exit: Some(stop_sim),
     })
     .map_err(|e| e.to_string())
+}
+
+/// Starts the simulator binary (`path`, or `mor-sim` beside this binary)
+/// on `addr` with the demo's keys from `env`, and waits until it listens.
+fn start_simulator(
+    path: Option<PathBuf>,
+    addr: SocketAddr,
+    env: &std::collections::HashMap<&str, &str>,
+) -> Result<std::process::Child, String> {
+    let path = match path {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find this binary's directory: {e}"))?
+            .with_file_name("mor-sim"),
+    };
+    let mut child = std::process::Command::new(&path)
+        .args(["--listen", &addr.to_string()])
+        .args(["--key-env", "MOR_GATEWAY_DEMO_KEY"])
+        .args(["--reseller", "res1=MOR_GATEWAY_DEMO_RESELLER_KEY"])
+        .envs(env.iter())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            format!(
+                "cannot start the MOR simulator {}: {e} (build it with `cargo build --bin mor-sim`, \
+                 or name it with --sim PATH)",
+                path.display()
+            )
+        })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "the MOR simulator {} exited: {status}",
+                path.display()
+            ));
+        }
+        let probe =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200));
+        if probe.is_ok() {
+            return Ok(child);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the MOR simulator does not listen on {addr}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 const DEMO_KEY_RES: &[u8] = DEMO_RESELLER_KEY.as_bytes();
@@ -471,8 +495,8 @@ fn main() -> ExitCode {
                     server::run(Plan {
                         settings: Arc::new(s),
                         config_path: Some(config),
-                        sim: None,
                         upgrade,
+                        on_exit: None,
                     })
                     .map_err(|e| e.to_string())
                 })
@@ -534,7 +558,7 @@ fn main() -> ExitCode {
             base,
             call,
         } => sign(&key_env, config, env_file, base, &call),
-        Cmd::Demo { port } => demo(port),
+        Cmd::Demo { port, sim } => demo(port, sim),
         Cmd::Manpage { dir, gzip } => match dir {
             Some(d) => manpage::write_all(Cli::command(), &d, gzip).map(|files| {
                 for f in files {
@@ -544,55 +568,6 @@ fn main() -> ExitCode {
             None => manpage::main_page(Cli::command(), &mut std::io::stdout().lock()),
         }
         .map_err(|e| format!("manpage: {e}")),
-        Cmd::Sim {
-            listen,
-            key_env,
-            resellers,
-            no_get,
-            fixed_reply,
-            reseller_switches,
-            mor_version,
-            db_url_env,
-            threads,
-            tls_cert,
-            tls_key,
-        } => {
-            (|| {
-                let env = mor_gateway::config::ProcessEnv;
-                let mut st = SimSettings::new(&env_key(&env, &key_env)?);
-                st.allow_get = !no_get;
-                st.fixed_reply = fixed_reply;
-                if mor_version == "x8" {
-                    st.version = mor_gateway::sim::rules::Version::X8;
-                }
-                for r in reseller_switches {
-                    let parsed = r.split_once('=').and_then(|(n, v)| {
-                        let (a, h) = v.split_once(',')?;
-                        Some((n.to_string(), a == "1", h == "1"))
-                    });
-                    st.reseller_switches.push(parsed.ok_or_else(|| {
-                    format!("--reseller-switches takes NAME=ALLOW_API,DISABLE_HASH_CHECKING, got '{r}'")
-                })?);
-                }
-                if let Some(var) = db_url_env {
-                    let url = env_key(&env, &var)?;
-                    st.db_url =
-                        Some(String::from_utf8(url).map_err(|_| format!("{var} is not UTF-8"))?);
-                }
-                for r in resellers {
-                    let (name, var) = r
-                        .split_once('=')
-                        .ok_or_else(|| format!("--reseller takes NAME=ENV_VAR, got '{r}'"))?;
-                    st.resellers.push((name.to_string(), env_key(&env, var)?));
-                }
-                let tls = match (tls_cert, tls_key) {
-                    (Some(c), Some(k)) => Some((c, k)),
-                    (None, None) => None,
-                    _ => return Err("--tls-cert and --tls-key go together".to_string()),
-                };
-                server::run_simulator(listen, st, threads, tls).map_err(|e| e.to_string())
-            })()
-        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

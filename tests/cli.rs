@@ -9,7 +9,8 @@
 )]
 
 mod common;
-use common::{temp_dir, BIN};
+use common::{temp_dir, BIN, SIM_BIN};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -467,14 +468,14 @@ fn version_names_the_git_revision() {
     }
 }
 
-/// `sim` on an address in use fails at once, naming it (pingora alone
+/// `mor-sim` on an address in use fails at once, naming it (pingora alone
 /// would retry the bind forever).
 #[test]
 fn sim_on_a_busy_port_fails_at_once_naming_the_address() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let a = busy.local_addr().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["sim", "--listen", &a.to_string(), "--key-env", "SIM_KEY"])
+    let mut child = Command::new(SIM_BIN)
+        .args(["--listen", &a.to_string(), "--key-env", "SIM_KEY"])
         .env("SIM_KEY", "k")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -539,4 +540,82 @@ fn run_on_a_busy_port_names_the_key() {
         "{err}"
     );
     drop(busy);
+}
+
+/// `demo` (README's first command, through .ci/run) starts the simulator
+/// binary as a process of its own, prints curl lines that work as pasted,
+/// and stops the simulator by its pid when it stops.
+#[test]
+fn demo_runs_the_simulator_as_a_process_and_its_curl_lines_work() {
+    use common::{send, Proc};
+    use std::io::BufRead;
+    // Three free ports in a row: the gateway, the simulator, metrics.
+    let port = (0..50)
+        .map(|_| common::free_port())
+        .find(|&p| {
+            p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        })
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--port", &port.to_string(), "--sim", SIM_BIN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let demo = Proc {
+        child,
+        name: "demo".into(),
+    };
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line.unwrap();
+        let end = line.starts_with("Ctrl-C stops the demo");
+        lines.push(line);
+        if end {
+            break;
+        }
+    }
+    let text = lines.join("\n");
+    let sim_pid: u32 = text
+        .split("(mor-sim, pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no simulator pid: {text}"));
+    assert!(Path::new(&format!("/proc/{sim_pid}")).exists());
+    // The first curl line, as pasted: a good call, answered by MOR.
+    let first = lines
+        .iter()
+        .find(|l| l.starts_with("curl -s -X POST ") && l.contains("/user_details_get -d"))
+        .unwrap();
+    let body = first
+        .split(" -d '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    common::wait_listening(common::addr(port), "demo gateway");
+    let r = send(
+        common::addr(port),
+        common::post_form("/billing/api/user_details_get", body).as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("client123"), "{}", r.text());
+    // Stopped, the demo takes its simulator with it.
+    demo.signal("TERM");
+    let mut demo = demo;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while demo.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        !Path::new(&format!("/proc/{sim_pid}")).exists(),
+        "the simulator outlived the demo"
+    );
 }

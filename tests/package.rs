@@ -168,7 +168,6 @@ fn man_pages_come_from_the_cli_and_document_the_daemon() {
             "mor-gateway-doctor.8",
             "mor-gateway-run.8",
             "mor-gateway-sign.8",
-            "mor-gateway-sim.8",
             "mor-gateway.8"
         ]
     );
@@ -305,7 +304,7 @@ fn gzipped_man_pages_can_be_rebuilt_in_place() {
     let first = build();
     let second = build();
     assert_eq!(first, second, "a rebuild gives the same bytes");
-    assert_eq!(first.len(), 7);
+    assert_eq!(first.len(), 6);
     let main = &first
         .iter()
         .find(|(n, _)| n == "mor-gateway.8.gz")
@@ -460,4 +459,79 @@ fn readme_deploy_builds_with_the_script_and_never_overwrites_prometheus() {
     let version = env!("CARGO_PKG_VERSION");
     assert!(deploy.contains(&format!("mor-gateway_{version}-1_amd64.deb")));
     assert!(deploy.contains(&format!("mor-gateway-{version}-1.x86_64.rpm")));
+}
+
+/// Whether `needle` occurs in `hay`.
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The simulator is a development tool: no package lists it (the .deb's
+/// and the RPM's files are the assets below; .ci/run lists the built
+/// packages and the release binary's strings again), and the gateway's
+/// binary holds none of it (its test hooks and headers are the simulator's
+/// own strings).
+#[test]
+fn no_package_and_no_gateway_binary_holds_the_simulator() {
+    let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let meta = &cargo["package"]["metadata"];
+    let deb: Vec<String> = meta["deb"]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{} -> {}", a[0].as_str().unwrap(), a[1].as_str().unwrap()))
+        .collect();
+    let rpm: Vec<String> = meta["generate-rpm"]["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} -> {}",
+                a["source"].as_str().unwrap(),
+                a["dest"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(deb.len() > 5 && rpm.len() > 5);
+    for file in deb.iter().chain(&rpm) {
+        assert!(!file.contains("sim"), "packaged: {file}");
+    }
+    let bins: Vec<&str> = deb
+        .iter()
+        .chain(&rpm)
+        .filter(|f| f.contains("usr/bin"))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        bins,
+        [
+            "target/release/mor-gateway -> usr/bin/",
+            "target/release/mor-gateway -> /usr/bin/mor-gateway"
+        ]
+    );
+    // The binaries the packages are built from: mor-gateway only.
+    let script = read("deploy/package.sh");
+    let builds: Vec<&str> = script
+        .lines()
+        .filter(|l| l.contains("cargo build"))
+        .collect();
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    for b in builds {
+        assert!(b.contains("--bin mor-gateway"), "{b}");
+    }
+    // The gateway binary (this build of it) holds none of the simulator;
+    // the simulator's does.
+    let gateway = std::fs::read(BIN).unwrap();
+    let sim = std::fs::read(SIM_BIN).unwrap();
+    for s in ["/_sim/requests", "X-Sim-", "x-sim-", "mor-simulator"] {
+        assert!(!holds(&gateway, s.as_bytes()), "{BIN} holds {s}");
+    }
+    assert!(
+        holds(&sim, b"/_sim/requests"),
+        "the probe finds the simulator"
+    );
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(!help.contains("\n  sim "), "{help}");
 }

@@ -122,9 +122,8 @@ fn https_listener_and_certificate_reload_without_dropping_connections() {
 
 fn start_tls_sim(cert: &Path, key: &Path) -> (Proc, SocketAddr) {
     let a = addr(free_port());
-    let child = Command::new(BIN)
+    let child = Command::new(SIM_BIN)
         .args([
-            "sim",
             "--listen",
             &a.to_string(),
             "--key-env",

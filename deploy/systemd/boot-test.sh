@@ -19,7 +19,9 @@
 #       gateway keeps running, the secret and the edited config stay) and
 #       the erase (rpm -e: the gateway stopped, the secret gone)
 #
-# Needs systemd-nspawn (systemd-container), openssl; --rpm needs rpm.
+# Needs systemd-nspawn (systemd-container), openssl; --rpm needs rpm; the
+# MOR simulator binary (a development tool, in no package: MOR_SIM=PATH, or
+# target/debug/mor-sim from `cargo build --bin mor-sim`).
 #
 # Exit 0: passed; 1: the gateway or its units failed; 3: systemd could not
 # boot in a container on this machine (nothing about the gateway was
@@ -45,6 +47,12 @@ else
     { echo "boot-test: install the mor-gateway package first" >&2; exit 2; }
 fi
 
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+tgt="${CARGO_TARGET_DIR:-target}"
+case "$tgt" in /*) ;; *) tgt="$repo/$tgt" ;; esac
+sim_bin="${MOR_SIM:-$tgt/debug/mor-sim}"
+[ -x "$sim_bin" ] ||
+  { echo "boot-test: needs the MOR simulator $sim_bin (cargo build --bin mor-sim, or MOR_SIM=PATH)" >&2; exit 2; }
 work=$(mktemp -d /tmp/mor-gateway-boot.XXXXXX)
 root=$work/root
 nspawn_pid=""
@@ -94,6 +102,7 @@ printf 'subjectAltName=DNS:localhost\n' > "$work/srv/san.ext"
 openssl x509 -req -in "$work/srv/sim.csr" -CA "$work/srv/ca.pem" -CAkey "$work/srv/ca.key" \
   -CAcreateserial -days 2 -extfile "$work/srv/san.ext" -out "$work/srv/sim.pem" >/dev/null 2>&1
 chmod 0644 "$work/srv/"*
+install -m 0755 "$sim_bin" "$work/srv/mor-sim"
 [ -z "$rpm_file" ] || cp "$rpm_file" "$work/srv/mor-gateway.rpm"
 
 # /etc/mor-gateway: the package's config on loopback ports with the
@@ -183,7 +192,7 @@ fi
 $IN sh -c "mkdir -p $(dirname "$ca_store") && cp /srv/boot-test/ca.pem $ca_store
   printf '127.0.0.1 localhost\n' > /etc/hosts; printf 'hosts: files\n' > /etc/nsswitch.conf"
 $IN systemd-run --quiet --unit=mor-sim -p Environment=K="$key" \
-  /usr/bin/mor-gateway sim --listen 127.0.0.1:8443 --key-env K \
+  /srv/boot-test/mor-sim --listen 127.0.0.1:8443 --key-env K \
   --tls-cert /srv/boot-test/sim.pem --tls-key /srv/boot-test/sim.key
 $IN systemctl start mor-gateway || fail "mor-gateway did not start"
 

@@ -1,19 +1,38 @@
 //! Forwarding a verified call to MOR, one path for every body size: pick a
 //! server (round robin, healthy first), connect (a failed connect moves on to
 //! the next server: nothing was sent), send the request with the verified
-//! body, stream MOR's answer back with the RateLimit headers, return the
-//! connection to the keep-alive pool. Every step is measured.
+//! body, read MOR's final answer header, stream the answer back with the
+//! RateLimit headers, return the connection to the keep-alive pool. Every
+//! step is measured.
+//!
+//! Owned in place of pingora's proxy loop. Mirrors pingora-proxy 0.9.1
+//! (pinned exactly in Cargo.toml): `src/lib.rs` (`proxy_to_upstream`: the
+//! retry of an idempotent request whose reused connection failed,
+//! `ProxyHttp::error_while_proxy`'s `decide_reuse`) and `src/proxy_h1.rs`
+//! (`proxy_to_h1_upstream`: request header, body, response header, body).
+//! Kept: keep-alive through pingora's connector pool; one more try on a
+//! new connection for a GET or HEAD when MOR closed a reused one before
+//! answering (pingora's `RetryType::ReusedOnly`); informational answers
+//! read past (pingora's client returns each 1xx header on its own).
+//! Left out on purpose: informational answers are not relayed to the
+//! client (skipped; 101 refused: no tunnels); no retry of a POST, of a
+//! timeout or after any byte of the answer; no HTTP/2 or custom upstream
+//! protocol; no cache, compression, upstream modules or filters; the body
+//! is the verified one, whole, never streamed from the client. On a pingora
+//! upgrade, compare these files' versions before moving the pin.
 
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::{Error, ErrorType};
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::{Error, ErrorType, RetryType};
 
 use super::context::Ctx;
-use super::state::Shared;
+use super::state::{Shared, State};
 use super::upstreams::{local_exhaustion, peer_for};
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
@@ -118,85 +137,124 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
     Ok(req)
 }
 
-/// Forwards the verified call in `ctx` with `body` and answers the client.
-pub async fn forward(
-    shared: &Shared,
-    session: &mut Session,
-    ctx: &mut Ctx,
-    body: Bytes,
-) -> Result<()> {
-    let st = ctx
-        .state
-        .clone()
-        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no state"))?;
-    let u = &st.settings.upstream;
-    let (mut up, peer) = loop {
+/// Informational answers (1xx but 101) skipped before MOR's final answer;
+/// one more is MOR's fault (a server that never ends its 1xx stream).
+const MAX_INFORMATIONAL: usize = 8;
+
+/// A connection to one MOR server: pooled (`reused`) or new.
+struct Upstream {
+    session: HttpSession,
+    peer: HttpPeer,
+    reused: bool,
+}
+
+impl Upstream {
+    /// `session` with the peer's read and write timeouts.
+    fn new(mut session: HttpSession, peer: HttpPeer, reused: bool) -> Upstream {
+        session.set_read_timeout(peer.options.read_timeout);
+        session.set_write_timeout(peer.options.write_timeout);
+        Upstream {
+            session,
+            peer,
+            reused,
+        }
+    }
+}
+
+/// Picks a server (round robin, healthy first) and connects; a failed
+/// connect moves on to the next untried server (nothing was sent yet, so
+/// any method may go elsewhere).
+async fn connect(shared: &Shared, st: &State, ctx: &mut Ctx) -> Result<Upstream> {
+    loop {
         let addr = st
             .upstreams
             .pick(&ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no MOR upstream"))?;
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
-        let peer = peer_for(addr, u);
+        let peer = peer_for(addr, &st.settings.upstream);
         match shared.connector.get_http_session(&peer).await {
-            Ok((up, _reused)) => break (up, peer),
+            Ok((session, reused)) => return Ok(Upstream::new(session, peer, reused)),
             // The gateway's own fault (no descriptor, no local port): not
             // MOR's, and no other server would fare better.
             Err(e) if local_exhaustion(&e) => return Err(e),
             Err(e) => {
                 count_error(shared, ctx, &e, true);
-                // Nothing was sent yet: another server is safe for any method.
                 if !st.upstreams.more_than(&ctx.tried) {
                     return Err(e);
                 }
             }
         }
-    };
-    up.set_read_timeout(peer.options.read_timeout);
-    up.set_write_timeout(peer.options.write_timeout);
-    let sent = Instant::now();
-    let answered = async {
-        up.write_request_header(Box::new(upstream_request(session, ctx, body.len())?))
-            .await?;
-        up.write_request_body(body, true).await?;
-        up.finish_request_body().await?;
+    }
+}
+
+/// A new connection to `peer`, past the keep-alive pool (it goes back into
+/// the pool like any other when the answer is read).
+async fn fresh(shared: &Shared, ctx: &Ctx, peer: HttpPeer) -> Result<Upstream> {
+    match shared.fresh.new_stream(&peer).await {
+        Ok(stream) => {
+            let session = HttpSession::H1(Http1Session::new_with_options(stream, &peer));
+            Ok(Upstream::new(session, peer, false))
+        }
+        Err(e) => {
+            if !local_exhaustion(&e) {
+                count_error(shared, ctx, &e, true);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// True when `e` shows that MOR closed a kept-alive connection before it
+/// read the request (pingora's `RetryType::ReusedOnly`: end of stream or an
+/// OS error while waiting for the answer's header; or the request's write
+/// failing), on a reused connection, for a GET or HEAD: then MOR acted on
+/// nothing, and one more try on a new connection is safe. Never a POST:
+/// MOR may have acted on it.
+fn stale(e: &Error, reused: bool, method: &http::Method) -> bool {
+    reused
+        && (method == http::Method::GET || method == http::Method::HEAD)
+        && (e.retry == RetryType::ReusedOnly || e.etype == ErrorType::WriteError)
+}
+
+/// Sends the request with `body` and reads MOR's final answer header:
+/// informational answers (100 Continue, 103 Early Hints, any 1xx but 101)
+/// are skipped; 101 is refused: the gateway never turns a connection into
+/// an unverified tunnel.
+async fn exchange(up: &mut HttpSession, req: RequestHeader, body: Bytes) -> Result<ResponseHeader> {
+    up.write_request_header(Box::new(req)).await?;
+    up.write_request_body(body, true).await?;
+    up.finish_request_body().await?;
+    for _ in 0..=MAX_INFORMATIONAL {
         up.read_response_header().await?;
         let resp = up
             .response_header()
-            .cloned()
             .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no upstream header"))?;
-        // The gateway never turns a connection into an unverified tunnel.
-        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            return Err(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "MOR answered 101 Switching Protocols",
-            ));
-        }
-        Ok(resp)
-    }
-    .await;
-    let mut resp = match answered {
-        Ok(r) => r,
-        Err(e) => {
-            count_error(shared, ctx, &e, false);
-            return Err(e);
-        }
-    };
-    shared
-        .metrics
-        .upstream_duration
-        .with_label_values(&[ctx.info.label()])
-        .observe(sent.elapsed().as_secs_f64());
-    if !ctx.request_id.is_empty() {
-        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
-    }
-    if st.settings.limits.headers {
-        if let Some(a) = ctx.forward.as_ref().and_then(|f| f.allowance) {
-            resp.insert_header("RateLimit-Limit", a.limit.to_string())?;
-            resp.insert_header("RateLimit-Remaining", a.remaining.to_string())?;
-            resp.insert_header("RateLimit-Reset", reply::ceil_secs(a.reset).to_string())?;
+        match resp.status.as_u16() {
+            101 => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "MOR answered 101 Switching Protocols",
+                ))
+            }
+            100..=199 => continue,
+            _ => return Ok(resp.clone()),
         }
     }
+    Err(Error::explain(
+        ErrorType::InvalidHTTPHeader,
+        "MOR sent informational answers without end",
+    ))
+}
+
+/// Streams MOR's answer (`resp`, then the body) to the client.
+async fn relay(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    up: &mut HttpSession,
+    resp: ResponseHeader,
+) -> Result<()> {
     session
         .write_response_header(Box::new(resp), false)
         .await
@@ -217,10 +275,67 @@ pub async fn forward(
     session
         .write_response_body(None, true)
         .await
-        .map_err(|e| client_fault(ctx, e))?;
+        .map_err(|e| client_fault(ctx, e))
+}
+
+/// The call's request id and the RateLimit headers of the caller's
+/// allowance, when configured.
+fn add_allowance(st: &State, ctx: &Ctx, resp: &mut ResponseHeader) -> Result<()> {
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+    }
+    if st.settings.limits.headers {
+        if let Some(a) = ctx.forward.as_ref().and_then(|f| f.allowance) {
+            resp.insert_header("RateLimit-Limit", a.limit.to_string())?;
+            resp.insert_header("RateLimit-Remaining", a.remaining.to_string())?;
+            resp.insert_header("RateLimit-Reset", reply::ceil_secs(a.reset).to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Forwards the verified call in `ctx` with `body` and answers the client.
+pub async fn forward(
+    shared: &Shared,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    body: Bytes,
+) -> Result<()> {
+    let st = ctx
+        .state
+        .clone()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "no state"))?;
+    let mut up = connect(shared, &st, ctx).await?;
+    let sent = Instant::now();
+    let mut answered = exchange(
+        &mut up.session,
+        upstream_request(session, ctx, body.len())?,
+        body.clone(),
+    )
+    .await;
+    if let Err(e) = &answered {
+        if stale(e, up.reused, &session.req_header().method) {
+            tracing::debug!("MOR closed a kept-alive connection: sent again on a new one: {e}");
+            up = fresh(shared, ctx, up.peer).await?;
+            answered = exchange(
+                &mut up.session,
+                upstream_request(session, ctx, body.len())?,
+                body,
+            )
+            .await;
+        }
+    }
+    let mut resp = answered.inspect_err(|e| count_error(shared, ctx, e, false))?;
+    shared
+        .metrics
+        .upstream_duration
+        .with_label_values(&[ctx.info.label()])
+        .observe(sent.elapsed().as_secs_f64());
+    add_allowance(&st, ctx, &mut resp)?;
+    relay(shared, session, ctx, &mut up.session, resp).await?;
     shared
         .connector
-        .release_http_session(up, &peer, peer.options.idle_timeout)
+        .release_http_session(up.session, &up.peer, up.peer.options.idle_timeout)
         .await;
     Ok(())
 }

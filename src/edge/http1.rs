@@ -20,9 +20,20 @@ use crate::core::framing::LineScan;
 /// in its own HTTP/1 loop; `client.header_timeout` bounds it too.
 const FIRST_REQUEST_KEEPALIVE: u64 = 60;
 
-/// pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), one
-/// request per `process_new_http`, with each request's header phase
-/// marked and a cut header ending the connection.
+/// pingora's HTTP/1 keep-alive loop, one request per `process_new_http`,
+/// with each request's header phase marked and a cut header ending the
+/// connection.
+///
+/// Mirrors pingora-core 0.9.1 (pinned exactly in Cargo.toml),
+/// `src/apps/mod.rs`, `impl ServerApp for T: HttpServerApp`, the HTTP/1
+/// branch of `process_new`: keep-alive 60 s (none once shutting down),
+/// `keepalive_request_limit`, each reused stream's persistent settings
+/// applied to the next session. Left out on purpose: the h2c preface peek
+/// and HTTP/2 (the gateway offers HTTP/1 only; an h2 or custom ALPN goes to
+/// pingora's own `process_new`, see `Connections::serve`) and
+/// `force_custom` sessions. Added: the race with the connection's cut
+/// (header deadline or size) and the request-line reset between requests.
+/// On a pingora upgrade, compare that function before moving the pin.
 pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
     app: &Arc<A>,
     stream: Stream,

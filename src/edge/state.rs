@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use pingora::connectors::http::Connector;
-use pingora::connectors::ConnectorOptions;
+use pingora::connectors::{ConnectorOptions, TransportConnector};
 
 use crate::config::{CertKey, Settings};
 use crate::core::request_id::IdSource;
@@ -41,6 +41,9 @@ pub struct Shared {
     /// Access log.
     pub access_log: AccessLog,
     pub(crate) connector: Connector,
+    /// New upstream connections past the pool: the one retry of a GET or
+    /// HEAD whose kept-alive connection MOR had closed (`edge::forward`).
+    pub(crate) fresh: TransportConnector,
     /// Bytes of request bodies buffered before their verdicts, now.
     pub(crate) budget: Arc<Budget>,
     /// The HTTPS listeners' certificate, swapped on reload.
@@ -87,6 +90,7 @@ impl Shared {
             metrics,
             access_log,
             connector,
+            fresh: TransportConnector::new(None),
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
             draining: AtomicBool::new(false),

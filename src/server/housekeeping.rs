@@ -19,6 +19,7 @@ use crate::edge::state::Shared;
 pub struct Housekeeping {
     pub(super) shared: Arc<Shared>,
     pub(super) config_path: Option<PathBuf>,
+    pub(super) on_exit: Option<super::OnExit>,
 }
 
 /// How often idle limiter keys are swept.
@@ -157,6 +158,9 @@ impl Housekeeping {
                 tracing::info!("stopping: no client connection left");
                 // What `run` does after pingora returns.
                 self.shared.access_log.flush(Duration::from_secs(2));
+                if let Some(f) = &self.on_exit {
+                    f();
+                }
                 std::process::exit(0);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,7 +1,7 @@
 //! The composition root: assembles the pingora server from the edge (the
 //! gateway proxy service inside its connection caps), the metrics and
-//! health listener ([`status_http`]), MOR's directory refresher, the
-//! optional embedded simulator, and [`housekeeping`]; `check` ([`check`])
+//! health listener ([`status_http`]), MOR's directory refresher and
+//! [`housekeeping`]; `check` ([`check`])
 //! builds the same state without listening.
 
 use std::net::SocketAddr;
@@ -27,7 +27,6 @@ use crate::edge::state::Shared;
 use crate::edge::tls::Tls;
 use crate::ops::accesslog::AccessLog;
 use crate::ops::metrics::Metrics;
-use crate::sim::{SimSettings, Simulator};
 
 mod check;
 mod housekeeping;
@@ -71,12 +70,16 @@ pub struct Plan {
     pub settings: Arc<Settings>,
     /// Config file to re-read on SIGHUP (None: reload disabled).
     pub config_path: Option<PathBuf>,
-    /// Embedded simulator: where it listens and how it behaves.
-    pub sim: Option<(SocketAddr, SimSettings)>,
     /// Take the listening sockets over from a running gateway (zero-downtime
     /// upgrade: start this, then send the old process SIGQUIT).
     pub upgrade: bool,
+    /// Run once as the process ends, however it ends after a stop signal
+    /// (the demo stops its simulator with it).
+    pub on_exit: Option<OnExit>,
 }
+
+/// A last duty of the process (see [`Plan::on_exit`]).
+pub type OnExit = Arc<dyn Fn() + Send + Sync>;
 
 /// Every address this plan listens on, with the config key that names it.
 fn addresses(plan: &Plan) -> Vec<(&'static str, SocketAddr)> {
@@ -88,11 +91,6 @@ fn addresses(plan: &Plan) -> Vec<(&'static str, SocketAddr)> {
         out.extend(keyed("tls.listen", &t.listen));
     }
     out.extend(s.metrics_listen.iter().map(|a| ("metrics.listen", *a)));
-    out.extend(
-        plan.sim
-            .iter()
-            .map(|(a, _)| ("the simulator's address", *a)),
-    );
     out
 }
 
@@ -234,15 +232,6 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
         server.add_service(svc);
     }
 
-    if let Some((addr, sim)) = plan.sim {
-        let mut svc = Service::new(
-            "mor-simulator".to_string(),
-            HttpServer::new_app(Simulator::new(sim)),
-        );
-        svc.add_tcp(&addr.to_string());
-        server.add_service(svc);
-    }
-
     server.add_service(background_service(
         "directory",
         Refresher {
@@ -254,42 +243,15 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
         Housekeeping {
             shared: shared.clone(),
             config_path: plan.config_path,
+            on_exit: plan.on_exit.clone(),
         },
     ));
     tracing::info!("mor-gateway listening on {:?}", s.listen);
     server.run(RunArgs::default());
     // The last lines of calls that finished during the shutdown.
     shared.access_log.flush(Duration::from_secs(2));
-    Ok(())
-}
-
-/// Runs only the simulator (for tests, benchmarks and manual work), over
-/// TLS when `tls` names a certificate and key file. Blocks.
-pub fn run_simulator(
-    addr: SocketAddr,
-    sim: SimSettings,
-    threads: usize,
-    tls: Option<(PathBuf, PathBuf)>,
-) -> Result<(), ServerError> {
-    // pingora would retry a busy address forever: fail at once, naming it.
-    probe_binds(&[("--listen", addr)])?;
-    let mut server = Server::new_with_opt_and_conf(None, base_conf(threads));
-    server.bootstrap();
-    let mut svc = Service::new(
-        "mor-simulator".to_string(),
-        HttpServer::new_app(Simulator::new(sim)),
-    );
-    match tls {
-        Some((cert, key)) => svc
-            .add_tls(
-                &addr.to_string(),
-                &cert.display().to_string(),
-                &key.display().to_string(),
-            )
-            .map_err(|e| ServerError::Tls(e.to_string()))?,
-        None => svc.add_tcp(&addr.to_string()),
+    if let Some(f) = &plan.on_exit {
+        f();
     }
-    server.add_service(svc);
-    server.run(RunArgs::default());
     Ok(())
 }

@@ -240,11 +240,13 @@ impl Data {
     }
 
     /// The users.
+    #[cfg(test)]
     pub fn users(&self) -> &[User] {
         &self.users
     }
 
     /// The devices.
+    #[cfg(test)]
     pub fn devices(&self) -> &[Device] {
         &self.devices
     }

@@ -40,11 +40,6 @@ impl Value {
         !matches!(self, Value::Null | Value::Bool(false))
     }
 
-    /// Whether this is a string (not a JSON number, boolean, list...).
-    pub fn is_str(&self) -> bool {
-        matches!(self, Value::Str(_))
-    }
-
     /// Ruby's `to_s` of a scalar; `None` for a list or a hash (their `to_s`
     /// never reproduces a client's hash, so a hashed list is a mismatch).
     pub fn to_s(&self) -> Option<Cow<'_, [u8]>> {

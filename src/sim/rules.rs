@@ -421,6 +421,7 @@ fn dup_free(what: &str, names: &[String]) -> Result<(), String> {
 
 impl Rules {
     /// The rules from the embedded facts files, for current MOR.
+    #[cfg(test)]
     pub fn embedded() -> Result<Rules, String> {
         Rules::embedded_for(Version::Current)
     }
@@ -619,6 +620,7 @@ impl Rules {
     }
 
     /// The methods newer than X8 (hash lists from the wiki), sorted.
+    #[cfg(test)]
     pub fn wiki_methods(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.wiki_lists.keys().map(String::as_str).collect();
         v.sort_unstable();
@@ -832,18 +834,6 @@ fn id_blank(v: Option<&Value>) -> bool {
         None | Some(Value::Null) => true,
         Some(Value::Str(s)) => s.is_empty(),
         Some(_) => false,
-    }
-}
-
-/// The keys a caller may sign with (`[keys]`): the admin key for the admin,
-/// accountants and the admin's users (and for no caller); a reseller's own
-/// key or (the admin's Allow API on) the admin key for the reseller; only
-/// the reseller's key for a reseller's user. A user whose owner is not a
-/// configured reseller counts as the admin's.
-pub fn signing_keys<'a>(caller: Option<&Principal>, policy: &Policy<'a>) -> Vec<&'a [u8]> {
-    match caller {
-        Some(p) => owner_of(p, policy).keys,
-        None => vec![policy.admin_key],
     }
 }
 

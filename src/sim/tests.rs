@@ -2,6 +2,7 @@
 //! computed here with SHA1 directly from the documented strings.
 
 use super::*;
+use crate::rules;
 use sha1::{Digest, Sha1};
 
 const PROLOG: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;

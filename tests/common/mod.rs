@@ -1,4 +1,4 @@
-//! Test harness: runs the real `mor-gateway` binary (gateway and simulator)
+//! Test harness: runs the real `mor-gateway` and `mor-sim` binaries
 //! on ephemeral loopback ports, and talks raw HTTP/1.1 to it so tests control
 //! every byte on the wire.
 
@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mor-gateway");
+/// The MOR simulator, a binary of its own (never in the gateway's).
+pub const SIM_BIN: &str = env!("CARGO_BIN_EXE_mor-sim");
 pub const KEY: &str = "456789";
 /// MOR's hash of user_id=123 (or s_user=123) with [`KEY`]: SHA1("123456789").
 pub const H_123: &str = "f7c3bc1d808e04732adf679965ccc34ca7ae3441";
@@ -132,8 +134,8 @@ pub fn temp_dir() -> PathBuf {
 pub fn start_sim(key: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let port = free_port();
     let a = addr(port);
-    let child = Command::new(BIN)
-        .args(["sim", "--listen", &a.to_string(), "--key-env", "SIM_KEY"])
+    let child = Command::new(SIM_BIN)
+        .args(["--listen", &a.to_string(), "--key-env", "SIM_KEY"])
         .args(extra)
         .env("SIM_KEY", key)
         .env("SIM_RESELLER_KEY", "resellerkey")
@@ -736,8 +738,8 @@ impl Drop for Mariadb {
 pub fn start_sim_db(url: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let port = free_port();
     let a = addr(port);
-    let child = Command::new(BIN)
-        .args(["sim", "--listen", &a.to_string(), "--key-env", "SIM_KEY"])
+    let child = Command::new(SIM_BIN)
+        .args(["--listen", &a.to_string(), "--key-env", "SIM_KEY"])
         .args(["--db-url-env", "SIM_DB_URL"])
         .args(extra)
         .env("SIM_KEY", "unused-with-a-database")

@@ -1,30 +1,18 @@
-//! An embedded MOR simulator: a real HTTP upstream for the demo, the tests
-//! and the benchmark. It decides every call from MOR's facts files
-//! (`facts/mor-x8.toml`, and `facts/endpoints.toml` for methods newer than
-//! X8) with its own code — its own Rails parameter parser ([`rails`]),
-//! rules and hashing ([`rules`]), routing and XML — independent of the
-//! gateway's modules, so that the end-to-end tests compare two separate
-//! readings of MOR's rules.
+//! The simulator's HTTP app: routing, the test hooks, the answers.
 //!
 //! A call goes: route (`<prefix>/<name>[.<format>]`, or
 //! `<prefix>/simple_balance/<id>[.<format>]`; aliases resolved; anything
 //! else 404), Rails params (400 if they do not parse), then
-//! [`rules::Rules::decide`] (Allow API, Allow GET API, caller, owner's key,
-//! hash), then the action over a small in-memory dataset ([`data`]).
-//! Error documents use MOR's envelopes per action; success documents are
-//! illustrative (the gateway forwards bytes unchanged).
+//! [`crate::rules::Rules::decide`] (Allow API, Allow GET API, caller,
+//! owner's key, hash), then the action over a small in-memory dataset
+//! ([`crate::data`]). Error documents use MOR's envelopes per action;
+//! success documents are illustrative (the gateway forwards bytes
+//! unchanged).
 //!
 //! Test hooks: `GET /_sim/requests` lists what it received (JSON),
 //! `POST /_sim/reset` clears that list, and a request header
 //! `X-Sim-Delay-Ms: N` delays the answer (timeout tests), `X-Sim-Status: N`
 //! answers with that status and no body.
-
-pub mod data;
-pub mod db;
-pub mod json;
-pub mod rails;
-pub mod rules;
-pub mod xml;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -36,10 +24,11 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
-use data::{Answer, Data};
-use rails::{unescape_path, Params};
-use rules::{Envelope, Kind, Policy, Rules, Verdict, Version};
-use xml::{doc, error_doc};
+use crate::data::{Answer, Data};
+use crate::rails::{unescape_path, Params};
+use crate::rules::{Envelope, Kind, Policy, Rules, Verdict, Version};
+use crate::xml::{doc, error_doc};
+use crate::{db, rails, xml};
 
 /// Simulator settings (MOR's API tab).
 #[derive(Debug, Clone)]
@@ -502,4 +491,5 @@ impl ServeHttp for Simulator {
 }
 
 #[cfg(test)]
+#[path = "tests.rs"]
 mod tests;
