@@ -124,9 +124,8 @@ fn a_tls_mor_with_a_wrong_ca_is_unreachable() {
     let (ca, pem, key) = certs(&dir, "ca", "mor", "localhost");
     let (other_ca, _, _) = certs(&dir, "otherca", "x", "x");
     let a = addr(free_port());
-    let child = Command::new(BIN)
+    let child = Command::new(SIM_BIN)
         .args([
-            "sim",
             "--listen",
             &a.to_string(),
             "--key-env",
