@@ -14,21 +14,24 @@ use pingora::{Error, ErrorType};
 
 use super::context::Ctx;
 use super::state::Shared;
-use super::upstreams::local_exhaustion;
+use super::upstreams::{local_exhaustion, Call};
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
 use crate::core::reply::{self, Reason};
 
-/// Counts an upstream error by kind.
+/// Counts an upstream error by kind (and for passive ejection).
 fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
     if let Some(u) = ctx.upstream {
-        let kind = if timeout_kind(e) {
-            "timeout"
+        let (kind, call) = if timeout_kind(e) {
+            ("timeout", Some(Call::TimedOut))
         } else if connect {
-            "connect"
+            ("connect", Some(Call::ConnectFailed))
         } else {
-            "other"
+            ("other", None)
         };
+        if let (Some(st), Some(call)) = (&ctx.state, call) {
+            st.upstreams.called(u, call);
+        }
         shared
             .metrics
             .upstream_errors
@@ -182,7 +185,12 @@ pub async fn forward(
     }
     .await;
     let mut resp = match answered {
-        Ok(r) => r,
+        Ok(r) => {
+            if let Some(u) = ctx.upstream {
+                st.upstreams.called(u, Call::Answered(r.status.as_u16()));
+            }
+            r
+        }
         Err(e) => {
             count_error(shared, ctx, &e, false);
             return Err(e);

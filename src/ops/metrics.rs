@@ -113,8 +113,10 @@ pub struct Metrics {
     pub lockouts_active: IntGauge,
     /// Upstream errors by upstream and kind (connect, timeout, other).
     pub upstream_errors: IntCounterVec,
-    /// Upstream health (1 up, 0 down) by upstream.
+    /// Upstream health (1 in rotation, 0 out) by upstream.
     pub upstream_up: IntGaugeVec,
+    /// Passive ejections (failed real calls in a row) by upstream.
+    pub upstream_ejections: IntCounterVec,
     /// Requests in flight.
     pub in_flight: IntGauge,
     /// Client connections open now (gateway listeners).
@@ -257,10 +259,16 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "upstream_up",
-                        "1 when the upstream answered its last attempt.",
+                        "1 when the upstream is in rotation: passing its health probes and not ejected.",
                     ),
                     &["upstream"],
                 ),
+            ),
+            upstream_ejections: counter(
+                &r,
+                "upstream_ejections_total",
+                "Upstreams taken out of rotation for failing real calls in a row (5xx, timeouts, refused connects), by upstream.",
+                &["upstream"],
             ),
             in_flight: reg(
                 &r,
@@ -453,6 +461,7 @@ impl Metrics {
         for u in upstreams {
             let name = u.to_string();
             self.upstream_up.with_label_values(&[&name]).set(1);
+            self.upstream_ejections.with_label_values(&[&name]);
             for kind in ["connect", "timeout", "other"] {
                 self.upstream_errors.with_label_values(&[&name, kind]);
             }
