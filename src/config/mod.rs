@@ -300,11 +300,22 @@ impl fmt::Debug for MorDbSettings {
     }
 }
 
+/// 12 hex digits of the SHA-1 of a configuration text.
+pub fn digest(text: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = hex::encode(Sha1::digest(text.as_bytes()));
+    h.truncate(12);
+    h
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// File it was loaded from (None: built in).
     pub source: Option<PathBuf>,
+    /// A short digest of the configuration text (12 hex digits of its
+    /// SHA-1; secrets are never in the text), to tell configurations apart.
+    pub digest: String,
     /// Product whose catalogue entries are served.
     pub product: Product,
     /// Gateway listen addresses (plain HTTP).
@@ -383,7 +394,9 @@ impl Settings {
             path: shown,
             message: parse_message(text, &e),
         })?;
-        resolve::resolve(raw, path, env)
+        let mut s = resolve::resolve(raw, path, env)?;
+        s.digest = digest(text);
+        Ok(s)
     }
 
     /// The keys read only when the gateway starts whose values differ
@@ -1024,10 +1037,6 @@ users = ["a"]
             ("health_check_status = 600", "upstream.health_check_status"),
             (
                 "health_check_timeout = \"0s\"",
-                "upstream.health_check_timeout",
-            ),
-            (
-                "health_check_timeout = \"5s\"",
                 "upstream.health_check_timeout",
             ),
             ("health_check_fails = 0", "upstream.health_check_fails"),

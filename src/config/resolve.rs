@@ -307,16 +307,6 @@ fn probe(u: &schema::Upstream) -> Result<Probe, ConfigError> {
         ));
     }
     let timeout = positive("upstream.health_check_timeout", u.health_check_timeout)?;
-    if timeout >= u.health_check_interval {
-        return Err(invalid(
-            "upstream.health_check_timeout",
-            format!(
-                "{} is not shorter than upstream.health_check_interval ({})",
-                humantime::format_duration(timeout),
-                humantime::format_duration(u.health_check_interval)
-            ),
-        ));
-    }
     Ok(Probe::Http {
         method,
         path: path.clone(),
@@ -1012,6 +1002,7 @@ pub fn resolve(
 
     Ok(Settings {
         source: path.map(Path::to_path_buf),
+        digest: String::new(),
         product: raw.product,
         listen,
         proxy_protocol: raw.proxy_protocol,

@@ -138,6 +138,19 @@ fn register_settings(metrics: &Metrics, settings: &Settings) {
             .map(|m| m.name.as_str()),
     );
     metrics.config_loaded.set(unix_now());
+    let expiry = settings
+        .tls
+        .as_ref()
+        .and_then(|t| t.material.chain.first())
+        .and_then(|leaf| not_after(leaf.not_after()));
+    metrics.config_in_force(&settings.digest, expiry);
+}
+
+/// An ASN.1 time as a Unix time.
+fn not_after(t: &openssl::asn1::Asn1TimeRef) -> Option<f64> {
+    let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
+    let d = now.diff(t).ok()?;
+    Some(unix_now().floor() + f64::from(d.days) * 86400.0 + f64::from(d.secs))
 }
 
 fn unix_now() -> f64 {

@@ -49,6 +49,7 @@ impl Housekeeping {
         let why = match attempt {
             Ok(Ok(())) => {
                 m.reloads.with_label_values(&["ok"]).inc();
+                m.last_reload_ok.set(1);
                 tracing::info!("configuration reloaded from {}", path.display());
                 return;
             }
@@ -56,6 +57,7 @@ impl Housekeeping {
             Err(_) => "building the new configuration panicked".to_string(),
         };
         m.reloads.with_label_values(&["failed"]).inc();
+        m.last_reload_ok.set(0);
         tracing::error!("reload refused, keeping the running configuration: {why}");
     }
 }
