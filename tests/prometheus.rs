@@ -9,7 +9,8 @@
 //! on loopback that loads alerts.yml. After traffic of every outcome, every
 //! dashboard expression and variable query (Grafana variables substituted) is
 //! valid and returns data; every rule of alerts.yml is loaded and evaluates
-//! without error; the failed-reload and dead-upstream alerts are active and
+//! without error (the HTTPS certificate's expiry and the `process_*` series
+//! included); the failed-reload and dead-upstream alerts are active and
 //! MorGatewayDown is not; the metric and label names the unit tests feed
 //! promtool are ones the gateway exports. Without a `prometheus` binary this
 //! fails when `CI` is set, else it is skipped with a loud note. The
@@ -62,6 +63,9 @@ const TRAFFIC: &str = r#"
     mor_gateway_shared_limits_duration_seconds_count
     mor_gateway_config_reloads_total{result="ok"}
     mor_gateway_config_reloads_total{result="failed"}
+    mor_gateway_tls_certificate_expiry_timestamp_seconds - time()
+    process_resident_memory_bytes{job="mor-gateway"}
+    process_open_fds{job="mor-gateway"}
 "#;
 
 /// A line straight to stderr, which the test harness does not capture: it is seen.
@@ -246,9 +250,15 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
     // The broken one also mirrors MOR's directory from a database that is
     // not there (deciding with its static config meanwhile): the directory
     // series are exported, the age grows.
+    // It also serves HTTPS: its certificate's expiry is exported.
+    let cert_dir = temp_dir();
+    let (_, cert, key) = certs(&cert_dir, "ca", "gw", "localhost");
     let gw_dead = start_gateway(&format!(
-        "{}\n[directory]\nurl = \"mysql://mor-gateway@{dead}/mor\"\npassword_env = \"GW_DB_PASSWORD\"\ntimeout = \"300ms\"\nwithout_snapshot = \"static\"\n",
-        gateway_body(&[dead], dead)
+        "{}\n[directory]\nurl = \"mysql://mor-gateway@{dead}/mor\"\npassword_env = \"GW_DB_PASSWORD\"\ntimeout = \"300ms\"\nwithout_snapshot = \"static\"\n[tls]\nlisten = [\"{}\"]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        gateway_body(&[dead], dead),
+        addr(free_port()),
+        cert.display(),
+        key.display()
     ));
     assert!(
         ![gw.addr, gw.metrics, gw_dead.addr, gw_dead.metrics, sim_addr].contains(&dead),
@@ -285,6 +295,12 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
     }
     let dead_down = format!(r#"mor_gateway_upstream_up{{upstream="{dead}"}} == 0"#);
     check(format!("traffic {dead_down}"), &dead_down);
+    // The failed reload is the last one: the gauge says so; both instances
+    // show their configuration's digest, and they differ.
+    let stale = "mor_gateway_config_last_reload_successful == 0";
+    check(format!("traffic {stale}"), stale);
+    let digests = "count(count by (digest) (mor_gateway_config_info == 1)) == 2";
+    check(format!("traffic {digests}"), digests);
     // Every dashboard expression and variable query: valid, and data.
     for (here, expr) in &board.targets {
         check(here.clone(), &grafana_to_promql(expr, &board.vars));

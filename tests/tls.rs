@@ -175,6 +175,29 @@ fn https_upstreams_verified_against_the_ca_file() {
         &format!("u=admin&user_id=123&hash={H_123}"),
     );
     assert_eq!(r.status, 502, "{}", r.text());
+    // The HTTP probe is verified as the calls are: the good one stays in
+    // rotation, the bad one is taken out, and its log line says why.
+    let up = |g: &Gw| {
+        let text = g.metrics_text();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("mor_gateway_upstream_up{"));
+        line.map(|l| l.ends_with(" 1"))
+    };
+    let t = std::time::Instant::now();
+    while up(&bad) != Some(false) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            up(&bad)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(bad.dir.join("stderr.log")).unwrap();
+    assert!(log.contains("is down: failed 1 probe(s) in a row"), "{log}");
+    assert_eq!(up(&gw), Some(true));
+    let log = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap();
+    assert!(!log.contains("is down"), "{log}");
 }
 
 /// `[limits.shared]` over `rediss://`: Redis' certificate verified against

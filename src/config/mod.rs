@@ -101,6 +101,14 @@ pub struct Upstream {
     pub keepalive_pool_size: usize,
     /// How often each server is probed.
     pub health_check_interval: Duration,
+    /// What a probe asks.
+    pub probe: Probe,
+    /// Failed probes in a row that take a server out.
+    pub health_check_fails: usize,
+    /// Passed probes in a row that bring a server back.
+    pub health_check_passes: usize,
+    /// Failed calls in a row that eject a server (0: never).
+    pub eject_after_failures: u32,
     /// `X-Forwarded-For` handling.
     pub x_forwarded_for: ForwardedFor,
     /// Extra end-to-end request headers passed to MOR as sent.
@@ -109,6 +117,28 @@ pub struct Upstream {
     pub tls_servers: HashMap<SocketAddr, String>,
     /// CA certificates `https://` servers are verified against (None: system store).
     pub ca: Option<CaBundle>,
+}
+
+/// A health probe of one MOR server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    /// A TCP connect (a TLS handshake for `https://` servers).
+    Tcp,
+    /// An HTTP request whose answer must have `status` and contain `body`.
+    Http {
+        /// `GET` or `HEAD`.
+        method: http::Method,
+        /// Path and query.
+        path: String,
+        /// `Host` (None: the server's TLS name or address).
+        host: Option<String>,
+        /// The expected status.
+        status: http::StatusCode,
+        /// Text the body must contain.
+        body: Option<String>,
+        /// Longest wait for the whole answer.
+        timeout: Duration,
+    },
 }
 
 /// CA certificates loaded from a file.
@@ -270,9 +300,20 @@ impl fmt::Debug for MorDbSettings {
     }
 }
 
+/// 12 hex digits of the SHA-1 of a configuration text.
+pub fn digest(text: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = hex::encode(Sha1::digest(text.as_bytes()));
+    h.truncate(12);
+    h
+}
+
 /// The resolved, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// A short digest of the configuration text (12 hex digits of its
+    /// SHA-1; secrets are never in the text), to tell configurations apart.
+    pub digest: String,
     /// Product whose catalogue entries are served.
     pub product: Product,
     /// Gateway listen addresses (plain HTTP).
@@ -351,7 +392,9 @@ impl Settings {
             path: shown,
             message: parse_message(text, &e),
         })?;
-        resolve::resolve(raw, path, env)
+        let mut s = resolve::resolve(raw, path, env)?;
+        s.digest = digest(text);
+        Ok(s)
     }
 
     /// The keys read only when the gateway starts whose values differ
@@ -972,5 +1015,48 @@ users = ["a"]
                 .to_string();
             assert!(msg.contains(key), "{table}: {msg}");
         }
+    }
+
+    #[test]
+    fn nonsense_health_settings_are_refused_naming_the_key() {
+        let up = |k: &str| base("").replace("[upstream]\n", &format!("[upstream]\n{k}\n"));
+        for (k, key) in [
+            ("health_check = \"ping\"", "upstream.health_check"),
+            (
+                "health_check_method = \"POST\"",
+                "upstream.health_check_method",
+            ),
+            (
+                "health_check_path = \"billing\"",
+                "upstream.health_check_path",
+            ),
+            ("health_check_host = \"a b\"", "upstream.health_check_host"),
+            ("health_check_status = 99", "upstream.health_check_status"),
+            ("health_check_status = 600", "upstream.health_check_status"),
+            (
+                "health_check_timeout = \"0s\"",
+                "upstream.health_check_timeout",
+            ),
+            ("health_check_fails = 0", "upstream.health_check_fails"),
+            ("health_check_passes = 0", "upstream.health_check_passes"),
+            (
+                "health_check_method = \"HEAD\"\nhealth_check_body = \"x\"",
+                "upstream.health_check_body",
+            ),
+        ] {
+            let msg = load(&up(k)).unwrap_err().to_string();
+            assert!(msg.contains(key), "{k}: {msg}");
+        }
+        let s = load(&base("")).unwrap();
+        assert!(matches!(
+            &s.upstream.probe,
+            Probe::Http { path, status, .. } if path == "/billing/api/system_version_get" && status.as_u16() == 200
+        ));
+        assert_eq!(s.upstream.eject_after_failures, 5);
+        let s = load(&up("health_check = \"tcp\"\neject_after_failures = 0")).unwrap();
+        assert_eq!(
+            (s.upstream.probe, s.upstream.eject_after_failures),
+            (Probe::Tcp, 0)
+        );
     }
 }

@@ -18,7 +18,7 @@ use pingora::tls::x509::X509;
 
 use super::MorDbSettings;
 use super::{
-    invalid, CaBundle, CertKey, ClientSettings, ConfigError, SecretSource, Settings,
+    invalid, CaBundle, CertKey, ClientSettings, ConfigError, Probe, SecretSource, Settings,
     SharedLimitSettings, TlsListen, Upstream,
 };
 use crate::core::catalog::Catalog;
@@ -234,10 +234,86 @@ fn upstream(u: schema::Upstream) -> Result<Upstream, ConfigError> {
         idle_timeout: u.idle_timeout,
         keepalive_pool_size: u.keepalive_pool_size,
         health_check_interval: positive("upstream.health_check_interval", u.health_check_interval)?,
+        probe: probe(&u)?,
+        health_check_fails: at_least_one("upstream.health_check_fails", u.health_check_fails)?,
+        health_check_passes: at_least_one("upstream.health_check_passes", u.health_check_passes)?,
+        eject_after_failures: u.eject_after_failures,
         x_forwarded_for: u.x_forwarded_for,
         pass_headers: pass_headers(&u.pass_headers)?,
         tls_servers,
         ca,
+    })
+}
+
+/// A count that must be at least 1.
+fn at_least_one(key: &str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// `upstream.health_check*`: the probe.
+fn probe(u: &schema::Upstream) -> Result<Probe, ConfigError> {
+    match u.health_check.as_str() {
+        "tcp" => return Ok(Probe::Tcp),
+        "http" => {}
+        other => {
+            return Err(invalid(
+                "upstream.health_check",
+                format!("'{other}' is not \"http\" or \"tcp\""),
+            ))
+        }
+    }
+    let method = match u.health_check_method.as_str() {
+        "GET" => http::Method::GET,
+        "HEAD" => http::Method::HEAD,
+        other => {
+            return Err(invalid(
+                "upstream.health_check_method",
+                format!("'{other}' is not GET or HEAD (a probe must not change anything)"),
+            ))
+        }
+    };
+    let path = &u.health_check_path;
+    if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err(invalid(
+            "upstream.health_check_path",
+            format!("'{path}' is not a path starting with '/', such as \"/billing/api/system_version_get\""),
+        ));
+    }
+    if let Some(h) = &u.health_check_host {
+        if h.is_empty() || http::HeaderValue::from_str(h).is_err() || h.contains(['/', ' ']) {
+            return Err(invalid(
+                "upstream.health_check_host",
+                format!("'{h}' is not a host name"),
+            ));
+        }
+    }
+    let status = http::StatusCode::from_u16(u.health_check_status)
+        .ok()
+        .filter(|s| (200..600).contains(&s.as_u16()))
+        .ok_or_else(|| {
+            invalid(
+                "upstream.health_check_status",
+                format!("{} is not an HTTP status of 200-599", u.health_check_status),
+            )
+        })?;
+    let body = u.health_check_body.clone().filter(|b| !b.is_empty());
+    if body.is_some() && method == http::Method::HEAD {
+        return Err(invalid(
+            "upstream.health_check_body",
+            "a HEAD probe has no body to look in (use GET)",
+        ));
+    }
+    let timeout = positive("upstream.health_check_timeout", u.health_check_timeout)?;
+    Ok(Probe::Http {
+        method,
+        path: path.clone(),
+        host: u.health_check_host.clone(),
+        status,
+        body,
+        timeout,
     })
 }
 
@@ -925,6 +1001,7 @@ pub fn resolve(
     }
 
     Ok(Settings {
+        digest: String::new(),
         product: raw.product,
         listen,
         proxy_protocol: raw.proxy_protocol,

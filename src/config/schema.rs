@@ -174,9 +174,33 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Idle connections kept for reuse.
     pub keepalive_pool_size: usize,
-    /// How often each server is probed (TCP connect).
+    /// How often each server is probed.
     #[serde(with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// What a probe is: `"http"` (a request, its answer checked) or `"tcp"`
+    /// (a connect).
+    pub health_check: String,
+    /// The HTTP probe's method (`GET` or `HEAD`).
+    pub health_check_method: String,
+    /// The HTTP probe's path and query.
+    pub health_check_path: String,
+    /// The HTTP probe's `Host` header (absent: the server's name or address).
+    pub health_check_host: Option<String>,
+    /// The status a passing HTTP probe answers.
+    pub health_check_status: u16,
+    /// Text a passing HTTP probe's body contains (absent: any body).
+    pub health_check_body: Option<String>,
+    /// Longest wait for a probe's whole answer.
+    #[serde(with = "humantime_serde")]
+    pub health_check_timeout: Duration,
+    /// Failed probes in a row that take a server out.
+    pub health_check_fails: usize,
+    /// Passed probes in a row that bring a server back (also after an
+    /// ejection).
+    pub health_check_passes: usize,
+    /// Failed calls in a row (5xx, timeout, refused connect) that eject a
+    /// server until it passes its probes; 0: no passive ejection.
+    pub eject_after_failures: u32,
     /// `X-Forwarded-For` handling.
     pub x_forwarded_for: ForwardedFor,
     /// Extra end-to-end request headers passed to MOR as sent.
@@ -229,6 +253,16 @@ impl Default for Upstream {
             idle_timeout: Duration::from_secs(60),
             keepalive_pool_size: 128,
             health_check_interval: Duration::from_secs(5),
+            health_check: "http".into(),
+            health_check_method: "GET".into(),
+            health_check_path: "/billing/api/system_version_get".into(),
+            health_check_host: None,
+            health_check_status: 200,
+            health_check_body: None,
+            health_check_timeout: Duration::from_secs(3),
+            health_check_fails: 1,
+            health_check_passes: 1,
+            eject_after_failures: 5,
             x_forwarded_for: ForwardedFor::Replace,
             pass_headers: Vec::new(),
             ca_file: None,

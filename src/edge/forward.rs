@@ -33,22 +33,25 @@ use pingora::{Error, ErrorType, RetryType};
 
 use super::context::Ctx;
 use super::state::{Shared, State};
-use super::upstreams::{local_exhaustion, peer_for};
+use super::upstreams::{local_exhaustion, peer_for, Call};
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
 use crate::core::reply::{self, Reason};
 use crate::core::request_id;
 
-/// Counts an upstream error by kind.
+/// Counts an upstream error by kind (and for passive ejection).
 fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
     if let Some(u) = ctx.upstream {
-        let kind = if timeout_kind(e) {
-            "timeout"
+        let (kind, call) = if timeout_kind(e) {
+            ("timeout", Some(Call::TimedOut))
         } else if connect {
-            "connect"
+            ("connect", Some(Call::ConnectFailed))
         } else {
-            "other"
+            ("other", None)
         };
+        if let (Some(st), Some(call)) = (&ctx.state, call) {
+            st.upstreams.called(u, call);
+        }
         shared
             .metrics
             .upstream_errors
@@ -326,6 +329,9 @@ pub async fn forward(
         }
     }
     let mut resp = answered.inspect_err(|e| count_error(shared, ctx, e, false))?;
+    if let Some(u) = ctx.upstream {
+        st.upstreams.called(u, Call::Answered(resp.status.as_u16()));
+    }
     shared
         .metrics
         .upstream_duration

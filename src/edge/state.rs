@@ -164,4 +164,21 @@ fn register_settings(metrics: &Metrics, settings: &Settings) {
     metrics
         .config_loaded
         .set(crate::ops::metrics::unix_now().as_secs_f64());
+    let expiry = settings
+        .tls
+        .as_ref()
+        .and_then(|t| t.material.chain.first())
+        .and_then(|leaf| not_after(leaf.not_after()));
+    metrics.config_in_force(&settings.digest, expiry);
+}
+
+/// An ASN.1 time as a Unix time.
+fn not_after(t: &openssl::asn1::Asn1TimeRef) -> Option<f64> {
+    let now = openssl::asn1::Asn1Time::days_from_now(0).ok()?;
+    let d = now.diff(t).ok()?;
+    Some(
+        crate::ops::metrics::unix_now().as_secs_f64().floor()
+            + f64::from(d.days) * 86400.0
+            + f64::from(d.secs),
+    )
 }

@@ -29,12 +29,18 @@ pub const ENV: &str = "MOR_GATEWAY_LOG";
 /// The filter when `MOR_GATEWAY_LOG` is unset or invalid.
 pub const DEFAULT_FILTER: &str = "warn,mor_gateway=info";
 
+/// How the upstream probe names a server to pingora-load-balancing, whose
+/// own flip line (with the probe's error) is then dropped.
+pub const LB_FLIP_PREFIX: &str = "probe of MOR server ";
+
 /// pingora lines that healthy operation produces, as (target prefix,
 /// message prefix):
 /// - races of its upstream connection pool that end in a new connection,
 ///   not in an error: an idle connection taken while its idle watcher still
 ///   holds it; the pool's LRU evicting a connection its group already
 ///   dropped;
+/// - the load balancer's line on a health flip, said again in words by
+///   the probe;
 /// - the retries of a zero-downtime upgrade while the old and the new
 ///   process find each other (a hand-off that fails for good is still
 ///   logged: "Bootstrap failed", "Max retry ... reached").
@@ -52,6 +58,9 @@ pub const NOISE: &[(&str, &str)] = &[
         "pingora_core::server::transfer_fd",
         "server not ready, will try again",
     ),
+    // The load balancer's own line on a health flip (a Debug dump of the
+    // server): edge/upstreams.rs logs each flip as one line in words.
+    ("pingora_load_balancing", LB_FLIP_PREFIX),
 ];
 
 /// True when a line of `target` saying `message` is expected noise.

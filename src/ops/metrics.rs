@@ -45,6 +45,15 @@ pub fn unix_now() -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// The registry of the `process_*` metrics (Linux; elsewhere empty).
+fn process_registry() -> Registry {
+    let r = Registry::new();
+    let _ = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    r
+}
+
 /// A metric from a static definition.
 #[allow(
     clippy::expect_used,
@@ -122,8 +131,10 @@ pub struct Metrics {
     pub lockouts_active: IntGauge,
     /// Upstream errors by upstream and kind (connect, timeout, other).
     pub upstream_errors: IntCounterVec,
-    /// Upstream health (1 up, 0 down) by upstream.
+    /// Upstream health (1 in rotation, 0 out) by upstream.
     pub upstream_up: IntGaugeVec,
+    /// Passive ejections (failed real calls in a row) by upstream.
+    pub upstream_ejections: IntCounterVec,
     /// Requests in flight.
     pub in_flight: IntGauge,
     /// 1 while the gateway drains (SIGUSR2): serving, `/readyz` 503.
@@ -144,6 +155,16 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Unix time the config in force was loaded.
     pub config_loaded: Gauge,
+    /// 1 when the last reload succeeded (or none was tried), 0 while the
+    /// configuration in force is older than a refused reload.
+    pub last_reload_ok: IntGauge,
+    /// The configuration in force: its digest as a label, always 1.
+    pub config_info: IntGaugeVec,
+    /// Unix time the HTTPS listeners' certificate expires (absent without TLS).
+    pub tls_cert_expiry: Gauge,
+    /// `process_*` (RSS, CPU, open and maximum file descriptors, start
+    /// time), without the `mor_gateway_` prefix as every exporter has them.
+    process: Registry,
     /// Build information (always 1).
     pub build_info: IntGaugeVec,
     /// Shared limits: 1 when Redis answered the last decision or probe, 0
@@ -226,8 +247,8 @@ impl Metrics {
             duration: histogram(
                 &r,
                 "request_duration_seconds",
-                "End-to-end request latency at the gateway.",
-                &["api_method"],
+                "End-to-end request latency at the gateway, by API method and outcome (the latency SLO counts forwarded and upstream_error: the calls MOR was asked).",
+                &["api_method", "outcome"],
             ),
             upstream_duration: histogram(
                 &r,
@@ -268,10 +289,16 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "upstream_up",
-                        "1 when the upstream answered its last attempt.",
+                        "1 when the upstream is in rotation: passing its health probes and not ejected.",
                     ),
                     &["upstream"],
                 ),
+            ),
+            upstream_ejections: counter(
+                &r,
+                "upstream_ejections_total",
+                "Upstreams taken out of rotation for failing real calls in a row (5xx, timeouts, refused connects), by upstream.",
+                &["upstream"],
             ),
             in_flight: reg(
                 &r,
@@ -328,6 +355,28 @@ impl Metrics {
                     "Unix time the configuration in force was loaded.",
                 ),
             ),
+            last_reload_ok: reg(
+                &r,
+                IntGauge::new(
+                    "config_last_reload_successful",
+                    "1 when the last configuration reload succeeded (or none was tried), 0 while the configuration in force is older than a refused reload.",
+                ),
+            ),
+            config_info: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "config_info",
+                        "The configuration in force; digest: 12 hex digits of the SHA-1 of its file. Always 1.",
+                    ),
+                    &["digest"],
+                ),
+            ),
+            tls_cert_expiry: static_metric(Gauge::new(
+                "tls_certificate_expiry_timestamp_seconds",
+                "Unix time the HTTPS listeners' certificate (its leaf) expires.",
+            )),
+            process: process_registry(),
             build_info: reg(
                 &r,
                 IntGaugeVec::new(
@@ -411,6 +460,7 @@ impl Metrics {
         for result in ["ok", "failed"] {
             m.reloads.with_label_values(&[result]);
         }
+        m.last_reload_ok.set(1);
         for reason in CONNECTION_REFUSALS {
             m.connections_refused.with_label_values(&[reason]);
         }
@@ -418,6 +468,24 @@ impl Metrics {
             m.tls_handshake_failures.with_label_values(&[reason]);
         }
         m
+    }
+
+    /// The configuration in force: its digest, and the expiry of its HTTPS
+    /// certificate (`not_after`, a Unix time; None: no TLS listener, the
+    /// series is not exported).
+    pub fn config_in_force(&self, digest: &str, cert_expiry: Option<f64>) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[digest]).set(1);
+        let c = Box::new(self.tls_cert_expiry.clone());
+        match cert_expiry {
+            Some(t) => {
+                self.tls_cert_expiry.set(t);
+                let _ = self.registry.register(c);
+            }
+            None => {
+                let _ = self.registry.unregister(c);
+            }
+        }
     }
 
     /// Exports `shared_limits_up` while shared limits are on, and not at all
@@ -471,6 +539,7 @@ impl Metrics {
         for u in upstreams {
             let name = u.to_string();
             self.upstream_up.with_label_values(&[&name]).set(1);
+            self.upstream_ejections.with_label_values(&[&name]);
             for kind in ["connect", "timeout", "other"] {
                 self.upstream_errors.with_label_values(&[&name, kind]);
             }
@@ -526,7 +595,7 @@ impl Metrics {
             .with_label_values(&[api_method, http_method, outcome, reason_label])
             .inc();
         self.duration
-            .with_label_values(&[api_method])
+            .with_label_values(&[api_method, outcome])
             .observe(seconds);
         match (reason, &info.alias) {
             (Some(Reason::BadHash), _) => self.hash_failures.with_label_values(&[api_method]).inc(),
@@ -553,7 +622,9 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         buf
     }
 }
@@ -604,5 +675,39 @@ mod tests {
         assert!(String::from_utf8(Metrics::new().render())
             .unwrap()
             .contains("mor_gateway_log_suppressed_total "));
+    }
+
+    #[test]
+    fn process_config_certificate_and_outcome_series() {
+        let m = Metrics::new();
+        let text = String::from_utf8(m.render()).unwrap();
+        for line in [
+            "mor_gateway_config_last_reload_successful 1",
+            "\nprocess_open_fds ",
+            "\nprocess_max_fds ",
+            "\nprocess_resident_memory_bytes ",
+            "\nprocess_start_time_seconds ",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(!text.contains("tls_certificate_expiry"));
+        m.config_in_force("0123456789ab", Some(1.9e9));
+        m.config_in_force("ba9876543210", Some(2e9));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"mor_gateway_config_info{digest="ba9876543210"} 1"#));
+        assert!(
+            !text.contains("0123456789ab"),
+            "one digest: the one in force"
+        );
+        assert!(text.contains("mor_gateway_tls_certificate_expiry_timestamp_seconds 2000000000"));
+        m.config_in_force("ba9876543210", None);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(!text.contains("tls_certificate_expiry"));
+        let call = CallInfo::default();
+        m.observe_request(&call, "POST", Some(Reason::BadHash), None, 0.001);
+        m.observe_request(&call, "POST", None, None, 0.2);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"mor_gateway_request_duration_seconds_count{api_method="other",outcome="refused"} 1"#), "{text}");
+        assert!(text.contains(r#"mor_gateway_request_duration_seconds_count{api_method="other",outcome="forwarded"} 1"#));
     }
 }

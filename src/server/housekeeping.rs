@@ -51,6 +51,7 @@ impl Housekeeping {
         let why = match attempt {
             Ok(Ok(())) => {
                 m.reloads.with_label_values(&["ok"]).inc();
+                m.last_reload_ok.set(1);
                 tracing::info!("configuration reloaded from {}", path.display());
                 return;
             }
@@ -58,6 +59,7 @@ impl Housekeeping {
             Err(_) => "building the new configuration panicked".to_string(),
         };
         m.reloads.with_label_values(&["failed"]).inc();
+        m.last_reload_ok.set(0);
         tracing::error!("reload refused, keeping the running configuration: {why}");
     }
 }

@@ -12,7 +12,9 @@
 //! Test hooks: `GET /_sim/requests` lists what it received (JSON),
 //! `POST /_sim/reset` clears that list, and a request header
 //! `X-Sim-Delay-Ms: N` delays the answer (timeout tests), `X-Sim-Status: N`
-//! answers with that status and no body.
+//! answers with that status and no body. `POST /_sim/sick?status=N` makes
+//! every API call answer N (a MOR whose web server is up and whose Rails is
+//! not; health tests), `status=0` makes it well again.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -103,9 +105,15 @@ pub struct Simulator {
     db: Option<db::SimDb>,
     data: Mutex<Data>,
     seen: Mutex<VecDeque<Seen>>,
+    /// Set by `/_sim/sick`: every API call answers this status (0: none).
+    sick: std::sync::atomic::AtomicU16,
 }
 
 const SEEN_KEEP: usize = 1000;
+
+/// The `User-Agent` of the gateway's health probes, which `/_sim/requests`
+/// does not list.
+pub const PROBE_AGENT: &str = "mor-gateway health check";
 
 /// The document `fixed_reply` answers.
 const FIXED_REPLY: &str =
@@ -218,6 +226,7 @@ impl Simulator {
             db,
             data: Mutex::new(Data::seed(now_secs())),
             seen: Mutex::new(VecDeque::new()),
+            sick: std::sync::atomic::AtomicU16::new(0),
         }
     }
 
@@ -255,6 +264,18 @@ impl Simulator {
                 .body(json)
                 .unwrap_or_else(|_| Response::new(Vec::new()));
         }
+        if path == "/_sim/sick" {
+            let status = query
+                .and_then(|q| q.strip_prefix("status="))
+                .and_then(|v| v.parse::<u16>().ok())
+                .filter(|s| *s == 0 || (200..600).contains(s));
+            let Some(status) = status else {
+                return error_response(400, Envelope::Status, "status=0 or 200-599");
+            };
+            self.sick
+                .store(status, std::sync::atomic::Ordering::Relaxed);
+            return xml_response(200, doc("<status>ok</status>"));
+        }
         if path == "/_sim/reset" {
             if let Ok(mut q) = self.seen.lock() {
                 q.clear();
@@ -286,6 +307,14 @@ impl Simulator {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Prepared, Box<Response<Vec<u8>>>> {
+        let sick = self.sick.load(std::sync::atomic::Ordering::Relaxed);
+        if sick != 0 {
+            return Err(Box::new(error_response(
+                sick,
+                Envelope::Status,
+                "Internal error",
+            )));
+        }
         let s = &self.settings;
         let target = route(path, &s.prefix).ok_or_else(|| Box::new(not_found()))?;
         if s.fixed_reply {
@@ -435,7 +464,9 @@ impl ServeHttp for Simulator {
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(str::to_string);
         let content_type = hv("content-type");
-        if !path.starts_with("/_sim/") {
+        // The gateway's health probes are not calls it forwarded.
+        let probe = hv("user-agent").is_some_and(|u| u == PROBE_AGENT);
+        if !path.starts_with("/_sim/") && !probe {
             self.record(Seen {
                 method: method.clone(),
                 path: path.clone(),
