@@ -6,12 +6,14 @@
 //!   DNS) and the runtime settings.
 //! - [`edge`]: the pingora glue: reading the request, forwarding to MOR.
 //! - [`ops`]: observability: metrics, the access log, the process's log.
+//! - [`doctor`]: `mor-gateway doctor`, the config checked against the live MOR.
 //! - [`server`]: the composition root: the pingora server, its services,
 //!   housekeeping and `check`.
 //! - [`sim`]: the embedded MOR simulator (demo and tests).
 
 pub mod config;
 pub mod core;
+pub mod doctor;
 pub mod edge;
 pub mod ops;
 pub mod server;

@@ -70,6 +70,20 @@ enum Cmd {
         #[arg(long)]
         method: Option<String>,
     },
+    /// Check the config against the MOR it fronts, live, with harmless
+    /// read-only calls: each upstream reachable (TLS verified), the admin
+    /// key, Allow API, hash checking, Allow GET API, MOR's version, each
+    /// reseller key with a listed user, MOR's database. One line per check
+    /// (OK, MISMATCH, UNREACHABLE, SKIPPED); exit status 1 unless all are OK
+    /// or SKIPPED. No key or valid hash is printed.
+    Doctor {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Read the secrets' variables from this systemd EnvironmentFile.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+    },
     /// Print the hash MOR expects for a call (filters applied) and a curl
     /// line to the gateway that the config lets through (none, and exit
     /// status 1, for a call the gateway would refuse).
@@ -489,6 +503,30 @@ fn main() -> ExitCode {
                 config.display()
             )),
         },
+        Cmd::Doctor { config, env_file } => environment(env_file.as_ref())
+            .and_then(|env| load(&config, env.as_ref()))
+            .and_then(|s| {
+                let findings = mor_gateway::doctor::run(&s);
+                for f in &findings {
+                    say!("{f}");
+                }
+                if mor_gateway::doctor::healthy(&findings) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "doctor: {} of {} checks failed against MOR",
+                        findings
+                            .iter()
+                            .filter(|f| !matches!(
+                                f.status,
+                                mor_gateway::doctor::Status::Ok
+                                    | mor_gateway::doctor::Status::Skipped
+                            ))
+                            .count(),
+                        findings.len()
+                    ))
+                }
+            }),
         Cmd::Sign {
             key_env,
             config,

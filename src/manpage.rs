@@ -52,11 +52,15 @@ Reopen the access log file (after logrotate renamed it). No line is lost:
 lines written before the signal are in the old file, the rest in the new.
 .TP
 \fBSIGUSR2\fR
-Ignored (a note is logged).
+Drain: every call is still served, \fB/readyz\fR answers 503 (a balancer
+moves traffic away), each connection closes after its next answer, and
+\fBmor_gateway_draining\fR is 1. SIGUSR2 again ends the drain.
 .TP
 \fBSIGTERM\fR
-Stop: the listeners close, calls in flight finish, queued access\-log lines
-are written.
+Stop: the listeners and the idle keep\-alive connections close at once,
+calls in flight finish, queued access\-log lines are written, and the
+process exits as soon as no connection is left (\fBshutdown_grace\fR at
+most).
 .TP
 \fBSIGINT\fR
 Stop at once.
@@ -86,7 +90,7 @@ The access log: one JSON object per line (\fBts\fR RFC 3339 UTC with
 microseconds, \fBclient_ip\fR, \fBhttp_method\fR, \fBpath\fR, \fBquery\fR
 with secrets redacted, \fBapi_method\fR, \fBalias\fR, \fBuser\fR,
 \fBverdict\fR, \fBreason\fR, \fBstatus\fR, \fBlatency_us\fR,
-\fBupstream\fR, \fBsigner\fR). Rotated by
+\fBupstream\fR, \fBsigner\fR, \fBrequest_id\fR). Rotated by
 \fI/etc/logrotate.d/mor\-gateway\fR with SIGUSR1.
 .TP
 \fI/usr/lib/systemd/system/mor\-gateway.service\fR, \fImor\-gateway@.service\fR

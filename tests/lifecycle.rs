@@ -157,6 +157,128 @@ fn sigterm_lets_the_slow_call_in_flight_finish_and_stops_accepting() {
     panic!("the gateway did not exit after its grace");
 }
 
+/// Reads one answer from a kept-alive connection (its head and body by
+/// Content-Length), leaving the connection open.
+fn read_answer(s: &mut std::net::TcpStream) -> Resp {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(r) = parse(&buf) {
+            return r;
+        }
+        let n = s.read(&mut chunk).expect("read an answer");
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn exited_within(p: &mut Proc, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(st)) = p.child.try_wait() {
+            assert!(st.success(), "{st:?}");
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// SIGTERM on a gateway whose only connection is idle (kept alive between
+/// calls): the connection is closed and the process exits at once, not
+/// after its 30 s grace (a restart refuses calls only while it restarts).
+#[test]
+fn sigterm_on_an_idle_gateway_exits_at_once() {
+    use std::io::{Read, Write};
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let mut gw = start_gateway(&body_for(&[sa], "shutdown_grace = \"30s\"", ""));
+    let mut idle = std::net::TcpStream::connect(gw.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    idle.write_all(verified_call(true).as_bytes()).unwrap();
+    assert!(read_answer(&mut idle).text().contains("client123"));
+    gw.proc.signal("TERM");
+    let took = exited_within(&mut gw.proc, Duration::from_secs(20))
+        .expect("the idle gateway still runs 20 s after SIGTERM");
+    assert!(
+        took < Duration::from_secs(10),
+        "an idle gateway waited out its grace: {took:?}"
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "the idle connection is closed"
+    );
+    eprintln!("idle gateway: exit {took:?} after SIGTERM (grace 30 s)");
+}
+
+/// Drain (SIGUSR2): calls are still served, `/readyz` answers 503, each
+/// answer closes its connection; SIGUSR2 again ends it.
+#[test]
+fn drain_keeps_serving_while_readyz_says_503() {
+    use std::io::{Read, Write};
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let gw = start_gateway(&body_for(&[sa], "", ""));
+    let readyz = || {
+        send(
+            gw.metrics,
+            b"GET /readyz HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
+    };
+    let wait_ready = |want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = readyz();
+            if r.status == want {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/readyz stays {}: {}",
+                r.status,
+                r.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_ready(200);
+    let mut kept = std::net::TcpStream::connect(gw.addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    gw.proc.signal("USR2");
+    assert!(wait_ready(503).text().contains("draining"));
+    assert!(gw.metrics_text().contains("mor_gateway_draining 1"));
+    // A connection opened before the drain: served, then closed.
+    kept.write_all(verified_call(true).as_bytes()).unwrap();
+    let r = read_answer(&mut kept);
+    assert!(r.text().contains("client123"), "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(
+        kept.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed after its answer"
+    );
+    // New calls are served too.
+    assert!(gw.send(&verified_call(false)).text().contains("client123"));
+    gw.proc.signal("USR2");
+    wait_ready(200);
+    assert!(gw.metrics_text().contains("mor_gateway_draining 0"));
+    let mut again = std::net::TcpStream::connect(gw.addr).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    again.write_all(verified_call(true).as_bytes()).unwrap();
+    let r = read_answer(&mut again);
+    assert_ne!(r.header("connection"), Some("close"), "keep-alive again");
+}
+
 #[test]
 fn reload_and_zero_downtime_upgrade_under_load() {
     let (_sim, sa) = start_sim(KEY, &[]);

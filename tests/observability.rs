@@ -123,3 +123,83 @@ fn metrics_cover_requests_bytes_and_build() {
     }
     assert!(!m.contains("admin"), "no usernames as labels");
 }
+
+/// The request id: the client's when sane, else one made by the gateway;
+/// in the client's answer, MOR's request, the access line and the refusal's
+/// log line.
+#[test]
+fn the_request_id_follows_the_call() {
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let gw = start_gateway_env(
+        &body_with_log(&[sa], "", ""),
+        &[("MOR_GATEWAY_LOG", "mor_gateway=debug")],
+    );
+    let with_id = |id: &str, body: &str| {
+        post_form("/billing/api/user_details_get", body).replacen(
+            "Host: mor\r\n",
+            &format!("Host: mor\r\nX-Request-Id: {id}\r\n"),
+            1,
+        )
+    };
+    let good = format!("u=admin&user_id=123&hash={H_123}");
+    // A sane id is kept, end to end.
+    let r = gw.send(&with_id("lb-7f3a:42", &good));
+    assert!(r.text().contains("client123"), "{}", r.text());
+    assert_eq!(r.header("x-request-id"), Some("lb-7f3a:42"));
+    let seen = sim_seen(sa);
+    let headers = seen[0]["headers"].as_array().unwrap();
+    let to_mor: Vec<&str> = headers
+        .iter()
+        .filter(|h| h[0] == "x-request-id")
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(to_mor, ["lb-7f3a:42"], "MOR gets the id once");
+    // An id that is not sane (here with a space) is replaced; so is none.
+    let bad = gw.send(&with_id("a b", "u=admin&user_id=123&hash=00"));
+    let made = bad.header("x-request-id").unwrap().to_string();
+    assert!(
+        made.len() == 32 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+    let none = gw.post("/billing/api/user_details_get", &good);
+    let made2 = none.header("x-request-id").unwrap().to_string();
+    assert_ne!(made, made2);
+    // The access lines and the refusal's log line carry them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(gw.dir.join("access.log")).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 3 || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["lb-7f3a:42", made.as_str(), made2.as_str()]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let err = std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap_or_default();
+        if let Some(line) = err
+            .lines()
+            .find(|l| l.contains(&format!("refused (request id {made})")))
+        {
+            assert!(
+                line.contains("bad_hash") && line.contains("user_details_get"),
+                "{line}"
+            );
+            assert!(secrets_in(line).is_empty(), "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal line with the id in:\n{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

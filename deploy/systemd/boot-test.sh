@@ -214,8 +214,16 @@ $IN sh -c 'curl -s 127.0.0.1:9464/metrics' | grep '^mor_gateway_config_reloads_t
 $IN logrotate -f -s /run/logrotate.state "$logrotate_conf" || fail "logrotate"
 for _ in $(seq 1 50); do $IN test -e /var/log/mor-gateway/access.log && break; sleep 0.1; done
 calls 30
+# Drain (SIGUSR2): calls are still served while /readyz says 503; a second
+# SIGUSR2 ends it.
+ready_code() { $IN curl -s -o /dev/null -w '%{http_code}' --max-time 5 http://127.0.0.1:9464/readyz || true; }
 $IN systemctl kill -s USR2 --kill-who=main mor-gateway
+for _ in $(seq 1 50); do [ "$(ready_code)" = 503 ] && break; sleep 0.1; done
+[ "$(ready_code)" = 503 ] || fail "/readyz does not answer 503 while draining"
 calls 5
+$IN systemctl kill -s USR2 --kill-who=main mor-gateway
+for _ in $(seq 1 50); do [ "$(ready_code)" = 200 ] && break; sleep 0.1; done
+[ "$(ready_code)" = 200 ] || fail "/readyz does not answer 200 after the drain ended"
 for _ in $(seq 1 50); do
   rotated=$(lines /var/log/mor-gateway/access.log.1)
   new=$(lines /var/log/mor-gateway/access.log)
@@ -224,7 +232,31 @@ for _ in $(seq 1 50); do
 done
 [ "$rotated" -gt 0 ] && [ "$new" -gt 0 ] && [ "$((rotated + new))" = "$answered" ] ||
   fail "access log: $rotated rotated + $new new lines for $answered calls"
-echo "boot-test: start, $answered calls over HTTPS to MOR (CA from $ca_store), reload, logrotate (SIGUSR1: $rotated + $new lines, one per call), SIGUSR2: ok"
+echo "boot-test: start, $answered calls over HTTPS to MOR (CA from $ca_store), reload, logrotate (SIGUSR1: $rotated + $new lines, one per call), drain (SIGUSR2: served while /readyz 503): ok"
+
+# A plain restart under a light load (one call at a time): the calls that
+# fail are those sent between the old process closing its listeners and the
+# new one listening. The old one exits as soon as no call is in flight, so
+# that window is the restart itself, not the shutdown grace.
+$IN sh -c 'end=$(($(date +%s) + 6)); bad=0; n=0; first=0; last=0
+  while [ $(date +%s) -lt $end ]; do
+    c=$(curl -s -o /dev/null -w "%{http_code}" --max-time 5 -X POST http://127.0.0.1/billing/api/user_details_get -d "'"$body"'")
+    n=$((n+1))
+    if [ "$c" != 200 ]; then
+      bad=$((bad+1)); t=$(date +%s%N); [ "$first" = 0 ] && first=$t; last=$t
+    fi
+  done; echo "$n $bad $(( (last - first) / 1000000 ))" > /run/restart-load' &
+load=$!
+sleep 2
+t0=$(date +%s%N)
+$IN systemctl restart mor-gateway || fail "systemctl restart"
+t1=$(date +%s%N)
+wait "$load"
+read -r n bad window < <($IN cat /run/restart-load)
+restart_ms=$(( (t1 - t0) / 1000000 ))
+[ "$window" -le 1000 ] || fail "restart: calls failed over ${window} ms ($bad of $n; systemctl restart took ${restart_ms} ms)"
+echo "boot-test: systemctl restart took ${restart_ms} ms (shutdown_grace 10s); $bad of $n calls failed, over ${window} ms"
+calls 3
 
 if $IN /usr/bin/mor-gateway run --help | grep -- '--upgrade' >/dev/null; then
   for step in "mor-gateway mor-gateway@a" "mor-gateway@a mor-gateway@b"; do

@@ -18,6 +18,8 @@ pub struct Ctx {
     pub(crate) start: Instant,
     /// The state in force when the request was taken up (loaded once).
     pub(crate) state: Option<Arc<State>>,
+    /// The call's id (`X-Request-Id`), set as the call is taken up.
+    pub(crate) request_id: String,
     /// The client's address.
     pub(crate) ip: Option<IpAddr>,
     /// What is known of the call (labels, log fields).
@@ -45,6 +47,7 @@ impl Ctx {
         Ctx {
             start: Instant::now(),
             state: None,
+            request_id: String::new(),
             ip: None,
             info: CallInfo::default(),
             refused: None,

@@ -14,10 +14,11 @@ use pingora::{Error, ErrorType};
 
 use super::context::Ctx;
 use super::state::Shared;
-use super::upstreams::local_exhaustion;
+use super::upstreams::{local_exhaustion, peer_for};
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
 use crate::core::reply::{self, Reason};
+use crate::core::request_id;
 
 /// Counts an upstream error by kind.
 fn count_error(shared: &Shared, ctx: &Ctx, e: &Error, connect: bool) {
@@ -111,6 +112,9 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
     };
     req.insert_header("X-Forwarded-For", xff)?;
     req.insert_header("X-Real-IP", ip)?;
+    if !ctx.request_id.is_empty() {
+        req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+    }
     Ok(req)
 }
 
@@ -133,17 +137,7 @@ pub async fn forward(
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "no MOR upstream"))?;
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
-        let sni = u.tls_servers.get(&addr);
-        let mut peer = HttpPeer::new(addr, sni.is_some(), sni.cloned().unwrap_or_default());
-        if sni.is_some() {
-            peer.options.verify_cert = true;
-            peer.options.verify_hostname = true;
-            peer.options.ca = u.ca.as_ref().map(|c| c.certs.clone());
-        }
-        peer.options.connection_timeout = Some(u.connect_timeout);
-        peer.options.read_timeout = Some(u.read_timeout);
-        peer.options.write_timeout = Some(u.write_timeout);
-        peer.options.idle_timeout = Some(u.idle_timeout);
+        let peer = peer_for(addr, u);
         match shared.connector.get_http_session(&peer).await {
             Ok((up, _reused)) => break (up, peer),
             // The gateway's own fault (no descriptor, no local port): not
@@ -193,6 +187,9 @@ pub async fn forward(
         .upstream_duration
         .with_label_values(&[ctx.info.label()])
         .observe(sent.elapsed().as_secs_f64());
+    if !ctx.request_id.is_empty() {
+        resp.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+    }
     if st.settings.limits.headers {
         if let Some(a) = ctx.forward.as_ref().and_then(|f| f.allowance) {
             resp.insert_header("RateLimit-Limit", a.limit.to_string())?;

@@ -18,6 +18,7 @@ use crate::core::catalog::Envelope;
 use crate::core::decision::{self, Checked, Rejected, Signer, Verdict};
 use crate::core::framing;
 use crate::core::reply::{self, Reason, Refusal, ReplyMode, XML_CONTENT_TYPE};
+use crate::core::request_id;
 use crate::edge::body::{self, Reservation};
 use crate::edge::context::{Ctx, InFlight};
 use crate::edge::forward::timeout_kind;
@@ -57,11 +58,31 @@ impl Gateway {
     /// Answers with a refusal in the call's envelope; returns the status sent.
     async fn refuse(&self, session: &mut Session, ctx: &mut Ctx, r: Refusal) -> Result<u16> {
         ctx.refused = Some(r.reason);
+        // One line per refusal at debug level (MOR_GATEWAY_LOG=mor_gateway=debug):
+        // never a parameter value, a hash or a key.
+        tracing::debug!(
+            "refused (request id {}): {} ({}{}){} method {} user {}",
+            ctx.request_id,
+            r.reason.label(),
+            r.reason.text(),
+            r.detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default(),
+            ctx.info
+                .limits
+                .iter()
+                .find(|(_, allowed)| !allowed)
+                .map(|(l, _)| format!(" (limit layer {})", l.label()))
+                .unwrap_or_default(),
+            ctx.info.label(),
+            ctx.info.user.as_deref().unwrap_or("-"),
+        );
         let mode = ctx
             .state
             .as_ref()
             .map_or(ReplyMode::Mor, |s| s.settings.reply_mode);
-        write_refusal(session, mode, ctx.info.envelope, &r).await?;
+        write_refusal(session, mode, ctx.info.envelope, &r, &ctx.request_id).await?;
         Ok(r.reason.status(mode))
     }
 }
@@ -72,9 +93,13 @@ pub async fn write_refusal(
     mode: ReplyMode,
     envelope: Envelope,
     r: &Refusal,
+    request_id: &str,
 ) -> Result<()> {
     let out = reply::render(r, envelope, mode);
-    let mut h = ResponseHeader::build(out.status, Some(4))?;
+    let mut h = ResponseHeader::build(out.status, Some(5))?;
+    if !request_id.is_empty() {
+        h.insert_header(request_id::HEADER, request_id)?;
+    }
     h.insert_header(header::CONTENT_TYPE, XML_CONTENT_TYPE)?;
     h.insert_header(header::CONTENT_LENGTH, out.body.len().to_string())?;
     if let Some(s) = out.retry_after {
@@ -112,6 +137,13 @@ impl ProxyHttp for Gateway {
         // Pipelined requests are answered one after the other, in order
         // (pingora's default drops them with the connection).
         session.as_downstream_mut().set_pipelining_enabled(true);
+        let sent_ids = session.req_header().headers.get_all(request_id::HEADER);
+        // One sane id is kept; none or several: a new one.
+        let sent = match (sent_ids.iter().next(), sent_ids.iter().nth(1)) {
+            (Some(v), None) => Some(v.as_bytes()),
+            _ => None,
+        };
+        ctx.request_id = self.shared.request_ids.of(sent);
         let st = self.shared.state.load_full();
         ctx.state = Some(st.clone());
         let dir = self.shared.mirror.load();
@@ -126,7 +158,10 @@ impl ProxyHttp for Gateway {
         // Keep-alive only where HTTP allows it: pingora has turned it off
         // for HTTP/1.0 without `Connection: keep-alive`, for
         // `Connection: close` and for a length sent with Transfer-Encoding.
-        if ds.get_keepalive().is_some() {
+        if self.shared.draining() {
+            // Draining: this answer says `Connection: close`.
+            ds.set_keepalive(None);
+        } else if ds.get_keepalive().is_some() {
             ds.set_keepalive(Some(s.client.keepalive_timeout.as_secs().max(1)));
         }
         let req = session.req_header();
@@ -238,12 +273,17 @@ impl ProxyHttp for Gateway {
 
     /// What pingora's own error lines say of a request: method and path,
     /// and the query with its secrets redacted (never the raw URI).
-    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         let req = session.req_header();
         let (path, id_secret) = shown_path(&self.shared, req.uri.path());
-        match req.uri.query() {
+        let line = match req.uri.query() {
             Some(q) => format!("{} {path}?{}", req.method, redact_query_also(q, id_secret)),
             None => format!("{} {path}", req.method),
+        };
+        if ctx.request_id.is_empty() {
+            line
+        } else {
+            format!("{line} (request id {})", ctx.request_id)
         }
     }
 
@@ -321,6 +361,7 @@ impl ProxyHttp for Gateway {
             latency_us: micros(elapsed),
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
+            request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
         });
     }
 }

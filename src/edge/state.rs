@@ -3,6 +3,7 @@
 //! across reloads (metrics, access log, body budget, certificates, MOR's
 //! directory).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -10,6 +11,7 @@ use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
 
 use crate::config::{CertKey, Settings};
+use crate::core::request_id::IdSource;
 use crate::edge::body::Budget;
 use crate::edge::local_limits::Limits;
 use crate::edge::mirror::Mirror;
@@ -45,6 +47,11 @@ pub struct Shared {
     pub(crate) certs: Option<Arc<ArcSwap<CertKey>>>,
     /// MOR's directory in force (static config or a database snapshot).
     pub mirror: Mirror,
+    /// Draining (SIGUSR2): calls are served, `/readyz` answers 503, and
+    /// each connection closes after its next answer.
+    draining: AtomicBool,
+    /// Where request ids come from when a client sends none.
+    pub(crate) request_ids: IdSource,
 }
 
 impl Shared {
@@ -82,7 +89,21 @@ impl Shared {
             connector,
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
+            draining: AtomicBool::new(false),
+            request_ids: IdSource::default(),
         })
+    }
+
+    /// True while the gateway drains.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts or ends draining; returns the new state.
+    pub fn toggle_drain(&self) -> bool {
+        let now = !self.draining.fetch_xor(true, Ordering::Relaxed);
+        self.metrics.draining.set(i64::from(now));
+        now
     }
 
     /// Installs new settings, keeping limiter buckets whose quotas did not

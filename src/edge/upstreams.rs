@@ -30,6 +30,27 @@ impl HealthObserve for GaugeObserver {
     }
 }
 
+/// The pingora peer for MOR server `addr`: TLS verified against the
+/// configured CA (or the system store) by its name, the upstream timeouts.
+pub fn peer_for(
+    addr: std::net::SocketAddr,
+    u: &crate::config::Upstream,
+) -> pingora::prelude::HttpPeer {
+    let sni = u.tls_servers.get(&addr);
+    let mut peer =
+        pingora::prelude::HttpPeer::new(addr, sni.is_some(), sni.cloned().unwrap_or_default());
+    if sni.is_some() {
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        peer.options.ca = u.ca.as_ref().map(|c| c.certs.clone());
+    }
+    peer.options.connection_timeout = Some(u.connect_timeout);
+    peer.options.read_timeout = Some(u.read_timeout);
+    peer.options.write_timeout = Some(u.write_timeout);
+    peer.options.idle_timeout = Some(u.idle_timeout);
+    peer
+}
+
 /// True when `e` is the gateway's own lack of resources to open a socket
 /// (file descriptors, local ports, buffers), not a fault of the server it
 /// was connecting to.

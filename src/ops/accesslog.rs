@@ -76,6 +76,9 @@ pub struct Record<'a> {
     pub upstream: Option<String>,
     /// Key that signed (admin, reseller:NAME, unchecked).
     pub signer: Option<String>,
+    /// The call's id (`X-Request-Id`: the client's when sane, else made by
+    /// the gateway), also sent to MOR and back to the client.
+    pub request_id: Option<&'a str>,
 }
 
 /// True for parameter names whose values must never be logged.
@@ -429,6 +432,7 @@ mod tests {
             latency_us: micros(Duration::from_micros(1234)),
             upstream: None,
             signer: None,
+            request_id: None,
         }
     }
 

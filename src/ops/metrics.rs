@@ -126,6 +126,8 @@ pub struct Metrics {
     pub upstream_up: IntGaugeVec,
     /// Requests in flight.
     pub in_flight: IntGauge,
+    /// 1 while the gateway drains (SIGUSR2): serving, `/readyz` 503.
+    pub draining: IntGauge,
     /// Client connections open now (gateway listeners).
     pub connections_open: IntGauge,
     /// Client connections refused or cut before a request reached the
@@ -274,6 +276,13 @@ impl Metrics {
             in_flight: reg(
                 &r,
                 IntGauge::new("in_flight_requests", "Requests being handled now."),
+            ),
+            draining: reg(
+                &r,
+                IntGauge::new(
+                    "draining",
+                    "1 while the gateway drains (SIGUSR2): it serves, /readyz answers 503, connections close after their answer.",
+                ),
             ),
             connections_open: reg(
                 &r,

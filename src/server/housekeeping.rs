@@ -1,5 +1,6 @@
 //! The gateway's background duties: SIGHUP reloads, SIGUSR1 access-log
-//! reopens, limiter sweeps, upstream health checks and Redis probes.
+//! reopens, SIGUSR2 drain, limiter sweeps, upstream health checks, Redis
+//! probes, and the prompt exit after SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::config::Settings;
 use crate::edge::state::Shared;
 
-/// SIGHUP reloads, SIGUSR1 access-log reopens (SIGUSR2 is ignored), limiter
+/// SIGHUP reloads, SIGUSR1 access-log reopens, SIGUSR2 drains, limiter
 /// sweeps and upstream health checks.
 pub struct Housekeeping {
     pub(super) shared: Arc<Shared>,
@@ -94,7 +95,7 @@ impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hup = watch(SignalKind::hangup(), "SIGHUP (reload)");
         let mut usr1 = watch(SignalKind::user_defined1(), "SIGUSR1 (access-log reopen)");
-        let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2");
+        let mut usr2 = watch(SignalKind::user_defined2(), "SIGUSR2 (drain)");
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         let mut next_check = tokio::time::Instant::now();
         let mut next_probe = tokio::time::Instant::now();
@@ -102,7 +103,7 @@ impl BackgroundService for Housekeeping {
             tokio::select! {
                 Some(()) = next(&mut hup) => self.reload(),
                 Some(()) = next(&mut usr1) => reopen_access_log(&self.shared),
-                Some(()) = next(&mut usr2) => tracing::info!("SIGUSR2 ignored (SIGUSR1 reopens the access log, SIGHUP reloads)"),
+                Some(()) = next(&mut usr2) => toggle_drain(&self.shared),
                 _ = sweep.tick() => self.shared.state.load().limits.sweep(),
                 _ = tokio::time::sleep_until(next_check) => {
                     let st = self.shared.state.load_full();
@@ -124,6 +125,41 @@ impl BackgroundService for Housekeeping {
                 }
                 _ = shutdown.changed() => break,
             }
+        }
+        self.exit_when_idle().await;
+    }
+}
+
+/// SIGUSR2: starts draining (calls are served, `/readyz` answers 503 so a
+/// balancer moves traffic away, each connection closes after its next
+/// answer), or ends it.
+fn toggle_drain(shared: &Shared) {
+    if shared.toggle_drain() {
+        tracing::info!("SIGUSR2: draining: calls are served, /readyz answers 503, connections close after their answer (SIGUSR2 again ends it)");
+    } else {
+        tracing::info!("SIGUSR2: drain ended: /readyz answers as before, keep-alive as configured");
+    }
+}
+
+impl Housekeeping {
+    /// After SIGTERM (or SIGQUIT, once an upgraded process holds the
+    /// listeners) pingora accepts no more connections and ends idle
+    /// keep-alive ones; connections with a call in flight close after their
+    /// answer. The process exits as soon as no client connection is left,
+    /// instead of waiting out all of `shutdown_grace` (pingora's own wait,
+    /// which still bounds this one).
+    async fn exit_when_idle(&self) {
+        let grace = self.shared.state.load().settings.shutdown_grace;
+        let end = tokio::time::Instant::now() + grace;
+        let m = &self.shared.metrics;
+        while tokio::time::Instant::now() < end {
+            if m.connections_open.get() <= 0 && m.in_flight.get() <= 0 {
+                tracing::info!("stopping: no client connection left");
+                // What `run` does after pingora returns.
+                self.shared.access_log.flush(Duration::from_secs(2));
+                std::process::exit(0);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

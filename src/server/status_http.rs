@@ -75,7 +75,13 @@ impl ServeHttp for MetricsApp {
                     .as_ref()
                     .filter(|_| !self.shared.mirror.ever_loaded())
                     .map(|d| d.without_snapshot);
-                if !listeners_serving(&st.settings.listen).await {
+                if self.shared.draining() {
+                    text_response(
+                        503,
+                        "text/plain",
+                        b"draining (SIGUSR2): calls are still served\n".to_vec(),
+                    )
+                } else if !listeners_serving(&st.settings.listen).await {
                     text_response(503, "text/plain", b"a listener is not serving\n".to_vec())
                 } else if no_snapshot == Some(WithoutSnapshot::Refuse) {
                     text_response(

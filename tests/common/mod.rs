@@ -70,12 +70,32 @@ impl Drop for Proc {
     }
 }
 
-/// A port that was free a moment ago (bound to port 0, then released).
+/// Ports handed out by [`free_port`] come from below the kernel's
+/// ephemeral range (32768-60999 on Linux), so that no outgoing connection
+/// of a test, a gateway or a simulator can take one between the check and
+/// the child's bind; each test process starts at its own offset and never
+/// hands out a port twice.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// A port that was free a moment ago (bound, then released), never given
+/// out before in this process, outside the ephemeral range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    let span = usize::from(PORTS.end - PORTS.start);
+    let _ = NEXT_PORT.compare_exchange(
+        usize::MAX,
+        (std::process::id() as usize * 997) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let i = NEXT_PORT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORTS.start + u16::try_from(i).expect("within the range");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {PORTS:?}");
 }
 
 pub fn addr(port: u16) -> SocketAddr {
