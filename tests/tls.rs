@@ -237,7 +237,7 @@ fn shared_limits_over_tls_verified_against_the_ca_file() {
             &[sa],
             "",
             &format!(
-                "[limits]\nper_user = {{ per_second = 0.01, burst = 2 }}\n[limits.shared]\nurl = \"rediss://localhost:{port}\"\nca_file = \"{}\"\ntimeout = \"500ms\"\n",
+                "[limits]\nper_user = {{ per_second = 0.01, burst = 2 }}\n[limits.shared]\nurl = \"rediss://localhost:{port}\"\nca_file = \"{}\"\ntimeout = \"3s\"\n",
                 ca_file.display()
             ),
         )
