@@ -162,7 +162,13 @@ fn failed_handshakes_are_counted_by_reason_and_not_logged_each() {
     wait_metric(&gw, "mor_gateway_connections_open", 0.0);
     // The health checks are not failures; nothing reached MOR.
     assert!(sim_seen(sa).is_empty());
-    assert_eq!(log_lines(&gw, &["ERROR", "WARN"]), Vec::<String>::new());
+    // No line for any of those connections (the MOR probe's own lines, on
+    // a loaded machine, are not about them).
+    let lines: Vec<String> = log_lines(&gw, &["ERROR", "WARN"])
+        .into_iter()
+        .filter(|l| !l.contains("MOR server "))
+        .collect();
+    assert_eq!(lines, Vec::<String>::new());
     assert_eq!(log_lines(&gw, &["TLS handshakes failed"]).len(), 1);
     // A real client still gets through.
     assert!(tls_call_from("127.0.0.2", tls_addr, &ca));
