@@ -58,7 +58,7 @@ pub struct Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:<12}{:<34}{}", self.status, self.check, self.text)
+        write!(f, "{:<12}{:<34} {}", self.status, self.check, self.text)
     }
 }
 

@@ -109,6 +109,55 @@ fn each_disagreement_is_reported_as_what_it_is() {
         line(&out, "reseller res1 key @").starts_with("MISMATCH"),
         "{out}"
     );
+    // MOR's API off while the config has it on.
+    let (_off, oa) = start_sim(KEY, &["--no-api"]);
+    let (ok, out) = doctor(
+        &config(&format!("\"{oa}\""), "[api]\nallow_get = true"),
+        KEY,
+    );
+    assert!(!ok);
+    let l = line(&out, "Allow API @");
+    assert!(
+        l.starts_with("MISMATCH") && l.contains("API Requests are disabled"),
+        "{l}"
+    );
+    // MOR checks no hash while the config does.
+    let (_nh, ha) = start_sim(KEY, &["--no-hash-check"]);
+    let (ok, out) = doctor(
+        &config(&format!("\"{ha}\""), "[api]\nallow_get = true"),
+        KEY,
+    );
+    assert!(!ok);
+    let l = line(&out, "hash checking @");
+    assert!(
+        l.starts_with("MISMATCH") && l.contains("hash checking is off"),
+        "{l}"
+    );
+    // MOR X8 while the config says current, and the matching config.
+    let (_x8, xa) = start_sim(
+        KEY,
+        &[
+            "--version-text",
+            "MOR X8 (build 2017)",
+            "--reseller",
+            "res1=SIM_RESELLER_KEY",
+        ],
+    );
+    let (ok, out) = doctor(
+        &config(&format!("\"{xa}\""), "[api]\nallow_get = true"),
+        KEY,
+    );
+    assert!(!ok);
+    let l = line(&out, "MOR version @");
+    assert!(l.starts_with("MISMATCH") && l.contains("\"x8\""), "{l}");
+    let (ok, out) = doctor(
+        &config(
+            &format!("\"{xa}\""),
+            "[api]\nallow_get = true\nmor_version = \"x8\"",
+        ),
+        KEY,
+    );
+    assert!(ok, "{out}");
     // MOR down.
     let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let gone = down.local_addr().unwrap();

@@ -58,6 +58,17 @@ struct Cli {
     /// Refuse GET like MOR with "Allow GET API" off.
     #[arg(long)]
     no_get: bool,
+    /// Refuse every API call like MOR with the admin's "Allow API" off.
+    #[arg(long)]
+    no_api: bool,
+    /// Serve wrongly signed calls like MOR with the admin's "Disable hash
+    /// checking" on.
+    #[arg(long)]
+    no_hash_check: bool,
+    /// The text of `system_version_get`'s `<version>` (default: the
+    /// simulator's own name).
+    #[arg(long, value_name = "TEXT")]
+    version_text: Option<String>,
     /// Answer every API call with one fixed document (benchmarks).
     #[arg(long)]
     fixed_reply: bool,
@@ -97,6 +108,9 @@ fn env_key(var: &str) -> Result<Vec<u8>, String> {
 fn settings(cli: &Cli) -> Result<SimSettings, String> {
     let mut st = SimSettings::new(&env_key(&cli.key_env)?);
     st.allow_get = !cli.no_get;
+    st.allow_api = !cli.no_api;
+    st.check_hash = !cli.no_hash_check;
+    st.version_text = cli.version_text.clone();
     st.fixed_reply = cli.fixed_reply;
     if cli.mor_version == "x8" {
         st.version = rules::Version::X8;

@@ -57,6 +57,9 @@ pub struct SimSettings {
     /// and API settings are read from it for every call instead of the
     /// fields above.
     pub db_url: Option<String>,
+    /// The text of `system_version_get`'s `<version>` (None: the
+    /// simulator's own name).
+    pub version_text: Option<String>,
 }
 
 impl SimSettings {
@@ -73,6 +76,7 @@ impl SimSettings {
             reseller_switches: Vec::new(),
             version: Version::Current,
             db_url: None,
+            version_text: None,
         }
     }
 }
@@ -375,6 +379,10 @@ impl Simulator {
                 let kind = self.rules.kind(action);
                 if kind == Kind::BalanceOverHttp && db.is_some_and(|a| !a.balance_over_http) {
                     return error_response(200, envelope, "Feature disabled");
+                }
+                if let (Some(v), "system_version_get") = (&self.settings.version_text, action) {
+                    let v = quick_xml::escape::escape(v.as_str());
+                    return xml_response(200, doc(&format!("<page><version>{v}</version></page>")));
                 }
                 match data.answer(action, kind, &p.params, now_secs()) {
                     Answer::Doc(body) => xml_response(200, doc(&body)),
