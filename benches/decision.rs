@@ -15,44 +15,17 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 
 use mor_gateway::config::Settings;
-use mor_gateway::core::decision::{admit, verify, Checked, Head, Verdict};
+use mor_gateway::core::decision::{decide_now, Head, Verdict};
 use mor_gateway::core::directory::{ConfRow, Directory, UserRow};
-use mor_gateway::core::limits::{Gate, LimitSettings, Open};
+use mor_gateway::core::limits::{LimitSettings, Open};
 use mor_gateway::core::policy::Policy;
 
-/// The proxy's route with a gate that answers at once.
-fn route<G: Gate>(
-    s: &Policy,
-    dir: &Directory,
-    limits: &LimitSettings,
-    gate: &G,
-    head: &Head<'_>,
-    body: &[u8],
-) -> Verdict {
-    let admission = match admit(s, dir, head) {
-        Ok(a) => a,
-        Err(r) => return Verdict::Refuse(r.refusal, r.info),
-    };
-    let answer = gate.answer(&admission.question(limits));
-    let admitted = match admission.conclude(answer) {
-        Ok(a) => a,
-        Err(r) => return Verdict::Refuse(r.refusal, r.info),
-    };
-    match verify(s, dir, head, admitted, body) {
-        Checked::Done(v) => v,
-        Checked::Pending(p) => {
-            let answer = gate.answer(&p.question(limits));
-            p.conclude(answer)
-        }
-    }
-}
-
 fn decide(s: &Policy, gate: &Open, head: &Head<'_>, body: &[u8]) -> Verdict {
-    route(s, &s.directory, &LimitSettings::default(), gate, head, body)
+    decide_now(s, &s.directory, &LimitSettings::default(), gate, head, body)
 }
 
 fn decide_with(s: &Policy, dir: &Directory, gate: &Open, head: &Head<'_>, body: &[u8]) -> Verdict {
-    route(s, dir, &LimitSettings::default(), gate, head, body)
+    decide_now(s, dir, &LimitSettings::default(), gate, head, body)
 }
 
 fn settings() -> Settings {
@@ -279,7 +252,7 @@ fn limited(c: &mut Criterion) {
     };
     let gate = mor_gateway::edge::local_limits::Limits::new(&s.limits);
     let go = |head: &Head<'_>, body: &[u8]| {
-        route(&s.policy, &s.policy.directory, &s.limits, &gate, head, body)
+        decide_now(&s.policy, &s.policy.directory, &s.limits, &gate, head, body)
     };
     assert!(matches!(go(&head, form.as_bytes()), Verdict::Forward(..)));
     c.bench_function("decide_limited/form_post", |b| {

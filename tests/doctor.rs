@@ -14,7 +14,7 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Runs doctor on `config` with the admin key `key`; (success, stdout).
 fn doctor(config: &str, key: &str) -> (bool, String) {
@@ -172,28 +172,8 @@ fn a_tls_mor_with_a_wrong_ca_is_unreachable() {
     let dir = temp_dir();
     let (ca, pem, key) = certs(&dir, "ca", "mor", "localhost");
     let (other_ca, _, _) = certs(&dir, "otherca", "x", "x");
-    let a = addr(free_port());
-    let child = Command::new(SIM_BIN)
-        .args([
-            "--listen",
-            &a.to_string(),
-            "--key-env",
-            "SIM_KEY",
-            "--tls-cert",
-        ])
-        .arg(&pem)
-        .arg("--tls-key")
-        .arg(&key)
-        .env("SIM_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _sim = Proc {
-        child,
-        name: "tls sim".into(),
-    };
-    wait_listening(a, "TLS simulator");
+    let (pem_s, key_s) = (pem.display().to_string(), key.display().to_string());
+    let (_sim, a) = start_sim(KEY, &["--tls-cert", &pem_s, "--tls-key", &key_s]);
     let with_ca = |ca: &Path| {
         config(
             &format!("\"https://localhost:{}\"", a.port()),

@@ -20,7 +20,7 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use openssl::ssl::{SslConnector, SslMethod, SslStream, SslVersion};
@@ -121,29 +121,8 @@ fn https_listener_and_certificate_reload_without_dropping_connections() {
 }
 
 fn start_tls_sim(cert: &Path, key: &Path) -> (Proc, SocketAddr) {
-    let a = addr(free_port());
-    let child = Command::new(SIM_BIN)
-        .args([
-            "--listen",
-            &a.to_string(),
-            "--key-env",
-            "SIM_KEY",
-            "--tls-cert",
-        ])
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .env("SIM_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let p = Proc {
-        child,
-        name: "tls sim".into(),
-    };
-    wait_listening(a, "TLS simulator");
-    (p, a)
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    start_sim(KEY, &["--tls-cert", &cert, "--tls-key", &key])
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use crate::core::catalog::{Auth, Caller, Envelope, Method};
 use crate::core::directory::{self, Directory, Lookup, UserId};
 use crate::core::limits::HashCheck;
-use crate::core::limits::{Allowance, Answer, LimitSettings, LimitTrace, Question};
+use crate::core::limits::{Allowance, Answer, Gate, LimitSettings, LimitTrace, Question};
 use crate::core::params::{ParamError, Params, Value};
 use crate::core::policy::{PathPolicy, Policy, Undetermined, UnknownMethods};
 use crate::core::reply::{Reason, Refusal};
@@ -652,10 +652,39 @@ pub fn verify(
     })
 }
 
+/// The proxy's route (admit, the per-IP question, verify, the call's
+/// question) with a gate that answers at once: for the CLI, tests, benches
+/// and tools. The proxy runs the same steps with its asynchronous gates.
+pub fn decide_now<G: Gate>(
+    s: &Policy,
+    dir: &Directory,
+    limits: &LimitSettings,
+    gate: &G,
+    head: &Head<'_>,
+    body: &[u8],
+) -> Verdict {
+    let admission = match admit(s, dir, head) {
+        Ok(a) => a,
+        Err(r) => return Verdict::Refuse(r.refusal, r.info),
+    };
+    let answer = gate.answer(&admission.question(limits));
+    let admitted = match admission.conclude(answer) {
+        Ok(a) => a,
+        Err(r) => return Verdict::Refuse(r.refusal, r.info),
+    };
+    match verify(s, dir, head, admitted, body) {
+        Checked::Done(v) => v,
+        Checked::Pending(p) => {
+            let answer = gate.answer(&p.question(limits));
+            p.conclude(answer)
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::core::limits::{Gate, Open};
+    use crate::core::limits::Open;
 
     /// The proxy's route, with a gate that answers at once and `limits`.
     pub(crate) fn route_with<G: Gate>(
@@ -666,22 +695,7 @@ pub(crate) mod tests {
         head: &Head<'_>,
         body: &[u8],
     ) -> Verdict {
-        let admission = match admit(s, dir, head) {
-            Ok(a) => a,
-            Err(r) => return Verdict::Refuse(r.refusal, r.info),
-        };
-        let answer = gate.answer(&admission.question(limits));
-        let admitted = match admission.conclude(answer) {
-            Ok(a) => a,
-            Err(r) => return Verdict::Refuse(r.refusal, r.info),
-        };
-        match verify(s, dir, head, admitted, body) {
-            Checked::Done(v) => v,
-            Checked::Pending(p) => {
-                let answer = gate.answer(&p.question(limits));
-                p.conclude(answer)
-            }
-        }
+        super::decide_now(s, dir, limits, gate, head, body)
     }
 
     /// The route with `dir` and no limits.
