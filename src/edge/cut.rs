@@ -40,6 +40,18 @@ pub enum Cut {
 }
 
 impl Cut {
+    /// Every kind of cut.
+    pub const ALL: [Cut; 8] = [
+        Cut::Total,
+        Cut::PerAddress,
+        Cut::HeaderTimeout,
+        Cut::Silent,
+        Cut::HeaderTooLarge,
+        Cut::ProxyProtocol,
+        Cut::Handshakes,
+        Cut::ClosedMidHeader,
+    ];
+
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -82,18 +94,7 @@ impl Cut {
     }
 
     pub(crate) fn from_code(c: u8) -> Option<Cut> {
-        [
-            Cut::Total,
-            Cut::PerAddress,
-            Cut::HeaderTimeout,
-            Cut::Silent,
-            Cut::HeaderTooLarge,
-            Cut::ProxyProtocol,
-            Cut::Handshakes,
-            Cut::ClosedMidHeader,
-        ]
-        .into_iter()
-        .find(|k| k.code() == c)
+        Cut::ALL.into_iter().find(|k| k.code() == c)
     }
 }
 
@@ -176,16 +177,7 @@ mod tests {
         assert!(a.starts_with("HTTP/1.1 431 ") && !a.contains("Retry-After"));
         assert!(answer_bytes(Cut::Silent).is_none());
         assert!(answer_bytes(Cut::ProxyProtocol).is_none());
-        for c in [
-            Cut::Total,
-            Cut::PerAddress,
-            Cut::HeaderTimeout,
-            Cut::Silent,
-            Cut::HeaderTooLarge,
-            Cut::ProxyProtocol,
-            Cut::Handshakes,
-            Cut::ClosedMidHeader,
-        ] {
+        for c in Cut::ALL {
             assert_eq!(Cut::from_code(c.code()), Some(c));
             assert!(crate::ops::metrics::CONNECTION_REFUSALS.contains(&c.label()));
         }
