@@ -62,11 +62,12 @@ impl fmt::Display for Finding {
     }
 }
 
-/// True when every finding is OK or SKIPPED.
-pub fn healthy(findings: &[Finding]) -> bool {
+/// How many findings are neither OK nor SKIPPED.
+pub fn failures(findings: &[Finding]) -> usize {
     findings
         .iter()
-        .all(|f| matches!(f.status, Status::Ok | Status::Skipped))
+        .filter(|f| !matches!(f.status, Status::Ok | Status::Skipped))
+        .count()
 }
 
 /// One answer of MOR's: its status and the start of its body.

@@ -534,21 +534,12 @@ fn main() -> ExitCode {
                 for f in &findings {
                     say!("{f}");
                 }
-                if mor_gateway::doctor::healthy(&findings) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "doctor: {} of {} checks failed against MOR",
-                        findings
-                            .iter()
-                            .filter(|f| !matches!(
-                                f.status,
-                                mor_gateway::doctor::Status::Ok
-                                    | mor_gateway::doctor::Status::Skipped
-                            ))
-                            .count(),
+                match mor_gateway::doctor::failures(&findings) {
+                    0 => Ok(()),
+                    n => Err(format!(
+                        "doctor: {n} of {} checks failed against MOR",
                         findings.len()
-                    ))
+                    )),
                 }
             }),
         Cmd::Sign {
