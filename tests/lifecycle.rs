@@ -146,15 +146,8 @@ fn sigterm_lets_the_slow_call_in_flight_finish_and_stops_accepting() {
         "the call in flight finished: {}",
         r.text()
     );
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while Instant::now() < deadline {
-        if let Ok(Some(st)) = gw.proc.child.try_wait() {
-            assert!(st.success(), "{st:?}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("the gateway did not exit after its grace");
+    exited_within(&mut gw.proc, Duration::from_secs(8))
+        .expect("the gateway did not exit after its grace");
 }
 
 /// Reads one answer from a kept-alive connection (its head and body by
