@@ -95,4 +95,6 @@ pub struct Policy {
     pub directory: Arc<Directory>,
     /// Method catalogue (with configured aliases and patches merged).
     pub catalog: Catalog,
+    /// Which refusing layers enforce and which only report (`[rollout]`).
+    pub rollout: crate::core::layers::Enforcement,
 }
