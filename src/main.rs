@@ -514,6 +514,11 @@ fn main() -> ExitCode {
                     Some(m) => say_raw!("{}", s.policy.catalog.describe(&m)),
                     None => {
                         say_raw!("{}", s.summary());
+                        if s.mor_db.is_none() {
+                            for line in server::check_rollout(&s, &s.policy.directory) {
+                                say!("{line}");
+                            }
+                        }
                         for line in server::check_directory(&s) {
                             say!("{line}");
                         }

@@ -248,9 +248,43 @@ impl Enforcement {
         self.by_owner & g.bit() != 0
     }
 
-    /// The method names the tables name (for `check`).
-    pub fn method_names(&self) -> impl Iterator<Item = &str> {
-        self.methods.keys().map(String::as_str)
+    /// What reports, one line per table that sets a layer to report (for
+    /// `check` and `explain`); empty when every layer enforces.
+    pub fn describe(&self) -> Vec<String> {
+        let list = |s: &Scope| {
+            Guard::ALL
+                .into_iter()
+                .filter(|g| s.mask & g.bit() != 0)
+                .map(|g| {
+                    let m = if s.report & g.bit() != 0 {
+                        "report"
+                    } else {
+                        "enforce"
+                    };
+                    format!("{}={m}", g.label())
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if self.enforces_all() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if self.global.mask != 0 {
+            out.push(format!("global: {}", list(&self.global)));
+        }
+        let mut named: Vec<(String, &Scope)> = self
+            .methods
+            .iter()
+            .map(|(k, s)| (format!("method {k}"), s))
+            .chain(self.owners.iter().map(|(k, s)| (format!("owner {k}"), s)))
+            .filter(|(_, s)| s.mask != 0)
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, s) in named {
+            out.push(format!("{name}: {}", list(s)));
+        }
+        out
     }
 
     /// The owner names the tables name (for `check`).

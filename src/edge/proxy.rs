@@ -361,6 +361,7 @@ impl ProxyHttp for Gateway {
             latency_us: micros(elapsed),
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
+            would_refuse: ctx.info.would_refuse.describe(),
             request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
         });
     }
