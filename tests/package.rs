@@ -166,6 +166,7 @@ fn man_pages_come_from_the_cli_and_document_the_daemon() {
             "mor-gateway-check.8",
             "mor-gateway-demo.8",
             "mor-gateway-doctor.8",
+            "mor-gateway-explain.8",
             "mor-gateway-run.8",
             "mor-gateway-sign.8",
             "mor-gateway.8"

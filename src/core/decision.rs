@@ -161,6 +161,12 @@ impl Admitted {
     pub fn info(&self) -> &CallInfo {
         &self.info
     }
+
+    /// The first-stage refusals waiting for the caller's owner (their
+    /// layer's mode is set per owner).
+    pub fn waiting(&self) -> impl Iterator<Item = (Guard, &Refusal)> + '_ {
+        self.deferred.iter().map(|(g, r)| (*g, r))
+    }
 }
 
 /// A routed request waiting for the per-IP layer: ask
@@ -416,7 +422,7 @@ fn screen_checks(
 
 /// Builds MOR's parameter view. Sources go in Rails' precedence, lowest
 /// first: body, query, then the path's `/<id>` and `.<format>`.
-fn view(
+pub fn view(
     head: &Head<'_>,
     api: &ApiPath,
     method: Option<&Method>,
@@ -442,7 +448,7 @@ fn view(
 }
 
 /// The caller as MOR finds it ("current user"), by the action's rule.
-fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup, ParamError> {
+pub fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup, ParamError> {
     let caller = m.map_or(Caller::U, |m| m.caller);
     Ok(match caller {
         Caller::UniquehashId => match params.scalar("id")?.filter(|id| !id.is_empty()) {
@@ -465,8 +471,8 @@ fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup
 }
 
 /// What stage two does about the hash.
-#[derive(Clone, Copy)]
-enum Check<'a> {
+#[derive(Debug, Clone, Copy)]
+pub enum Check<'a> {
     /// The action takes no hash.
     None,
     /// The catalogue's rule (global order or own list).
@@ -475,6 +481,31 @@ enum Check<'a> {
     Lists(&'a [Vec<String>]),
     /// MOR checks it; the gateway does not.
     Skip(Skipped),
+}
+
+/// What stage two does about the hash of a call to `method` (None: not
+/// catalogued).
+pub fn check_of<'a>(s: &Policy, method: Option<&'a Method>) -> Check<'a> {
+    match method {
+        // Unknown while the layer refusing them only reports (or waits for
+        // the owner): MOR checks its hash.
+        None if matches!(
+            s.unknown_methods,
+            UnknownMethods::Unchecked | UnknownMethods::Refuse
+        ) =>
+        {
+            Check::Skip(Skipped::UnknownMethod)
+        }
+        None => Check::Rule,
+        Some(m) => match m.auth {
+            Auth::Global | Auth::Own => Check::Rule,
+            Auth::Undetermined => match s.undetermined {
+                Undetermined::Candidates if !m.candidates.is_empty() => Check::Lists(&m.candidates),
+                _ => Check::Skip(Skipped::Undetermined),
+            },
+            _ => Check::None,
+        },
+    }
 }
 
 /// A call whose parameters and hash were checked, waiting for the limit
@@ -607,26 +638,7 @@ pub fn verify(
     };
     info.user = user;
 
-    let check = match method {
-        // Unknown while the layer refusing them only reports (or waits for
-        // the owner): MOR checks its hash.
-        None if matches!(
-            s.unknown_methods,
-            UnknownMethods::Unchecked | UnknownMethods::Refuse
-        ) =>
-        {
-            Check::Skip(Skipped::UnknownMethod)
-        }
-        None => Check::Rule,
-        Some(m) => match m.auth {
-            Auth::Global | Auth::Own => Check::Rule,
-            Auth::Undetermined => match s.undetermined {
-                Undetermined::Candidates if !m.candidates.is_empty() => Check::Lists(&m.candidates),
-                _ => Check::Skip(Skipped::Undetermined),
-            },
-            _ => Check::None,
-        },
-    };
+    let check = check_of(s, method);
     let done = |r: Refusal, info: CallInfo| Checked::Done(Verdict::Refuse(r, info));
     // Whose settings apply: every call MOR checks a hash for, and the
     // no-hash calls that name a user (login, a uniquehash).
