@@ -80,6 +80,36 @@ pub struct CallInfo {
     pub limits: LimitTrace,
     /// What reporting layers would have refused.
     pub would_refuse: WouldRefuse,
+    /// How a hash that did not match was compared (for the refusal's debug
+    /// line; set only then).
+    pub mismatch: Option<Mismatch>,
+}
+
+/// How a hash that did not match was compared: never a value or a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// `global order`, `own list` or `candidate lists`.
+    pub rule: &'static str,
+    /// Parameters hashed (in the first list).
+    pub parts: usize,
+    /// Whose keys were tried (owner names).
+    pub owners: Vec<String>,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} over {} parameter(s), key(s) of {} tried",
+            self.rule,
+            self.parts,
+            if self.owners.is_empty() {
+                "nobody".to_string()
+            } else {
+                self.owners.join(", ")
+            }
+        )
+    }
 }
 
 impl CallInfo {
@@ -736,7 +766,24 @@ pub fn verify(
                             Err(e) => return bad(&e, info),
                         };
                         match signed_by(dir, signers, &lists, given) {
-                            None => (Signer::Unchecked, HashCheck::Bad, None),
+                            None => {
+                                info.mismatch = Some(Mismatch {
+                                    rule: match check {
+                                        Check::Lists(_) => "candidate lists",
+                                        _ if method.is_some_and(|m| m.auth == Auth::Own) => {
+                                            "own list"
+                                        }
+                                        _ => "global order",
+                                    },
+                                    parts: lists.first().map_or(0, Vec::len),
+                                    owners: signers
+                                        .iter()
+                                        .filter_map(|id| dir.owner(*id))
+                                        .map(|o| o.name.to_string())
+                                        .collect(),
+                                });
+                                (Signer::Unchecked, HashCheck::Bad, None)
+                            }
                             Some(directory::ADMIN) => (Signer::Admin, HashCheck::Good, None),
                             Some(id) => (
                                 Signer::Reseller(
