@@ -226,13 +226,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             proxied,
         });
         let guarded: Stream = Box::new(Guarded::new(stream, conn.clone(), client));
+        let waits = super::http1::Waits {
+            first: client.header_timeout,
+            idle: client.keepalive_timeout,
+        };
         drop(settings);
         // On the heap: a connection still before its handshake (or its
         // PROXY header) holds a task sized for what it waits on, not for the
         // HTTP/1 loop's state.
         let cut = Box::pin(CONN.scope(
             conn.clone(),
-            super::http1::keepalive_loop(&self.inner, guarded, shutdown, &conn),
+            super::http1::keepalive_loop(&self.inner, guarded, shutdown, &conn, waits),
         ))
         .await;
         if let Some(cut) = cut {

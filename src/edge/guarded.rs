@@ -42,7 +42,16 @@ pub struct Guarded {
     deadline: Instant,
     /// Armed only when a header read has to wait (slow clients).
     timer: Option<Pin<Box<Sleep>>>,
+    /// The first bytes of the next request, read by [`Peek::try_peek`]
+    /// while no session existed, handed out before the stream's own.
+    stash: Vec<u8>,
+    /// Bytes of `stash` already handed out.
+    stashed_out: usize,
 }
+
+/// The most a wait for the next request reads at once (on the stack of
+/// one poll, never held while waiting).
+const FIRST_READ: usize = 2048;
 
 impl fmt::Debug for Guarded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -67,6 +76,50 @@ impl Guarded {
             read: 0,
             deadline: Instant::now() + client.header_timeout,
             timer: None,
+            stash: Vec::new(),
+            stashed_out: 0,
+        }
+    }
+
+    /// Hands out up to `max` stashed bytes into `buf`; the stash is freed
+    /// once empty.
+    fn unstash(&mut self, buf: &mut ReadBuf<'_>, max: usize) {
+        let n = (self.stash.len() - self.stashed_out)
+            .min(max)
+            .min(buf.remaining());
+        buf.put_slice(&self.stash[self.stashed_out..self.stashed_out + n]);
+        self.stashed_out += n;
+        if self.stashed_out == self.stash.len() {
+            self.stash = Vec::new();
+            self.stashed_out = 0;
+        }
+    }
+
+    /// Waits until the next request's first bytes arrive and keeps them
+    /// (Ok(true)); Ok(false) at the end of the stream. Nothing is held while
+    /// waiting but the socket: the bytes are read into the stack of the poll
+    /// that finds them and copied into a buffer of their size.
+    fn poll_first_bytes(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.stashed_out < self.stash.len() {
+            return Poll::Ready(Ok(true));
+        }
+        let Some(io) = self.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let mut first = [0u8; FIRST_READ];
+        let mut buf = ReadBuf::new(&mut first);
+        match Pin::new(io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled();
+                if got.is_empty() {
+                    return Poll::Ready(Ok(false));
+                }
+                self.stash = got.to_vec();
+                self.stashed_out = 0;
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -114,6 +167,10 @@ impl AsyncRead for Guarded {
         };
         let phase = this.conn.phase.load(Ordering::Relaxed);
         if phase == BODY {
+            if this.stashed_out < this.stash.len() {
+                this.unstash(buf, usize::MAX);
+                return Poll::Ready(Ok(()));
+            }
             return Pin::new(io).poll_read(cx, buf);
         }
         if this.conn.cut.load(Ordering::Acquire) != 0 {
@@ -127,7 +184,12 @@ impl AsyncRead for Guarded {
         }
         let before = buf.filled().len();
         let asked = buf.remaining() > 0;
-        let res = if buf.remaining() <= room {
+        let stashed = this.stash.len() - this.stashed_out;
+        let res = if stashed > 0 {
+            // The bytes a wait for this request read first.
+            this.unstash(buf, room);
+            Poll::Ready(Ok(()))
+        } else if buf.remaining() <= room {
             Pin::new(io).poll_read(cx, buf)
         } else {
             let (res, n) = {
@@ -281,12 +343,19 @@ impl GetSocketDigest for Guarded {
     }
 }
 
+/// Waits for the next request's first bytes without consuming them: they
+/// are kept in the guarded stream and read again by the session (whatever
+/// the stream inside, TLS included). `buf` gets a copy of the first ones;
+/// Err(UnexpectedEof) when the client closed instead.
 #[async_trait]
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        match self.inner.as_mut() {
-            Some(io) => io.try_peek(buf).await,
-            None => Err(gone()),
+        if !std::future::poll_fn(|cx| self.poll_first_bytes(cx)).await? {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
+        let pending = &self.stash[self.stashed_out..];
+        let n = pending.len().min(buf.len());
+        buf[..n].copy_from_slice(&pending[..n]);
+        Ok(true)
     }
 }

@@ -6,10 +6,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use pingora::apps::HttpServerApp;
+use std::time::Duration;
+
+use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use tokio::time::Instant;
 
 use super::cut::Cut;
 use super::lock;
@@ -19,6 +22,16 @@ use crate::core::framing::LineScan;
 /// pingora's wait for the first request on a new connection (seconds), as
 /// in its own HTTP/1 loop; `client.header_timeout` bounds it too.
 const FIRST_REQUEST_KEEPALIVE: u64 = 60;
+
+/// How long a connection may wait for a request's first byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    /// The first request's whole header (`client.header_timeout`, counted
+    /// from the connection's start); a connection silent that long is cut.
+    pub(crate) first: Duration,
+    /// Between requests (`client.keepalive_timeout`); then it is closed.
+    pub(crate) idle: Duration,
+}
 
 /// pingora's HTTP/1 keep-alive loop, one request per `process_new_http`,
 /// with each request's header phase marked and a cut header ending the
@@ -32,39 +45,132 @@ const FIRST_REQUEST_KEEPALIVE: u64 = 60;
 /// and HTTP/2 (the gateway offers HTTP/1 only; an h2 or custom ALPN goes to
 /// pingora's own `process_new`, see `Connections::serve`) and
 /// `force_custom` sessions. Added: the race with the connection's cut
-/// (header deadline or size) and the request-line reset between requests.
+/// (header deadline or size), the request-line reset between requests, and
+/// the wait for each request's first bytes before its session is built: a
+/// connection between requests holds its socket and this loop's small
+/// state, not a session and a request's future (those are on the heap only
+/// while a request is served).
 /// On a pingora upgrade, compare that function before moving the pin.
 pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
     app: &Arc<A>,
-    stream: Stream,
+    mut stream: Stream,
     shutdown: &ShutdownWatch,
     conn: &Conn,
+    waits: Waits,
 ) -> Option<Cut> {
-    let mut session = ServerSession::new_http1(stream);
-    let stopping = *shutdown.borrow();
-    session.set_keepalive((!stopping).then_some(FIRST_REQUEST_KEEPALIVE));
-    session.set_keepalive_reuses_remaining(
-        app.server_options().and_then(|o| o.keepalive_request_limit),
-    );
+    let started = Instant::now();
+    let mut persistent: Option<HttpPersistentSettings> = None;
+    let mut first = true;
     // One waiter for the whole connection (not one per request).
     let cut = conn.notify.notified();
     tokio::pin!(cut);
     loop {
+        let stopping = *shutdown.borrow();
+        // A pipelined request already read with the previous one is parsed
+        // at once: no wait for bytes the client has already sent.
+        let pipelined = persistent.as_ref().is_some_and(pipelined_prefix);
+        let deadline = if first {
+            started + waits.first
+        } else {
+            Instant::now() + waits.idle
+        };
+        let mut probe = [0u8; 1];
+        let mut watch = shutdown.clone();
+        let waited = if pipelined {
+            Ok(Ok(true))
+        } else {
+            tokio::select! {
+                biased;
+                () = &mut cut => return Cut::from_code(conn.cut.load(Ordering::Acquire)),
+                // Shutting down: a connection between requests is closed.
+                _ = watch.changed(), if !stopping && !first => return None,
+                r = tokio::time::timeout_at(deadline, stream.try_peek(&mut probe)) => r,
+            }
+        };
+        match waited {
+            Err(_) if first => {
+                conn.cut.store(Cut::Silent.code(), Ordering::Release);
+                return Some(Cut::Silent);
+            }
+            // Kept alive this long without a request; or the client left.
+            Err(_) | Ok(Err(_)) => return None,
+            Ok(Ok(_)) => {}
+        }
+        let mut session = ServerSession::new_http1(stream);
+        if first {
+            session.set_keepalive((!stopping).then_some(FIRST_REQUEST_KEEPALIVE));
+            session.set_keepalive_reuses_remaining(
+                app.server_options().and_then(|o| o.keepalive_request_limit),
+            );
+        } else if let Some(p) = persistent.take() {
+            p.apply_to_session(&mut session);
+        }
+        first = false;
         let reused = tokio::select! {
             biased;
             () = &mut cut => {
                 return Cut::from_code(conn.cut.load(Ordering::Acquire));
             }
-            r = app.process_new_http(session, shutdown) => r,
+            r = Box::pin(app.process_new_http(session, shutdown)) => r,
         };
-        let (stream, persistent) = reused?.consume();
+        let (next, settings) = reused?.consume();
+        stream = next;
+        persistent = settings;
         conn.phase.store(IDLE, Ordering::Relaxed);
         // A pipelined next request may be parsed without a read: no
         // verdict of this one's request line may carry over to it.
         *lock(&conn.line) = LineScan::default();
-        session = ServerSession::new_http1(stream);
-        if let Some(p) = persistent {
-            p.apply_to_session(&mut session);
+    }
+}
+
+/// Whether `p` carries bytes of a pipelined next request. pingora keeps them
+/// private; its derived `Debug` names the field, and this reads that (no
+/// allocation: the text is matched as it is written). Checked by a test, so
+/// a pingora upgrade that changes the form fails it.
+fn pipelined_prefix(p: &HttpPersistentSettings) -> bool {
+    const NEEDLE: &[u8] = b"pipelined_prefix: Some(";
+    struct Find {
+        window: [u8; NEEDLE.len()],
+        seen: usize,
+        found: bool,
+    }
+    impl std::fmt::Write for Find {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for b in s.bytes() {
+                self.window.copy_within(1.., 0);
+                self.window[NEEDLE.len() - 1] = b;
+                self.seen += 1;
+                if self.seen >= NEEDLE.len() && self.window == NEEDLE {
+                    self.found = true;
+                    // Stop formatting: the answer is known.
+                    return Err(std::fmt::Error);
+                }
+            }
+            Ok(())
         }
+    }
+    let mut f = Find {
+        window: [0; NEEDLE.len()],
+        seen: 0,
+        found: false,
+    };
+    let _ = std::fmt::write(&mut f, format_args!("{p:?}"));
+    f.found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    #[tokio::test]
+    async fn a_pipelined_prefix_is_seen_in_the_persistent_settings() {
+        let (a, _b) = tokio::net::UnixStream::pair().expect("socket pair");
+        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(a));
+        let session = ServerSession::new_http1(stream);
+        let mut p = HttpPersistentSettings::for_session(&session);
+        assert!(!pipelined_prefix(&p));
+        p.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(pipelined_prefix(&p));
     }
 }
