@@ -4,6 +4,12 @@
     hold.py silent PORT SRC COUNT SECONDS   COUNT connections that send nothing
     hold.py hello  PORT SRC COUNT SECONDS   COUNT connections that send the
                                             first bytes of a TLS ClientHello
+    hold.py loris  PORT SRC COUNT SECONDS   COUNT connections that send the
+                                            start of an HTTP request header
+                                            and stall
+    hold.py keepalive PORT SRC COUNT SECONDS KEY  COUNT connections that make
+                                            one signed API call each (answer
+                                            read), then stay open
     hold.py flood  PORT SRC COUNT SECONDS   connections opened as fast as
                                             possible for SECONDS, the newest
                                             COUNT kept open
@@ -21,6 +27,20 @@ import time
 
 # A TLS record header announcing a 512-byte ClientHello, and its first bytes.
 PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
+# The start of a request header (slowloris), never finished.
+PARTIAL_HEADER = b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nX-a: b\r\n"
+
+
+def signed_call(key):
+    import hashlib
+
+    h = hashlib.sha1(b"1" + key.encode()).hexdigest()
+    body = f"u=user1&user_id=1&hash={h}".encode()
+    return (
+        b"POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
 
 
 def connect(port, src):
@@ -34,13 +54,24 @@ def connect(port, src):
 def main():
     mode, port, src, count, seconds = sys.argv[1:6]
     port, count, seconds = int(port), int(count), float(seconds)
-    if mode in ("silent", "hello"):
+    if mode in ("silent", "hello", "loris", "keepalive"):
+        call = signed_call(sys.argv[6]) if mode == "keepalive" else b""
         held = []
         for _ in range(count):
             try:
                 s = connect(port, src)
                 if mode == "hello":
                     s.send(PARTIAL_HELLO)
+                elif mode == "loris":
+                    s.send(PARTIAL_HEADER)
+                elif mode == "keepalive":
+                    # One call at a time: every connection is then an idle
+                    # keep-alive one.
+                    s.sendall(call)
+                    s.settimeout(10)
+                    got = s.recv(4096)
+                    if b"200" not in got.split(b"\r\n", 1)[0]:
+                        raise OSError(f"unexpected answer {got[:80]!r}")
                 held.append(s)
             except OSError:
                 pass

@@ -268,3 +268,74 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
         self.inner.http_cleanup().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::edge::proxy::Gateway;
+    use pingora::protocols::http::ServerSession;
+
+    /// What a connection's futures weigh: the connection's own task (its
+    /// state while waiting for a request), the HTTP/1 loop (on the heap for
+    /// the connection's life) and a request's future (on the heap only
+    /// while it is served). Printed (`--nocapture`) for benches/results.md.
+    #[tokio::test]
+    async fn a_waiting_connection_holds_small_futures() {
+        let text = "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"K\"\n";
+        let env = std::collections::HashMap::from([("K", "k")]);
+        let settings = Arc::new(crate::config::Settings::from_toml(text, None, &env).unwrap());
+        let shared = Arc::new(
+            Shared::new(
+                settings,
+                Arc::new(crate::ops::metrics::Metrics::new()),
+                crate::ops::accesslog::AccessLog::open(crate::config::LogMode::Off, None).unwrap(),
+            )
+            .unwrap(),
+        );
+        let conf = Arc::new(pingora::server::configuration::ServerConf::default());
+        let proxy = pingora::proxy::http_proxy(
+            &conf,
+            Gateway {
+                shared: shared.clone(),
+            },
+        );
+        let c = Arc::new(Connections::new(proxy, shared, None));
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let stream = || -> Stream {
+            let (a, b) = tokio::net::UnixStream::pair().unwrap();
+            std::mem::forget(b);
+            Box::new(pingora::protocols::l4::stream::Stream::from(a))
+        };
+        let serve = c.serve(stream(), &rx);
+        let conn = Conn {
+            phase: AtomicU8::new(HEADER),
+            cut: AtomicU8::new(0),
+            notify: Notify::new(),
+            salvage: Mutex::new(None),
+            line: Mutex::new(LineScan::default()),
+            proxied: false,
+        };
+        let waits = super::super::http1::Waits {
+            first: std::time::Duration::from_secs(1),
+            idle: std::time::Duration::from_secs(1),
+        };
+        let looped = super::super::http1::keepalive_loop(&c.inner, stream(), &rx, &conn, waits);
+        let request = c
+            .inner
+            .process_new_http(ServerSession::new_http1(stream()), &rx);
+        let sizes = (
+            std::mem::size_of_val(&serve),
+            std::mem::size_of_val(&looped),
+            std::mem::size_of_val(&request),
+        );
+        println!(
+            "future sizes: connection task {} B, HTTP/1 loop {} B, one request {} B",
+            sizes.0, sizes.1, sizes.2
+        );
+        // Debug-build figures; a release build's are smaller.
+        assert!(sizes.0 <= 1024, "{sizes:?}");
+        assert!(sizes.1 <= 2048, "{sizes:?}");
+        assert!(sizes.2 <= 16, "a request's future is boxed: {sizes:?}");
+    }
+}

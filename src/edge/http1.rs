@@ -111,7 +111,8 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
             () = &mut cut => {
                 return Cut::from_code(conn.cut.load(Ordering::Acquire));
             }
-            r = Box::pin(app.process_new_http(session, shutdown)) => r,
+            // On the heap already (an async trait method's future).
+            r = app.process_new_http(session, shutdown) => r,
         };
         let (next, settings) = reused?.consume();
         stream = next;
