@@ -3,14 +3,14 @@
 //! answered by a gate (local limiters or Redis) and hands back.
 //!
 //! The one route, the proxy's and every test's:
-//! 1. [`admit`]: route and the path policies (a path refused here costs no
-//!    per-IP token); then [`Admission::question`] (the per-IP layer), its
+//! 1. [`admit`]: route, the global address lists ([`crate::core::access`])
+//!    and the path policies (a call refused here costs no per-IP token); then [`Admission::question`] (the per-IP layer), its
 //!    answer to [`Admission::conclude`], which also applies the HTTP method,
 //!    the API policies and the method's own rule (refused actions die
 //!    before their body is read);
 //! 2. (the body, read by the caller);
-//! 3. [`verify`]: parameter view → caller and owner → hash with the owner's
-//!    key → the path to forward to;
+//! 3. [`verify`]: parameter view → caller and owner → the owner's address
+//!    lists → hash with the owner's key → the path to forward to;
 //! 4. [`Pending::question`] (lockout, then user and method limits), its
 //!    answer to [`Pending::conclude`]: the [`Verdict`].
 
@@ -247,6 +247,11 @@ pub fn admit(s: &Policy, dir: &Directory, head: &Head<'_>) -> Result<Admission, 
         },
         _ => CallInfo::default(),
     };
+    // The global address lists: after routing (the refusal is in the
+    // action's envelope), before the per-IP question and the body.
+    if let Err(refusal) = s.access.screen(head.client_ip) {
+        return Err(Box::new(Rejected { refusal, info }));
+    }
     let policy = match &kind {
         PathKind::Api(_) => None,
         PathKind::RestV2 => Some(s.rest_v2),
@@ -544,6 +549,12 @@ pub fn verify(
             Err(e) => return bad(&e, info),
         },
     };
+    // The owner's address lists, before any key is tried.
+    if let Some(Lookup::Known(c)) = who {
+        if let Err(r) = s.access.owner(dir, c.owner, head.client_ip) {
+            return done(r, info);
+        }
+    }
     let (signer, hash, skipped) = match (check, who) {
         (Check::None, Some(Lookup::Known(c))) if !dir.allow_api(c) => {
             return done(Refusal::new(Reason::ApiDisabled), info)
@@ -610,6 +621,12 @@ pub fn verify(
                     }
                     if ok && matched.is_none() {
                         matched = Some(*id);
+                    }
+                }
+                // An unlisted caller's owner is the one whose key signed.
+                if let (Lookup::Unlisted, Some(id)) = (l, matched) {
+                    if let Err(r) = s.access.owner(dir, id, head.client_ip) {
+                        return done(r, info);
                     }
                 }
                 match matched {
