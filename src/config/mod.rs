@@ -662,7 +662,11 @@ impl Settings {
         );
         let nets = |v: &[ipnet::IpNet]| match v.len() {
             0 => "none".to_string(),
-            _ => v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            _ => v
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         let acc = &p.access;
         let _ = writeln!(
@@ -948,15 +952,23 @@ users = ["a"]
         let err = |extra: &str| load(&base(extra)).unwrap_err().to_string();
         let msg = err("[access]\nallow = [\"10.0.0.0/8\", \"10.1.2.3/8\"]\n");
         assert!(
-            msg.contains("access.allow[1]") && msg.contains("host bits") && msg.contains("10.0.0.0/8"),
+            msg.contains("access.allow[1]")
+                && msg.contains("host bits")
+                && msg.contains("10.0.0.0/8"),
             "{msg}"
         );
         let msg = err("[access]\ndeny = [\"10.0.0.300\"]\n");
-        assert!(msg.contains("access.deny[0]") && msg.contains("not a CIDR"), "{msg}");
+        assert!(
+            msg.contains("access.deny[0]") && msg.contains("not a CIDR"),
+            "{msg}"
+        );
         let msg = err("[access.owners.res1]\nallow = [\"2001:db8::1/32\"]\n");
         assert!(msg.contains("access.owners.res1.allow[0]"), "{msg}");
         let msg = err("[access.owners.Res1]\n[access.owners.res1]\n");
-        assert!(msg.contains("access.owners.res1") && msg.contains("same owner"), "{msg}");
+        assert!(
+            msg.contains("access.owners.res1") && msg.contains("same owner"),
+            "{msg}"
+        );
         let msg = err("[access]\nallowed = []\n");
         assert!(msg.contains("allowed"), "{msg}");
         let msg = err("[metrics]\nadmin_allow = [\"localhost\"]\n");
@@ -973,7 +985,11 @@ users = ["a"]
         assert!(s.summary().contains("1 owner(s) with lists (admin)"));
         // Loopback only by default.
         let d = load(&base("")).unwrap();
-        let nets: Vec<String> = d.metrics_admin_allow.iter().map(|n| n.to_string()).collect();
+        let nets: Vec<String> = d
+            .metrics_admin_allow
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
         assert!(d.policy.access.is_open());
     }

@@ -571,9 +571,15 @@ pub(crate) fn networks(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigE
                     ))
                 }
                 Ok(n) => n,
-                Err(_) => s.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| {
-                    invalid(at(), format!("'{s}' is not a CIDR (like 192.0.2.0/24) or an address"))
-                })?,
+                Err(_) => s
+                    .parse::<std::net::IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| {
+                        invalid(
+                            at(),
+                            format!("'{s}' is not a CIDR (like 192.0.2.0/24) or an address"),
+                        )
+                    })?,
             };
             Ok(match net {
                 IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {

@@ -135,8 +135,10 @@ impl Access {
     /// The owner names no owner of `dir` has (for `check`): a list that
     /// never applies.
     pub fn unknown_owners(&self, dir: &Directory) -> Vec<&str> {
-        let known: std::collections::HashSet<String> =
-            dir.owner_names().map(key).collect::<std::collections::HashSet<_>>();
+        let known: std::collections::HashSet<String> = dir
+            .owner_names()
+            .map(key)
+            .collect::<std::collections::HashSet<_>>();
         self.owner_names()
             .filter(|n| key(n) != ADMIN_NAME && !known.contains(&key(n)))
             .collect()
@@ -385,9 +387,16 @@ users = ["ruser"]
 
     #[test]
     fn a_globally_denied_address_is_refused_before_any_limit_is_asked() {
-        let p = policy("[access]\nallow = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ndeny = [\"192.0.2.66\"]\n");
+        let p = policy(
+            "[access]\nallow = [\"192.0.2.0/24\", \"2001:db8::/32\"]\ndeny = [\"192.0.2.66\"]\n",
+        );
         let q = query("admin", "456789");
-        for from in ["198.51.100.1", "192.0.2.66", "::ffff:192.0.2.66", "2001:db9::1"] {
+        for from in [
+            "198.51.100.1",
+            "192.0.2.66",
+            "::ffff:192.0.2.66",
+            "2001:db9::1",
+        ] {
             let (v, gate) = call(&p, from, &q);
             assert_eq!(reason(&v), Some(Reason::AddressDenied), "{from}");
             assert!(gate.0.borrow().is_empty(), "{from}: no per-IP token");
@@ -409,9 +418,8 @@ users = ["ruser"]
             assert_eq!(gate.0.borrow().len(), 2, "per-IP, then the call's layers");
         }
         // Pass-through paths too (when forwarded at all).
-        let p = policy(
-            "[api]\nother_paths = \"forward\"\n[access]\ndeny = [\"198.51.100.0/24\"]\n",
-        );
+        let p =
+            policy("[api]\nother_paths = \"forward\"\n[access]\ndeny = [\"198.51.100.0/24\"]\n");
         let head = Head {
             path: "/elsewhere",
             ..head
@@ -450,7 +458,11 @@ users = ["ruser"]
         let (v, _) = call(&p, "203.0.113.5", &adm);
         assert_eq!(reason(&v), Some(Reason::AddressDenied));
         let (v, _) = call(&p, "203.0.113.5", &res);
-        assert_eq!(reason(&v), Some(Reason::AddressDenied), "not in res1's allow");
+        assert_eq!(
+            reason(&v),
+            Some(Reason::AddressDenied),
+            "not in res1's allow"
+        );
     }
 
     #[test]
