@@ -2,6 +2,14 @@
 //! client addresses given by `X-Forwarded-For` from a trusted balancer
 //! (127.0.0.1) or by the connection's own loopback source address.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
 mod common;
 
 use std::io::{Read, Write};
