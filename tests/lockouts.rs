@@ -285,3 +285,50 @@ fn shared_lockouts_are_listed_and_cleared_for_every_gateway() {
     assert!(!locked(&r), "{}", r.text());
     assert_eq!(sim_seen(sa).len(), before + 1, "forwarded to MOR");
 }
+
+#[test]
+fn the_lockouts_command_lists_and_clears() {
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let gw = start_gateway(&body_for(&[sa], "", &format!("[limits]\n{LOCKOUT}")));
+    lock(gw.addr, "127.0.0.2", "alice");
+    lock(gw.addr, "127.0.0.2", "bob");
+    let run = |args: &[&str]| {
+        // No secret in the environment: the command reads metrics.listen only.
+        let out = std::process::Command::new(BIN)
+            .arg("lockouts")
+            .arg("-c")
+            .arg(&gw.config)
+            .args(args)
+            .env_remove("GW_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("lockout mode: local"), "{text}");
+    assert!(text.contains("127.0.0.2  \"alice\"  "), "{text}");
+    assert!(text.contains("2 locked pair(s)"), "{text}");
+    let (ok, text) = run(&["--clear", "127.0.0.2", "alice"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("cleared: ip 127.0.0.2 user \"alice\""),
+        "{text}"
+    );
+    assert!(served(&send_from(
+        "127.0.0.2",
+        gw.addr,
+        call("alice", H_123).as_bytes()
+    )));
+    let (ok, text) = run(&["--clear", "127.0.0.2", "alice"]);
+    assert!(!ok && text.contains("not locked"), "{text}");
+    let (ok, text) = run(&[]);
+    assert!(
+        ok && text.contains("1 locked pair(s)") && !text.contains("alice"),
+        "{text}"
+    );
+}

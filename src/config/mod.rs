@@ -300,6 +300,25 @@ impl fmt::Debug for MorDbSettings {
     }
 }
 
+/// The metrics listener a configuration text names (None: off), read
+/// without its secrets or any other key's checks: for `mor-gateway
+/// lockouts`, which only talks to the running gateway.
+pub fn metrics_listen_of(text: &str, path: &Path) -> Result<Option<SocketAddr>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(default)]
+        metrics: schema::Metrics,
+    }
+    let raw: Only = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: parse_message(text, &e),
+    })?;
+    match raw.metrics.listen.as_str() {
+        "" => Ok(None),
+        s => resolve::parse_listen("metrics.listen", s).map(Some),
+    }
+}
+
 /// 12 hex digits of the SHA-1 of a configuration text.
 pub fn digest(text: &str) -> String {
     use sha1::{Digest, Sha1};

@@ -118,7 +118,7 @@ fn ca_file(key: &str, p: &Path) -> Result<(Vec<u8>, Vec<X509>), ConfigError> {
     Ok((pem, certs))
 }
 
-fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse::<SocketAddr>()
         .map_err(|_| invalid(key, format!("'{s}' is not an IP:port address")))
 }

@@ -11,13 +11,18 @@
 //! gateway's own table (used while Redis was down), and a clear removes the
 //! pair from both.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
+use http::header;
 use ipnet::IpNet;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
 use serde::Serialize;
 
 use crate::core::client::canonical;
-use crate::core::params::Params;
+use crate::core::params::{encode, Params};
 use crate::core::reply::ceil_secs;
 use crate::edge::state::Shared;
 
@@ -206,6 +211,91 @@ async fn clear(st: &crate::edge::state::State, peer: &str, ip: IpAddr, user: &st
         if cleared { 200 } else { 404 },
         &serde_json::json!({ "cleared": cleared, "ip": key.to_string(), "user": user }),
     )
+}
+
+/// The `mor-gateway lockouts` command's side: asks the running gateway's
+/// metrics listener at `addr` (from loopback, like an admin on the host)
+/// for the list, or to clear `clear` = (ip, user); the lines to print, or
+/// why not (a pair not locked is an error too).
+pub async fn ask(addr: SocketAddr, clear: Option<(&str, &str)>) -> Result<Vec<String>, String> {
+    let (method, target) = match clear {
+        None => ("GET", LIST.to_string()),
+        Some((ip, user)) => (
+            "POST",
+            format!("{CLEAR}?ip={}&user={}", encode(ip), encode(user)),
+        ),
+    };
+    let (status, body) = request(addr, method, &target).await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("{addr} answered {status}, not the lockout interface"))?;
+    let text = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    match (clear, status) {
+        (_, 200) if clear.is_some() => Ok(vec![format!(
+            "cleared: ip {} user {:?}",
+            text("ip"),
+            text("user")
+        )]),
+        (Some(_), 404) => Err(format!(
+            "not locked: ip {} user {:?}",
+            text("ip"),
+            text("user")
+        )),
+        (None, 200) => {
+            let mut out = vec![format!("lockout mode: {}", text("mode"))];
+            if let Some(e) = v["redis_error"].as_str() {
+                out.push(format!("WARNING: Redis' locks not listed: {e}"));
+            }
+            let list = v["lockouts"].as_array().cloned().unwrap_or_default();
+            for p in &list {
+                out.push(format!(
+                    "{}  {:?}  {}s left  ({})",
+                    p["ip"].as_str().unwrap_or(""),
+                    p["user"].as_str().unwrap_or(""),
+                    p["seconds_left"].as_u64().unwrap_or(0),
+                    p["where"].as_str().unwrap_or("")
+                ));
+            }
+            out.push(format!("{} locked pair(s)", list.len()));
+            Ok(out)
+        }
+        _ => Err(format!(
+            "{addr} answered {status}: {}",
+            v["error"].as_str().unwrap_or("")
+        )),
+    }
+}
+
+/// One plain HTTP request to the metrics listener; its status and body.
+async fn request(addr: SocketAddr, method: &str, target: &str) -> Result<(u16, Vec<u8>), String> {
+    let mut peer = HttpPeer::new(addr, false, String::new());
+    peer.options.connection_timeout = Some(Duration::from_secs(5));
+    peer.options.read_timeout = Some(Duration::from_secs(10));
+    let connector = Connector::new(None);
+    let (mut s, _) = connector.get_http_session(&peer).await.map_err(|e| {
+        format!(
+            "cannot reach the metrics listener at {addr}: {}",
+            e.etype().as_str()
+        )
+    })?;
+    let mut req =
+        RequestHeader::build(method, target.as_bytes(), Some(3)).map_err(|e| e.to_string())?;
+    let fail = |e: Box<pingora::Error>| e.to_string();
+    req.insert_header(header::HOST, addr.to_string())
+        .map_err(fail)?;
+    req.insert_header(header::CONTENT_LENGTH, "0")
+        .map_err(fail)?;
+    s.write_request_header(Box::new(req)).await.map_err(fail)?;
+    s.finish_request_body().await.map_err(fail)?;
+    s.read_response_header().await.map_err(fail)?;
+    let status = s.response_header().map_or(0, |h| h.status.as_u16());
+    let mut body = Vec::new();
+    while let Some(chunk) = s.read_response_body().await.map_err(fail)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 * 1024 * 1024 {
+            return Err("answer too large".into());
+        }
+    }
+    Ok((status, body))
 }
 
 #[cfg(test)]
