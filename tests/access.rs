@@ -241,3 +241,74 @@ fn check_warns_about_an_owner_the_directory_does_not_have() {
         "{text}"
     );
 }
+
+/// The reason of each access-log line whose user is `user`.
+fn reasons_of(gw: &Gw, user: &str) -> Vec<String> {
+    access_log(gw)
+        .iter()
+        .filter(|l| l["user"] == user)
+        .map(|l| l["reason"].as_str().unwrap_or("forwarded").to_string())
+        .collect()
+}
+
+#[test]
+fn owners_from_mors_database_have_their_lists_too() {
+    let db = Mariadb::start();
+    db.mor();
+    let (_sim, sa) = start_sim_db(&db.mor_url(), &[]);
+    let tables = format!(
+        "{}\n[client]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[access.owners.res1]\nallow = [\"192.0.2.0/24\"]\n[access.owners.res2]\ndeny = [\"0.0.0.0/0\", \"::/0\"]\n[access.owners.ghost]\ndeny = [\"0.0.0.0/0\"]\n",
+        db.directory_toml("")
+    );
+    let gw = start_gateway(&body_with_log(&[sa], "", &tables));
+    // ruser belongs to res1 (id 4) in MOR's database only.
+    let r = gw.send(&call_from("203.0.113.9", "ruser", "resellerkey"));
+    assert_eq!(r.text(), mor_error("Access Denied"));
+    assert!(sim_seen(sa).is_empty(), "nothing forwarded");
+    let r = gw.send(&call_from("192.0.2.5", "ruser", "resellerkey"));
+    assert!(
+        r.text().contains("client") || !r.text().contains("<error>"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(sim_seen(sa).len(), 1);
+    // The admin's users are not res1's.
+    let r = gw.send(&call_from("203.0.113.9", "john", KEY));
+    assert!(!r.text().contains("<error>"), "{}", r.text());
+    assert_eq!(sim_seen(sa).len(), 2);
+    // carol is nobody's yet (MOR would not know her either)...
+    let r = gw.send(&call_from("192.0.2.5", "carol", "res2key"));
+    assert_eq!(r.text(), mor_error("Access Denied"));
+    assert_eq!(reasons_of(&gw, "carol"), ["unknown_user"]);
+    // ...until reseller res2 and its customer carol are created in MOR:
+    // res2's lists then apply to her, from the next snapshot on.
+    db.sql("INSERT INTO mor.users (id, username, usertype, owner_id, uniquehash) VALUES (40, 'res2', 'reseller', 0, 'res2uniq'), (41, 'carol', 'user', 40, 'caroluniq')");
+    db.sql("INSERT INTO mor.conflines (name, value, owner_id) VALUES ('API_Secret_Key', 'res2key', 40), ('Allow_API', '1', 40), ('API_Disable_hash_checking', '0', 40)");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while reasons_of(&gw, "carol").last().map(String::as_str) != Some("address_denied") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "res2's lists never applied"
+        );
+        gw.send(&call_from("192.0.2.5", "carol", "res2key"));
+    }
+    assert_eq!(sim_seen(sa).len(), 2, "nothing of carol's forwarded");
+
+    // `check` reads the database and warns about the name it lacks.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&gw.config)
+        .env("GW_KEY", KEY)
+        .env("GW_DB_PASSWORD", DB_PASSWORD)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("WARNING: [access.owners.ghost] names no owner in MOR's database"),
+        "{text}"
+    );
+    assert!(!text.contains("[access.owners.res1]"), "{text}");
+    assert!(!text.contains("[access.owners.res2]"), "{text}");
+}
