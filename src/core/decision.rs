@@ -219,7 +219,8 @@ fn is_get(method: &str) -> bool {
     method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
 }
 
-/// Stage one, before the body is read: route and the path policies; what
+/// Stage one, before the body is read: route, the global address lists
+/// and the path policies; what
 /// follows the per-IP layer (HTTP method, API policies that do not depend
 /// on the caller, the method's own rule) is decided here and applied by
 /// [`Admission::conclude`]. A refusal carries what is known of the call.
