@@ -320,8 +320,13 @@ fn sign(
             || "the built-in defaults".to_string(),
             |p| p.display().to_string(),
         );
+        let whence = if r.reason == mor_gateway::core::reply::Reason::AddressDenied {
+            " (the curl line would come from this host, 127.0.0.1, which [access] does not admit)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "the gateway refuses this call ({}: {}) with {source}: no curl line",
+            "the gateway refuses this call ({}: {}){whence} with {source}: no curl line",
             r.reason.label(),
             r.message()
         ));

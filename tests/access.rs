@@ -308,3 +308,36 @@ fn owners_from_mors_database_have_their_lists_too() {
     assert!(!text.contains("[access.owners.res1]"), "{text}");
     assert!(!text.contains("[access.owners.res2]"), "{text}");
 }
+
+#[test]
+fn sign_decides_its_curl_line_as_from_this_host() {
+    let dir = temp_dir();
+    let config = dir.join("gw.toml");
+    let sign = |access: &str| {
+        std::fs::write(
+            &config,
+            format!("listen = [\"127.0.0.1:8080\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"GW_KEY\"\n{access}"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["sign", "--key-env", "GW_KEY", "-c"])
+            .arg(&config)
+            .arg("user_details_get?u=admin&user_id=123")
+            .env("GW_KEY", KEY)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = sign("[access]\nallow = [\"192.0.2.0/24\"]\n");
+    assert!(!ok && !out.contains("curl"), "{out}");
+    assert!(
+        err.contains("address_denied") && err.contains("127.0.0.1, which [access] does not admit"),
+        "{err}"
+    );
+    let (ok, out, err) = sign("[access]\nallow = [\"192.0.2.0/24\", \"127.0.0.1\"]\n");
+    assert!(ok && out.contains("curl -s -X POST"), "{out}{err}");
+}
