@@ -227,6 +227,7 @@ fn shared_lockouts_are_listed_and_cleared_for_every_gateway() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["mode"], "shared");
     assert!(v.get("redis_error").is_none(), "{v}");
+    assert!(v.get("truncated").is_none(), "{v}");
     assert_eq!(
         pairs(&v),
         [
@@ -284,6 +285,21 @@ fn shared_lockouts_are_listed_and_cleared_for_every_gateway() {
     let r = send_from("127.0.0.2", b.addr, call("b|o*b", H_123).as_bytes());
     assert!(!locked(&r), "{}", r.text());
     assert_eq!(sim_seen(sa).len(), before + 1, "forwarded to MOR");
+
+    // More locks than one listing shows: bounded, and it says so.
+    let made = redis_cli(
+        rp,
+        &[
+            "EVAL",
+            "for i = 1, 10005 do redis.call('SET', 't*:lo:l|10.' .. math.floor(i / 256) .. '.' .. (i % 256) .. '.1|u', '1', 'PX', 60000) end return 1",
+            "0",
+        ],
+    );
+    assert_eq!(made, "1");
+    let (status, v) = list(a.metrics, "127.0.0.1");
+    assert_eq!(status, 200);
+    assert_eq!(v["truncated"], true, "{}", v["truncated"]);
+    assert_eq!(v["lockouts"].as_array().unwrap().len(), 10_000);
 }
 
 #[test]

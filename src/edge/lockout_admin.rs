@@ -79,6 +79,9 @@ struct Listing {
     /// Why Redis' locks are missing from the list (shared mode).
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_error: Option<String>,
+    /// Redis holds more locks than one listing shows (shared mode).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
 }
 
 /// Answers a request for `path` (None: not this module's path) from
@@ -123,14 +126,18 @@ fn mode(st: &crate::edge::state::State) -> &'static str {
 async fn list(st: &crate::edge::state::State) -> Reply {
     let mut lockouts: Vec<Locked> = Vec::new();
     let mut redis_error = None;
+    let mut truncated = false;
     if let Some(sh) = &st.shared_limits {
         match sh.locked_pairs().await {
-            Ok(pairs) => lockouts.extend(pairs.into_iter().map(|(ip, user, left)| Locked {
-                ip,
-                user,
-                seconds_left: ceil_secs(left),
-                at: "redis",
-            })),
+            Ok((pairs, cut)) => {
+                truncated = cut;
+                lockouts.extend(pairs.into_iter().map(|(ip, user, left)| Locked {
+                    ip,
+                    user,
+                    seconds_left: ceil_secs(left),
+                    at: "redis",
+                }));
+            }
             Err(e) => redis_error = Some(e),
         }
     }
@@ -151,6 +158,7 @@ async fn list(st: &crate::edge::state::State) -> Reply {
             mode: mode(st),
             lockouts,
             redis_error,
+            truncated,
         },
     )
 }
@@ -244,6 +252,9 @@ pub async fn ask(addr: SocketAddr, clear: Option<(&str, &str)>) -> Result<Vec<St
             let mut out = vec![format!("lockout mode: {}", text("mode"))];
             if let Some(e) = v["redis_error"].as_str() {
                 out.push(format!("WARNING: Redis' locks not listed: {e}"));
+            }
+            if v["truncated"] == true {
+                out.push("WARNING: Redis holds more locks than one listing shows".into());
             }
             let list = v["lockouts"].as_array().cloned().unwrap_or_default();
             for p in &list {

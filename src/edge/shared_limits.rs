@@ -392,8 +392,10 @@ impl SharedLimits {
     /// left: the lock keys found by `SCAN ... MATCH` (never `KEYS`), at
     /// most [`MAX_LISTED`] of them and [`MAX_SCANS`] cursor steps; the pair
     /// as the key names it (the user part hashed when over 128 bytes).
-    /// An error when Redis does not answer.
-    pub async fn locked_pairs(&self) -> Result<Vec<(String, String, Duration)>, String> {
+    /// An error when Redis does not answer; the flag says a bound cut the
+    /// listing short.
+    #[allow(clippy::type_complexity)]
+    pub async fn locked_pairs(&self) -> Result<(Vec<(String, String, Duration)>, bool), String> {
         let mut conn = self
             .connection(&self.probe_conn)
             .await
@@ -403,6 +405,7 @@ impl SharedLimits {
         let wait = self.admin_timeout();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
+        let mut complete = false;
         for _ in 0..MAX_SCANS {
             let mut cmd = redis::cmd("SCAN");
             cmd.arg(cursor)
@@ -417,15 +420,20 @@ impl SharedLimits {
                     .map_err(|e| e.to_string())?;
             keys.extend(found);
             cursor = next;
-            if cursor == 0 || keys.len() >= MAX_LISTED {
+            if cursor == 0 {
+                complete = true;
+                break;
+            }
+            if keys.len() >= MAX_LISTED {
                 break;
             }
         }
         keys.sort_unstable();
         keys.dedup();
+        let truncated = !complete || keys.len() > MAX_LISTED;
         keys.truncate(MAX_LISTED);
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), truncated));
         }
         let mut pipe = redis::pipe();
         for k in &keys {
@@ -435,7 +443,7 @@ impl SharedLimits {
             .await
             .map_err(|_| "Redis did not answer".to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(keys
+        let pairs = keys
             .iter()
             .zip(ttls)
             .filter(|(_, ttl)| *ttl > 0)
@@ -447,7 +455,8 @@ impl SharedLimits {
                     Duration::from_millis(ttl.unsigned_abs()),
                 ))
             })
-            .collect())
+            .collect();
+        Ok((pairs, truncated))
     }
 
     /// Unlocks the pair of `ip` (the lockout's key: an IPv6 address as its
