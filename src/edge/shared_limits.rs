@@ -394,7 +394,6 @@ impl SharedLimits {
     /// as the key names it (the user part hashed when over 128 bytes).
     /// An error when Redis does not answer; the flag says a bound cut the
     /// listing short.
-    #[allow(clippy::type_complexity)]
     pub async fn locked_pairs(&self) -> Result<(Vec<(String, String, Duration)>, bool), String> {
         let mut conn = self
             .connection(&self.probe_conn)
