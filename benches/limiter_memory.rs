@@ -21,6 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use mor_gateway::core::layers::Modes;
 use mor_gateway::core::limits::{Gate, HashCheck, LimitSettings, Lockout, QuotaSpec};
 use mor_gateway::edge::local_limits::Limits;
 
@@ -69,10 +70,17 @@ fn scenario(keys: u32, cap: usize) {
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i));
         let user = format!("user{i}");
         let s = limits.settings();
-        let _ = limits.answer(&s.ip_question(ip));
-        let quotas = s.call_question(ip, Some(&user), "user_calls_get", HashCheck::Skipped);
+        let _ = limits.answer(&s.ip_question(ip, Modes::ENFORCE));
+        let quotas = s.call_question(
+            ip,
+            Some(&user),
+            "user_calls_get",
+            HashCheck::Skipped,
+            Modes::ENFORCE,
+        );
         let _ = limits.answer(&quotas);
-        let _ = limits.answer(&s.call_question(ip, Some(&user), "m", HashCheck::Bad));
+        let _ =
+            limits.answer(&s.call_question(ip, Some(&user), "m", HashCheck::Bad, Modes::ENFORCE));
     }
     let fed = t.elapsed();
     let tracked = limits.tracked_keys();

@@ -17,5 +17,6 @@ pub mod config;
 pub mod core;
 pub mod doctor;
 pub mod edge;
+pub mod explain;
 pub mod ops;
 pub mod server;

@@ -96,6 +96,39 @@ enum Cmd {
         #[arg(long, num_args = 2, value_names = ["IP", "USER"])]
         clear: Option<Vec<String>>,
     },
+    /// Explain the gateway's decision about one call, as the client sent
+    /// it: route and alias, the action's rule, caller and owner, the
+    /// parameters hashed in order and those left out, the keys tried, the
+    /// layers and whether each enforces or reports, the verdict and the
+    /// exact reply. Never prints a key; the expected hash only with
+    /// --show-expected-hash. Exit status 0 when forwarded, 1 when refused.
+    Explain {
+        /// Config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Read the secrets' variables from this systemd EnvironmentFile.
+        #[arg(long, value_name = "FILE")]
+        env_file: Option<PathBuf>,
+        /// Also print the hash the gateway expects with each key tried.
+        #[arg(long)]
+        show_expected_hash: bool,
+        /// The body as sent (form or JSON).
+        #[arg(short = 'd', long, value_name = "BODY", conflicts_with = "data_file")]
+        data: Option<String>,
+        /// Read the body from this file.
+        #[arg(long, value_name = "FILE")]
+        data_file: Option<PathBuf>,
+        /// The Content-Type sent (default: form with a body, none without).
+        #[arg(long, value_name = "TYPE")]
+        content_type: Option<String>,
+        /// The client's address.
+        #[arg(long, default_value = "127.0.0.1")]
+        client_ip: std::net::IpAddr,
+        /// HTTP method, e.g. POST.
+        method: String,
+        /// The URL or path with its query, e.g. '/billing/api/user_details_get?u=admin&...'.
+        url: String,
+    },
     /// Print the hash MOR expects for a call (filters applied) and a curl
     /// line to the gateway that the config lets through (none, and exit
     /// status 1, for a call the gateway would refuse).
@@ -561,6 +594,11 @@ fn main() -> ExitCode {
                     Some(m) => say_raw!("{}", s.policy.catalog.describe(&m)),
                     None => {
                         say_raw!("{}", s.summary());
+                        if s.mor_db.is_none() {
+                            for line in server::check_rollout(&s, &s.policy.directory) {
+                                say!("{line}");
+                            }
+                        }
                         for line in server::check_directory(&s) {
                             say!("{line}");
                         }
@@ -574,6 +612,45 @@ fn main() -> ExitCode {
                 config.display()
             )),
         },
+        Cmd::Explain {
+            config,
+            env_file,
+            show_expected_hash,
+            data,
+            data_file,
+            content_type,
+            client_ip,
+            method,
+            url,
+        } => environment(env_file.as_ref())
+            .and_then(|env| load(&config, env.as_ref()))
+            .and_then(|s| {
+                let body = match (data, data_file) {
+                    (Some(d), _) => d.into_bytes(),
+                    (None, Some(f)) => std::fs::read(&f)
+                        .map_err(|e| format!("cannot read {}: {e}", f.display()))?,
+                    (None, None) => Vec::new(),
+                };
+                let content_type = content_type.or_else(|| {
+                    (!body.is_empty()).then(|| "application/x-www-form-urlencoded".to_string())
+                });
+                let dir = mor_gateway::explain::directory(&s)?;
+                let call = mor_gateway::explain::Call {
+                    method: &method,
+                    url: &url,
+                    content_type: content_type.as_deref(),
+                    body: &body,
+                    client_ip,
+                };
+                let e = mor_gateway::explain::explain(&s, &dir, &call, show_expected_hash);
+                for l in &e.lines {
+                    say!("{l}");
+                }
+                match e.verdict {
+                    Verdict::Forward(..) => Ok(()),
+                    Verdict::Refuse(..) => Err("explain: the gateway refuses this call".into()),
+                }
+            }),
         Cmd::Doctor { config, env_file } => environment(env_file.as_ref())
             .and_then(|env| load(&config, env.as_ref()))
             .and_then(|s| {

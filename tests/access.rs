@@ -341,3 +341,43 @@ fn sign_decides_its_curl_line_as_from_this_host() {
     let (ok, out, err) = sign("[access]\nallow = [\"192.0.2.0/24\", \"127.0.0.1\"]\n");
     assert!(ok && out.contains("curl -s -X POST"), "{out}{err}");
 }
+
+#[test]
+fn explain_shows_the_address_lists() {
+    let dir = temp_dir();
+    let config = dir.join("gw.toml");
+    std::fs::write(
+        &config,
+        "listen = [\"127.0.0.1:8080\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"GW_KEY\"\n[[resellers]]\nname = \"res1\"\nkey_env = \"GW_KEY\"\nusers = [\"ruser\"]\n[access]\ndeny = [\"203.0.113.0/24\"]\n[access.owners.res1]\nallow = [\"192.0.2.0/24\"]\n",
+    )
+    .unwrap();
+    let explain = |from: &str, user: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["explain", "-c"])
+            .arg(&config)
+            .args(["--client-ip", from, "-d"])
+            .arg(format!("u={user}&user_id=123&hash={H_123}"))
+            .args(["POST", "/billing/api/user_details_get"])
+            .env("GW_KEY", KEY)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = explain("203.0.113.9", "admin");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("stage one  refused before the body is read: address_denied"),
+        "{out}"
+    );
+    let (ok, out) = explain("198.51.100.1", "ruser");
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("access     client 198.51.100.1: the global lists admit it; the owner's lists refuse it (address_denied)"),
+        "{out}"
+    );
+    let (ok, out) = explain("198.51.100.1", "admin");
+    assert!(ok, "{out}");
+}

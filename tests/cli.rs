@@ -619,3 +619,73 @@ fn demo_runs_the_simulator_as_a_process_and_its_curl_lines_work() {
         "the simulator outlived the demo"
     );
 }
+
+#[test]
+fn explain_walks_a_call_through_and_prints_no_key() {
+    let cfg = config(&format!(
+        "{GOOD}[[resellers]]\nname = \"res1\"\nkey_env = \"CLI_RKEY\"\nusers = [\"ruser\"]\n[rollout.layers]\nallow_get = \"report\"\n"
+    ));
+    let cfg = cfg.to_str().unwrap();
+    let env = [("CLI_KEY", "456789"), ("CLI_RKEY", "resellerkey")];
+    // A verified call by the alias, as a JSON body: forwarded, exit 0.
+    let o = run(
+        &[
+            "explain",
+            "-c",
+            cfg,
+            "--content-type",
+            "application/json",
+            "-d",
+            r#"{"u":"admin","user_id":123,"u15":"1","hash":"0ab3ede4e93a55c38855a2cc9b9e169d35442c48"}"#,
+            "POST",
+            "http://gw/billing/api/user_update_api",
+        ],
+        &env,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    for want in [
+        "legacy alias of user_details_update",
+        "hashed     user_id=\"123\" u15=\"1\"",
+        "key        of admin: MATCHES",
+        "verdict    FORWARD as /billing/api/user_details_update",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
+    assert!(
+        !out.contains("456789") && !out.contains("resellerkey"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("0ab3ede4e93a"),
+        "the given hash is shortened: {out}"
+    );
+    // A reseller's user with a wrong hash over GET (reported): refused
+    // for its hash, exit 1, the reply as the gateway sends it; the
+    // expected hash only with the flag.
+    let call = "/billing/api/user_details_get?u=ruser&user_id=123&hash=abc";
+    let o = run(&["explain", "-c", cfg, "GET", call], &env);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    for want in [
+        "owner res1",
+        "key        of res1: does not match",
+        "would refuse but reports: allow_get:get_disabled",
+        "verdict    REFUSE: bad_hash",
+        "<status><error>Incorrect hash</error></status>",
+    ] {
+        assert!(out.contains(want), "{want:?} in\n{out}");
+    }
+    assert!(!out.contains("expected hash"), "{out}");
+    let o = run(
+        &["explain", "-c", cfg, "--show-expected-hash", "GET", call],
+        &env,
+    );
+    let (out, _) = text(&o);
+    // SHA1("123" + "resellerkey")
+    let expected = {
+        use sha1::{Digest, Sha1};
+        hex::encode(Sha1::digest(b"123resellerkey"))
+    };
+    assert!(out.contains(&format!("expected hash {expected}")), "{out}");
+}

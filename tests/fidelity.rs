@@ -60,6 +60,16 @@ struct Pair {
     _sim: Proc,
     sim: std::net::SocketAddr,
     cat: Catalog,
+    /// The gateway's own config, for `explain` in this process.
+    settings: mor_gateway::config::Settings,
+    /// The keys in it (never printed by `explain`).
+    keys: Vec<&'static str>,
+}
+
+fn settings_of(gw: &Gw, env: &[(&'static str, &'static str)]) -> mor_gateway::config::Settings {
+    let text = std::fs::read_to_string(&gw.config).expect("the gateway's config");
+    let env: std::collections::HashMap<&str, &str> = env.iter().copied().collect();
+    mor_gateway::config::Settings::from_toml(&text, None, &env).expect("config")
 }
 
 fn pair(top: &str, tables: &str, sim_args: &[&str]) -> Pair {
@@ -70,11 +80,14 @@ fn pair(top: &str, tables: &str, sim_args: &[&str]) -> Pair {
         "{tables}\n[[resellers]]\nname = \"res1\"\nkey_env = \"GW_RESELLER_KEY\"\nusers = [\"ruser\"]\nuniquehash = \"res1uniq\"\n"
     );
     let gw = start_gateway(&body_for(&[sa], top, &tables));
+    let settings = settings_of(&gw, &[("GW_KEY", KEY), ("GW_RESELLER_KEY", RKEY)]);
     Pair {
         gw,
         _sim: sim,
         sim: sa,
         cat: Catalog::parse(EMBEDDED, Product::Mor).expect("catalogue"),
+        settings,
+        keys: vec![KEY, RKEY],
     }
 }
 
@@ -137,7 +150,40 @@ impl Pair {
             r.body
         );
         assert_eq!(did, expect, "{what}: {} {} {}", r.method, r.target, r.body);
+        self.explained_alike(what, r, did, &g);
         g.text()
+    }
+
+    /// `explain` (the same code, in this process) reaches the verdict the
+    /// gateway reached, and for a refusal the very reply; it prints no key
+    /// and no expected hash.
+    fn explained_alike(&self, what: &str, r: &Req, did: Did, g: &Resp) {
+        use mor_gateway::core::decision::Verdict;
+        let call = mor_gateway::explain::Call {
+            method: r.method,
+            url: &r.target,
+            content_type: r.ctype,
+            body: r.body.as_bytes(),
+            client_ip: "127.0.0.1".parse().expect("ip"),
+        };
+        let dir = self.settings.policy.directory.clone();
+        let e = mor_gateway::explain::explain(&self.settings, &dir, &call, false);
+        let text = e.lines.join("\n");
+        match (&e.verdict, did) {
+            (Verdict::Forward(..), Did::Forwarded) => {}
+            (Verdict::Refuse(..), Did::Refused) => {
+                let last = e.lines.last().expect("a reply line");
+                assert_eq!(last.trim(), g.text(), "{what}: explain's reply\n{text}");
+            }
+            (v, d) => panic!("{what}: explain says {v:?}, the gateway {d:?}\n{text}"),
+        }
+        for secret in &self.keys {
+            assert!(
+                !text.contains(secret),
+                "{what}: a key in explain's output\n{text}"
+            );
+        }
+        assert!(!text.contains("expected hash"), "{text}");
     }
 
     fn hash(&self, method: &str, params: &Params, key: &str) -> String {
@@ -552,11 +598,14 @@ fn every_reproducing_newer_example_passes_and_a_wrong_hash_is_refused() {
         toml::from_str(include_str!("../src/sim/facts/newer-actions.toml")).expect("facts");
     let (sim, sa) = start_sim("secret", &[]);
     let gw = start_gateway_env(&body_for(&[sa], "", ""), &[("GW_KEY", "secret")]);
+    let settings = settings_of(&gw, &[("GW_KEY", "secret")]);
     let p = Pair {
         gw,
         _sim: sim,
         sim: sa,
         cat: Catalog::parse(EMBEDDED, Product::Mor).expect("catalogue"),
+        settings,
+        keys: vec!["secret"],
     };
     let mut n = 0;
     for e in facts["endpoint"].as_array().expect("endpoints") {

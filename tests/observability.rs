@@ -193,6 +193,11 @@ fn the_request_id_follows_the_call() {
                 line.contains("bad_hash") && line.contains("user_details_get"),
                 "{line}"
             );
+            // How the hash was compared: the rule, how many values, whose key.
+            assert!(
+                line.contains("(hash: global order over 1 parameter(s), key(s) of admin tried)"),
+                "{line}"
+            );
             assert!(secrets_in(line).is_empty(), "{line}");
             break;
         }

@@ -446,3 +446,54 @@ fn a_404_spends_no_redis_round_trip_and_no_per_ip_token() {
     assert_eq!(script_runs(rp), 5, "2 × (per-IP + call) + 1 refused per-IP");
     assert_eq!(redis_cli(rp, &["EXISTS", "t:q:ip|127.0.0.1"]), "1");
 }
+
+#[test]
+fn in_redis_a_reporting_quota_and_lockout_let_calls_through_and_the_enforcing_quota_still_refuses()
+{
+    let rp = free_port();
+    let _redis = start_redis(rp, &[]);
+    let (_sim, sa) = start_sim(KEY, &[]);
+    let tables = format!(
+        "[limits]\nheaders = true\nper_user = {{ per_second = 0.001, burst = 1 }}\n\
+         [limits.per_method_user]\nuser_details_get = {{ per_second = 0.001, burst = 3 }}\n\
+         [limits.lockout]\nfailures = 2\nwindow = \"60s\"\ncooloff = \"30s\"\n\
+         [rollout.layers]\nuser = \"report\"\nlockout = \"report\"\n\n{}",
+        shared_table(rp, "")
+    );
+    let gw = start_gateway(&body_for(&[sa], "", &tables));
+    let runs = script_runs(rp);
+    // Over the user's quota (reported): served; no RateLimit headers.
+    for i in 0..3 {
+        let r = gw.post("/billing/api/user_details_get", &details("alice"));
+        assert!(ok(&r), "call {i}: {}", r.text());
+        assert_eq!(r.header("ratelimit-limit").is_some(), i == 0, "call {i}");
+    }
+    assert!(script_runs(rp) >= runs + 3, "decided in Redis");
+    // The method+user quota (3) enforces: refused, not forwarded.
+    assert!(limited(
+        &gw.post("/billing/api/user_details_get", &details("alice"))
+    ));
+    assert_eq!(sim_seen(sa).len(), 3);
+    // Two bad hashes lock carol's pair (the hash layer enforces: answered
+    // at the edge); the lockout reports: her good call is served.
+    for _ in 0..2 {
+        let r = gw.post("/billing/api/user_details_get", &bad_details("carol"));
+        assert_eq!(r.text(), mor_error("Incorrect hash"));
+    }
+    assert_eq!(
+        redis_cli(rp, &["EXISTS", "t:lo:l|127.0.0.1|carol"]).trim(),
+        "1",
+        "the pair is locked in Redis"
+    );
+    let r = gw.post("/billing/api/user_details_get", &details("carol"));
+    assert!(ok(&r), "a reporting lockout does not refuse: {}", r.text());
+    assert_eq!(sim_seen(sa).len(), 4);
+    let m = gw.metrics_text();
+    for series in [
+        r#"mor_gateway_would_refuse_total{layer="user",reason="limited"} 2"#,
+        r#"mor_gateway_would_refuse_total{layer="lockout",reason="locked_out"} 1"#,
+        r#"mor_gateway_shared_limits_fallbacks_total{reason="error"} 0"#,
+    ] {
+        assert!(m.contains(series), "{series}\n{m}");
+    }
+}

@@ -848,6 +848,30 @@ fn mor_db(env: &dyn Env, d: schema::Directory) -> Result<MorDbSettings, ConfigEr
     })
 }
 
+/// `[rollout]`: the layers' modes; methods by their canonical names.
+fn rollout(
+    r: &schema::Rollout,
+    catalog: &Catalog,
+) -> Result<crate::core::layers::Enforcement, ConfigError> {
+    for m in r.methods.keys() {
+        let key = format!("rollout.methods.{m}");
+        let found = catalog
+            .lookup(m)
+            .ok_or_else(|| invalid(&key, format!("'{m}' is not a method in the catalogue")))?;
+        if found.alias.is_some() {
+            return Err(invalid(
+                &key,
+                format!(
+                    "'{m}' is a legacy name of {}: name the method by that name",
+                    found.method.name
+                ),
+            ));
+        }
+    }
+    crate::core::layers::Enforcement::new(&r.layers, &r.methods, &r.owners)
+        .map_err(|(key, why)| invalid(key, why))
+}
+
 fn limits(
     l: schema::Limits,
     catalog: &Catalog,
@@ -1049,6 +1073,7 @@ pub fn resolve(
     };
     let client = client(raw.client)?;
     let limits = limits(raw.limits, &catalog, client.ipv6_prefix)?;
+    let rollout = rollout(&raw.rollout, &catalog)?;
 
     let access = access(raw.access)?;
     let metrics_admin_allow = networks("metrics.admin_allow", &raw.metrics.admin_allow)?;
@@ -1096,6 +1121,7 @@ pub fn resolve(
             directory: Arc::new(directory),
             catalog,
             access,
+            rollout,
         }),
         resellers: tenants.resellers,
         mor_db,

@@ -73,6 +73,9 @@ pub struct File {
     /// `[access_log]`.
     #[serde(default)]
     pub access_log: AccessLog,
+    /// `[rollout]`: which refusing layers enforce and which only report.
+    #[serde(default)]
+    pub rollout: Rollout,
     /// `[access]`: allow and deny lists of client addresses.
     #[serde(default)]
     pub access: Access,
@@ -352,6 +355,19 @@ impl Default for Api {
             methods: BTreeMap::new(),
         }
     }
+}
+
+/// `[rollout]`: each refusing layer enforces or reports, globally, per
+/// method and per owner.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rollout {
+    /// Global: layer name (or `all`) to mode.
+    pub layers: crate::core::layers::ModeTable,
+    /// Per canonical method name.
+    pub methods: BTreeMap<String, crate::core::layers::ModeTable>,
+    /// Per owner (username of the reseller, or of the admin).
+    pub owners: BTreeMap<String, crate::core::layers::ModeTable>,
 }
 
 /// `[secrets]`.

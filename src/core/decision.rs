@@ -13,11 +13,18 @@
 //!    lists → hash with the owner's key → the path to forward to;
 //! 4. [`Pending::question`] (lockout, then user and method limits), its
 //!    answer to [`Pending::conclude`]: the [`Verdict`].
+//!
+//! Each refusal by a layer ([`Guard`]) goes through the layer's mode
+//! ([`Policy::rollout`]): an enforcing layer refuses; a reporting one notes
+//! the would-be refusal in [`CallInfo::would_refuse`] and the call goes on
+//! as if the layer had let it through. A first-stage layer whose mode some
+//! owner's table sets waits for the caller (stage two) before it decides.
 
 use std::net::IpAddr;
 
 use crate::core::catalog::{Auth, Caller, Envelope, Method};
 use crate::core::directory::{self, Directory, Lookup, UserId};
+use crate::core::layers::{Guard, Modes, WouldRefuse};
 use crate::core::limits::HashCheck;
 use crate::core::limits::{Allowance, Answer, Gate, LimitSettings, LimitTrace, Question};
 use crate::core::params::{ParamError, Params, Value};
@@ -71,6 +78,38 @@ pub struct CallInfo {
     pub envelope: Envelope,
     /// The rate-limit layers that decided about the call.
     pub limits: LimitTrace,
+    /// What reporting layers would have refused.
+    pub would_refuse: WouldRefuse,
+    /// How a hash that did not match was compared (for the refusal's debug
+    /// line; set only then).
+    pub mismatch: Option<Mismatch>,
+}
+
+/// How a hash that did not match was compared: never a value or a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// `global order`, `own list` or `candidate lists`.
+    pub rule: &'static str,
+    /// Parameters hashed (in the first list).
+    pub parts: usize,
+    /// Whose keys were tried (owner names).
+    pub owners: Vec<String>,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} over {} parameter(s), key(s) of {} tried",
+            self.rule,
+            self.parts,
+            if self.owners.is_empty() {
+                "nobody".to_string()
+            } else {
+                self.owners.join(", ")
+            }
+        )
+    }
 }
 
 impl CallInfo {
@@ -142,12 +181,21 @@ pub struct Admitted {
     info: CallInfo,
     /// The per-IP layer's allowance.
     allowance: Option<Allowance>,
+    /// First-stage refusals whose layer's mode depends on the caller's
+    /// owner, decided in stage two.
+    deferred: Vec<(Guard, Refusal)>,
 }
 
 impl Admitted {
     /// What is known of the call before its body is read.
     pub fn info(&self) -> &CallInfo {
         &self.info
+    }
+
+    /// The first-stage refusals waiting for the caller's owner (their
+    /// layer's mode is set per owner).
+    pub fn waiting(&self) -> impl Iterator<Item = (Guard, &Refusal)> + '_ {
+        self.deferred.iter().map(|(g, r)| (*g, r))
     }
 }
 
@@ -156,6 +204,8 @@ impl Admitted {
 #[derive(Debug, Clone)]
 pub struct Admission {
     ip: IpAddr,
+    /// The layers' modes before the caller is known.
+    modes: Modes,
     /// What the first stage decides once the per-IP layer allows the call.
     next: Result<Admitted, Box<Rejected>>,
 }
@@ -163,12 +213,12 @@ pub struct Admission {
 impl Admission {
     /// The per-IP layer's question.
     pub fn question(&self, limits: &LimitSettings) -> Question<'static> {
-        limits.ip_question(self.ip)
+        limits.ip_question(self.ip, self.modes)
     }
 
     /// The first stage's outcome once the per-IP layer answered.
     pub fn conclude(self, answer: Answer) -> Result<Admitted, Box<Rejected>> {
-        let Answer { outcome, trace } = answer;
+        let Answer { outcome, trace, .. } = answer;
         let (info, next) = match self.next {
             Ok(mut a) => (std::mem::take(&mut a.info), Ok(a)),
             Err(r) => {
@@ -176,8 +226,17 @@ impl Admission {
                 (info, Err(refusal))
             }
         };
+        // The per-IP layer is met first: its report goes first.
+        let mut noted = WouldRefuse::default();
+        if outcome.is_ok() && trace.iter().any(|(_, ok)| !ok) {
+            noted.push(
+                Guard::Quota(crate::core::limits::Layer::Ip),
+                Reason::Limited,
+            );
+        }
         let info = CallInfo {
             limits: info.limits.then(trace),
+            would_refuse: noted.then(info.would_refuse),
             ..info
         };
         match (outcome, next) {
@@ -264,18 +323,44 @@ pub fn admit(s: &Policy, dir: &Directory, head: &Head<'_>) -> Result<Admission, 
             info,
         }));
     }
+    let modes = s.rollout.modes(info.label(), None);
     let next = match kind {
-        PathKind::Api(api) => screen(s, dir, head, api, found, info),
+        PathKind::Api(api) => screen(s, dir, head, api, found, info, modes),
         _ => Ok(Admitted {
             api: None,
             info,
             allowance: None,
+            deferred: Vec::new(),
         }),
     };
     Ok(Admission {
         ip: head.client_ip,
+        modes,
         next,
     })
+}
+
+/// The first stage's refusals by a layer, through the layer's mode.
+struct Layers<'a> {
+    s: &'a Policy,
+    modes: Modes,
+    info: CallInfo,
+    deferred: Vec<(Guard, Refusal)>,
+}
+
+impl Layers<'_> {
+    /// `r` by layer `g`: refused now (Err), waiting for the caller's
+    /// owner, or noted as reported.
+    fn refuse(&mut self, g: Guard, r: Refusal) -> Result<(), Refusal> {
+        if self.s.rollout.per_owner(g) {
+            self.deferred.push((g, r));
+        } else if self.modes.enforces(g) {
+            return Err(r);
+        } else {
+            self.info.would_refuse.push(g, r.reason);
+        }
+        Ok(())
+    }
 }
 
 /// The first stage's checks after the per-IP layer, for an API path.
@@ -286,16 +371,40 @@ fn screen(
     api: ApiPath,
     found: Option<crate::core::catalog::Found<'_>>,
     info: CallInfo,
+    modes: Modes,
 ) -> Result<Admitted, Box<Rejected>> {
-    let refuse = |refusal: Refusal| {
-        Err(Box::new(Rejected {
-            refusal,
-            info: info.clone(),
-        }))
+    let mut layers = Layers {
+        s,
+        modes,
+        info,
+        deferred: Vec::new(),
     };
+    match screen_checks(&mut layers, s, dir, head, &api, found) {
+        Ok(()) => Ok(Admitted {
+            api: Some((api, found.map(|f| f.index))),
+            info: layers.info,
+            allowance: None,
+            deferred: layers.deferred,
+        }),
+        Err(refusal) => Err(Box::new(Rejected {
+            refusal,
+            info: layers.info,
+        })),
+    }
+}
+
+/// The checks of [`screen`]: Err is the refusal in force.
+fn screen_checks(
+    layers: &mut Layers<'_>,
+    s: &Policy,
+    dir: &Directory,
+    head: &Head<'_>,
+    api: &ApiPath,
+    found: Option<crate::core::catalog::Found<'_>>,
+) -> Result<(), Refusal> {
     let get = is_get(head.method);
     if !get && !head.method.eq_ignore_ascii_case("POST") {
-        return refuse(Refusal::new(Reason::MethodNotAllowed));
+        return Err(Refusal::new(Reason::MethodNotAllowed));
     }
     // MOR's generic route gives every canonical action a `/<id>`; of the
     // legacy aliases only those the catalogue names take one.
@@ -305,7 +414,7 @@ fn screen(
                 .is_some_and(|a| !f.method.id_routes.iter().any(|r| r == a))
         })
     {
-        return refuse(Refusal::with(Reason::NotFound, "no such API path"));
+        return Err(Refusal::with(Reason::NotFound, "no such API path"));
     }
     let method = found.map(|f| f.method);
     let auth = method.map_or(Auth::Global, |m| m.auth);
@@ -313,27 +422,28 @@ fn screen(
         if !dir.available {
             let mut r = Refusal::new(Reason::DirectoryUnavailable);
             r.retry_after = Some(std::time::Duration::from_secs(1));
-            return refuse(r);
+            return Err(r);
         }
         // Per owner once the caller is known (stage two); here only when
         // no owner at all has the API on.
         if !dir.any_api() {
-            return refuse(Refusal::new(Reason::ApiDisabled));
+            layers.refuse(Guard::AllowApi, Refusal::new(Reason::ApiDisabled))?;
         }
     }
     if get && !dir.allow_get && !method.is_some_and(|m| m.get_always) {
-        return refuse(Refusal::new(Reason::GetDisabled));
+        layers.refuse(Guard::AllowGet, Refusal::new(Reason::GetDisabled))?;
     }
     match auth {
-        Auth::UsernameOnly => {
-            return refuse(Refusal::with(
+        Auth::UsernameOnly => layers.refuse(
+            Guard::UsernameOnly,
+            Refusal::with(
                 Reason::UsernameOnly,
                 "MOR serves this action without a secret; closed at the gateway",
-            ))
-        }
-        Auth::Refuse => return refuse(Refusal::new(Reason::MethodDisabled)),
+            ),
+        )?,
+        Auth::Refuse => return Err(Refusal::new(Reason::MethodDisabled)),
         Auth::Undetermined if s.undetermined == Undetermined::Refuse => {
-            return refuse(Refusal::with(
+            return Err(Refusal::with(
                 Reason::MethodDisabled,
                 "the hash rule of this action is not documented; refused by the gateway's configuration",
             ))
@@ -341,18 +451,14 @@ fn screen(
         _ => {}
     }
     if method.is_none() && s.unknown_methods == UnknownMethods::Refuse {
-        return refuse(Refusal::new(Reason::UnknownMethod));
+        layers.refuse(Guard::UnknownMethod, Refusal::new(Reason::UnknownMethod))?;
     }
-    Ok(Admitted {
-        api: Some((api, found.map(|f| f.index))),
-        info,
-        allowance: None,
-    })
+    Ok(())
 }
 
 /// Builds MOR's parameter view. Sources go in Rails' precedence, lowest
 /// first: body, query, then the path's `/<id>` and `.<format>`.
-fn view(
+pub fn view(
     head: &Head<'_>,
     api: &ApiPath,
     method: Option<&Method>,
@@ -378,7 +484,7 @@ fn view(
 }
 
 /// The caller as MOR finds it ("current user"), by the action's rule.
-fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup, ParamError> {
+pub fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup, ParamError> {
     let caller = m.map_or(Caller::U, |m| m.caller);
     Ok(match caller {
         Caller::UniquehashId => match params.scalar("id")?.filter(|id| !id.is_empty()) {
@@ -401,8 +507,8 @@ fn lookup(dir: &Directory, m: Option<&Method>, params: &Params) -> Result<Lookup
 }
 
 /// What stage two does about the hash.
-#[derive(Clone, Copy)]
-enum Check<'a> {
+#[derive(Debug, Clone, Copy)]
+pub enum Check<'a> {
     /// The action takes no hash.
     None,
     /// The catalogue's rule (global order or own list).
@@ -413,6 +519,31 @@ enum Check<'a> {
     Skip(Skipped),
 }
 
+/// What stage two does about the hash of a call to `method` (None: not
+/// catalogued).
+pub fn check_of<'a>(s: &Policy, method: Option<&'a Method>) -> Check<'a> {
+    match method {
+        // Unknown while the layer refusing them only reports (or waits for
+        // the owner): MOR checks its hash.
+        None if matches!(
+            s.unknown_methods,
+            UnknownMethods::Unchecked | UnknownMethods::Refuse
+        ) =>
+        {
+            Check::Skip(Skipped::UnknownMethod)
+        }
+        None => Check::Rule,
+        Some(m) => match m.auth {
+            Auth::Global | Auth::Own => Check::Rule,
+            Auth::Undetermined => match s.undetermined {
+                Undetermined::Candidates if !m.candidates.is_empty() => Check::Lists(&m.candidates),
+                _ => Check::Skip(Skipped::Undetermined),
+            },
+            _ => Check::None,
+        },
+    }
+}
+
 /// A call whose parameters and hash were checked, waiting for the limit
 /// layers: ask [`Pending::question`] (lockout, then user and method
 /// quotas), hand the answer to [`Pending::conclude`].
@@ -421,6 +552,7 @@ pub struct Pending {
     info: CallInfo,
     ip: IpAddr,
     hash: HashCheck,
+    modes: Modes,
     forward: Forward,
 }
 
@@ -441,28 +573,48 @@ impl Pending {
             self.info.user.as_deref(),
             self.info.label(),
             self.hash,
+            self.modes,
         )
     }
 
     /// The verdict once the limit layers answered: their refusal, the
     /// hash's when it did not match, or the forward with the tightest
-    /// allowance. The answer's trace follows the per-IP layer's.
+    /// allowance (none once a layer reported: no RateLimit headers then).
+    /// The answer's trace follows the per-IP layer's; what reporting
+    /// layers would have refused is noted.
     pub fn conclude(self, answer: Answer) -> Verdict {
         let Pending {
             mut info,
             mut forward,
             hash,
+            modes,
             ..
         } = self;
         info.limits = info.limits.then(answer.trace);
-        match answer.outcome {
-            Err(r) => Verdict::Refuse(r, info),
-            Ok(_) if hash == HashCheck::Bad => Verdict::Refuse(Refusal::new(Reason::BadHash), info),
-            Ok(a) => {
-                forward.allowance = Allowance::tighter(forward.allowance, a);
-                Verdict::Forward(forward, info)
+        let allowance = match answer.outcome {
+            Err(r) => return Verdict::Refuse(r, info),
+            Ok(a) => a,
+        };
+        if hash == HashCheck::Bad {
+            if modes.enforces(Guard::Hash) {
+                return Verdict::Refuse(Refusal::new(Reason::BadHash), info);
+            }
+            info.would_refuse.push(Guard::Hash, Reason::BadHash);
+        }
+        if answer.locked {
+            info.would_refuse.push(Guard::Lockout, Reason::LockedOut);
+        }
+        for (layer, ok) in answer.trace.iter() {
+            if !ok {
+                info.would_refuse.push(Guard::Quota(layer), Reason::Limited);
             }
         }
+        forward.allowance = if info.would_refuse.is_empty() {
+            Allowance::tighter(forward.allowance, allowance)
+        } else {
+            None
+        };
+        Verdict::Forward(forward, info)
     }
 }
 
@@ -489,6 +641,7 @@ pub fn verify(
         api,
         mut info,
         allowance: ip_allowance,
+        deferred,
     } = admitted;
     let Some((api, method)) = api else {
         return Checked::Done(match target(head.path.to_string(), head.query) {
@@ -521,20 +674,7 @@ pub fn verify(
     };
     info.user = user;
 
-    let check = match method {
-        None if s.unknown_methods == UnknownMethods::Unchecked => {
-            Check::Skip(Skipped::UnknownMethod)
-        }
-        None => Check::Rule,
-        Some(m) => match m.auth {
-            Auth::Global | Auth::Own => Check::Rule,
-            Auth::Undetermined => match s.undetermined {
-                Undetermined::Candidates if !m.candidates.is_empty() => Check::Lists(&m.candidates),
-                _ => Check::Skip(Skipped::Undetermined),
-            },
-            _ => Check::None,
-        },
-    };
+    let check = check_of(s, method);
     let done = |r: Refusal, info: CallInfo| Checked::Done(Verdict::Refuse(r, info));
     // Whose settings apply: every call MOR checks a hash for, and the
     // no-hash calls that name a user (login, a uniquehash).
@@ -556,15 +696,45 @@ pub fn verify(
             return done(r, info);
         }
     }
+    // The layers' modes, now that the caller's owner is known.
+    let owner = match &who {
+        Some(Lookup::Known(c)) => dir.owner(c.owner).map(|o| &*o.name),
+        _ => None,
+    };
+    let modes = s.rollout.modes(info.label(), owner);
+    for (g, r) in deferred {
+        if modes.enforces(g) {
+            return done(r, info);
+        }
+        info.would_refuse.push(g, r.reason);
+    }
+    // A refusal by layer `g`: returned when it enforces, else noted.
+    macro_rules! layer {
+        ($g:expr, $reason:expr) => {{
+            let (g, reason) = ($g, $reason);
+            if modes.enforces(g) {
+                return done(Refusal::new(reason), info);
+            }
+            info.would_refuse.push(g, reason);
+        }};
+    }
+    // Forwarded without the gateway's hash check.
+    const UNCHECKED: (Signer, HashCheck, Option<Skipped>) =
+        (Signer::Unchecked, HashCheck::Skipped, None);
     let (signer, hash, skipped) = match (check, who) {
         (Check::None, Some(Lookup::Known(c))) if !dir.allow_api(c) => {
-            return done(Refusal::new(Reason::ApiDisabled), info)
+            layer!(Guard::AllowApi, Reason::ApiDisabled);
+            UNCHECKED
         }
         (Check::None, Some(Lookup::Unlisted)) if !dir.admin().allow_api => {
-            return done(Refusal::new(Reason::ApiDisabled), info)
+            layer!(Guard::AllowApi, Reason::ApiDisabled);
+            UNCHECKED
         }
-        (Check::None, _) | (_, None) => (Signer::Unchecked, HashCheck::Skipped, None),
-        (_, Some(Lookup::Unknown)) => return done(Refusal::new(Reason::UnknownUser), info),
+        (Check::None, _) | (_, None) => UNCHECKED,
+        (_, Some(Lookup::Unknown)) => {
+            layer!(Guard::Hash, Reason::UnknownUser);
+            UNCHECKED
+        }
         (check, Some(l)) => {
             // An unlisted caller (static config) has the admin's switches
             // and may sign with any configured key.
@@ -580,7 +750,7 @@ pub fn verify(
                 }
             };
             if !allowed {
-                return done(Refusal::new(Reason::ApiDisabled), info);
+                layer!(Guard::AllowApi, Reason::ApiDisabled);
             }
             let skip = match check {
                 _ if off => Some(Skipped::HashCheckingOff),
@@ -589,58 +759,67 @@ pub fn verify(
             };
             if let Some(why) = skip {
                 (Signer::Unchecked, HashCheck::Skipped, Some(why))
+            } else if signers.is_empty() {
+                layer!(Guard::Hash, Reason::NoSecretKey);
+                UNCHECKED
             } else {
-                if signers.is_empty() {
-                    return done(Refusal::new(Reason::NoSecretKey), info);
-                }
-                let given = match params.scalar("hash") {
-                    Ok(Some(h)) => h,
-                    Ok(None) => return done(Refusal::new(Reason::BadHash), info),
+                match params.scalar("hash") {
+                    Ok(Some(given)) => {
+                        let lists: Result<Vec<Vec<signature::Part<'_>>>, ParamError> = match check {
+                            Check::Lists(lists) => lists
+                                .iter()
+                                .map(|l| signature::own_parts(l, &params))
+                                .collect::<Result<_, _>>(),
+                            _ => signature::hashed_parts(&s.catalog, method, &params)
+                                .map(|p| vec![p]),
+                        };
+                        let lists = match lists {
+                            Ok(l) => l,
+                            Err(e) => return bad(&e, info),
+                        };
+                        let matched = signed_by(dir, signers, &lists, given);
+                        // An unlisted caller's owner is the one whose key
+                        // signed: its address lists apply now.
+                        if let (Lookup::Unlisted, Some(id)) = (l, matched) {
+                            if let Err(r) = s.access.owner(dir, id, head.client_ip) {
+                                return done(r, info);
+                            }
+                        }
+                        match matched {
+                            None => {
+                                info.mismatch = Some(Mismatch {
+                                    rule: match check {
+                                        Check::Lists(_) => "candidate lists",
+                                        _ if method.is_some_and(|m| m.auth == Auth::Own) => {
+                                            "own list"
+                                        }
+                                        _ => "global order",
+                                    },
+                                    parts: lists.first().map_or(0, Vec::len),
+                                    owners: signers
+                                        .iter()
+                                        .filter_map(|id| dir.owner(*id))
+                                        .map(|o| o.name.to_string())
+                                        .collect(),
+                                });
+                                (Signer::Unchecked, HashCheck::Bad, None)
+                            }
+                            Some(directory::ADMIN) => (Signer::Admin, HashCheck::Good, None),
+                            Some(id) => (
+                                Signer::Reseller(
+                                    dir.owner(id)
+                                        .map_or_else(String::new, |o| o.name.to_string()),
+                                ),
+                                HashCheck::Good,
+                                None,
+                            ),
+                        }
+                    }
+                    Ok(None) => {
+                        layer!(Guard::Hash, Reason::BadHash);
+                        UNCHECKED
+                    }
                     Err(e) => return bad(&e, info),
-                };
-                let lists: Result<Vec<Vec<signature::Part<'_>>>, ParamError> = match check {
-                    Check::Lists(lists) => lists
-                        .iter()
-                        .map(|l| signature::own_parts(l, &params))
-                        .collect::<Result<_, _>>(),
-                    _ => signature::hashed_parts(&s.catalog, method, &params).map(|p| vec![p]),
-                };
-                let lists = match lists {
-                    Ok(l) => l,
-                    Err(e) => return bad(&e, info),
-                };
-                // Every candidate key and list is always computed, so timing
-                // does not tell which one matched.
-                let mut matched: Option<UserId> = None;
-                for id in signers.iter() {
-                    let Some(key) = dir.owner(*id).and_then(|o| o.key.as_ref()) else {
-                        continue;
-                    };
-                    let mut ok = false;
-                    for parts in &lists {
-                        ok |= signature::digest(parts, key.expose()).matches(given);
-                    }
-                    if ok && matched.is_none() {
-                        matched = Some(*id);
-                    }
-                }
-                // An unlisted caller's owner is the one whose key signed.
-                if let (Lookup::Unlisted, Some(id)) = (l, matched) {
-                    if let Err(r) = s.access.owner(dir, id, head.client_ip) {
-                        return done(r, info);
-                    }
-                }
-                match matched {
-                    None => (Signer::Unchecked, HashCheck::Bad, None),
-                    Some(directory::ADMIN) => (Signer::Admin, HashCheck::Good, None),
-                    Some(id) => (
-                        Signer::Reseller(
-                            dir.owner(id)
-                                .map_or_else(String::new, |o| o.name.to_string()),
-                        ),
-                        HashCheck::Good,
-                        None,
-                    ),
                 }
             }
         }
@@ -661,6 +840,7 @@ pub fn verify(
         info,
         ip: head.client_ip,
         hash,
+        modes,
         forward: Forward {
             path_and_query: pq,
             signer,
@@ -668,6 +848,31 @@ pub fn verify(
             allowance: ip_allowance,
         },
     })
+}
+
+/// The owner whose key signed `given` over one of `lists`, of `signers`.
+/// Every candidate key and list is always computed, so timing does not
+/// tell which one matched.
+fn signed_by(
+    dir: &Directory,
+    signers: &[UserId],
+    lists: &[Vec<signature::Part<'_>>],
+    given: &str,
+) -> Option<UserId> {
+    let mut matched: Option<UserId> = None;
+    for id in signers.iter() {
+        let Some(key) = dir.owner(*id).and_then(|o| o.key.as_ref()) else {
+            continue;
+        };
+        let mut ok = false;
+        for parts in lists {
+            ok |= signature::digest(parts, key.expose()).matches(given);
+        }
+        if ok && matched.is_none() {
+            matched = Some(*id);
+        }
+    }
+    matched
 }
 
 /// The proxy's route (admit, the per-IP question, verify, the call's
@@ -913,7 +1118,11 @@ admin_key_env = "MORGW_DECISION_SECRET"
                 "192.0.2.1".parse().unwrap(),
                 Some("john"),
                 "user_details_get",
-                Some((limits.lockout.unwrap(), true))
+                Some(crate::core::limits::PairCheck {
+                    rule: limits.lockout.unwrap(),
+                    good: true,
+                    enforce: true
+                })
             )
         );
         assert_eq!(
@@ -928,6 +1137,7 @@ admin_key_env = "MORGW_DECISION_SECRET"
                 std::time::Duration::from_secs(2),
             )),
             trace,
+            locked: false,
         });
         match &v {
             Verdict::Refuse(r, info) => {
@@ -948,6 +1158,7 @@ admin_key_env = "MORGW_DECISION_SECRET"
         let v = checked(good).conclude(Answer {
             outcome: Ok(Some(a)),
             trace: LimitTrace::default(),
+            locked: false,
         });
         match v {
             Verdict::Forward(f, _) => {
@@ -964,7 +1175,7 @@ admin_key_env = "MORGW_DECISION_SECRET"
         let p = checked("u=john&user_id=124&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441");
         let q = p.question(&limits);
         assert_eq!(
-            (q.steps().count(), q.lockout.map(|l| l.1)),
+            (q.steps().count(), q.lockout.map(|l| l.good)),
             (0, Some(false))
         );
         assert_eq!(reason(&p.conclude(Answer::default())), Reason::BadHash);
@@ -1027,6 +1238,7 @@ admin_key_env = "MORGW_DECISION_SECRET"
                     std::time::Duration::from_secs(1),
                 )),
                 trace,
+                locked: false,
             })
             .unwrap_err();
         assert_eq!(r.refusal.reason, Reason::Limited);
@@ -1080,6 +1292,118 @@ admin_key_env = "MORGW_DECISION_SECRET"
             post(&s, "/billing/api/user_details_get", &q),
             Verdict::Forward(..)
         ));
+    }
+
+    fn noted(v: &Verdict) -> Vec<(&'static str, Reason)> {
+        let info = match v {
+            Verdict::Forward(_, i) | Verdict::Refuse(_, i) => i,
+        };
+        info.would_refuse
+            .iter()
+            .map(|(g, r)| (g.label(), r))
+            .collect()
+    }
+
+    #[test]
+    fn a_reporting_hash_layer_forwards_the_rebuilt_call_and_notes_it() {
+        let s = settings("[rollout.layers]\nhash = \"report\"\n");
+        let bad = "u=admin&user_id=123&hash=0000000000000000000000000000000000000000";
+        let v = post(&s, "/billing/api/user_details", bad);
+        assert_eq!(
+            fwd_path(&v),
+            format!("/billing/api/user_details_get?{bad}"),
+            "the alias is rewritten as for a verified call"
+        );
+        assert_eq!(noted(&v), [("hash", Reason::BadHash)]);
+        match &v {
+            Verdict::Forward(f, _) => assert_eq!(f.signer, Signer::Unchecked),
+            other => panic!("{other:?}"),
+        }
+        // No hash at all, an unknown user: the same layer.
+        let v = post(&s, "/billing/api/user_details_get", "u=admin&user_id=123");
+        assert_eq!(noted(&v), [("hash", Reason::BadHash)]);
+        // A good hash notes nothing.
+        let v = post(
+            &s,
+            "/billing/api/user_details_get",
+            "u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441",
+        );
+        assert!(noted(&v).is_empty());
+        // Refusals that are not layers still enforce.
+        let v = post(&s, "/billing/api/user_details_get", "u=a&u=b&hash=x");
+        assert_eq!(reason(&v), Reason::BadRequest);
+    }
+
+    #[test]
+    fn stage_one_layers_report_and_the_call_goes_on_to_the_hash() {
+        let s = settings(
+            "[api]\nallow_get = false\nunknown_methods = \"refuse\"\n[rollout.layers]\nallow_get = \"report\"\nunknown_method = \"report\"\nusername_only = \"report\"\n",
+        );
+        let get = |q: &str| {
+            decide(
+                &s,
+                &Open,
+                &head("GET", "/billing/api/user_details_get", Some(q)),
+                b"",
+            )
+        };
+        let v = get("u=admin&user_id=123&hash=f7c3bc1d808e04732adf679965ccc34ca7ae3441");
+        assert!(matches!(v, Verdict::Forward(..)));
+        assert_eq!(noted(&v), [("allow_get", Reason::GetDisabled)]);
+        // The hash still enforces after a reported GET.
+        let v = get("u=admin&user_id=123&hash=00");
+        assert_eq!(reason(&v), Reason::BadHash);
+        assert_eq!(noted(&v), [("allow_get", Reason::GetDisabled)]);
+        // An unknown action, reported: forwarded unchecked (MOR checks it).
+        let v = post(&s, "/billing/api/no_such_action", "u=admin&hash=00");
+        match &v {
+            Verdict::Forward(f, _) => assert_eq!(f.skipped, Some(Skipped::UnknownMethod)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(noted(&v), [("unknown_method", Reason::UnknownMethod)]);
+    }
+
+    #[test]
+    fn per_method_and_per_owner_tables_win_and_stage_one_waits_for_the_owner() {
+        let s = settings(
+            "[api]\nallow_get = false\n[rollout.layers]\nall = \"report\"\n[rollout.methods.user_balance_get]\nhash = \"enforce\"\n[rollout.owners.res1]\nall = \"enforce\"\n",
+        );
+        let bad = |m: &str, u: &str| {
+            post(
+                &s,
+                &format!("/billing/api/{m}"),
+                &format!("u={u}&user_id=5&username={u}&hash=00"),
+            )
+        };
+        // The admin's user: every layer reports, except the method's hash.
+        assert_eq!(
+            noted(&bad("user_details_get", "someone")),
+            [("hash", Reason::BadHash)]
+        );
+        assert_eq!(reason(&bad("user_balance_get", "someone")), Reason::BadHash);
+        // res1's users: the owner's table enforces everything.
+        assert_eq!(reason(&bad("user_details_get", "ruser")), Reason::BadHash);
+        // GET is decided before the caller is known: it waits for the owner.
+        let get = |u: &str| {
+            let q = format!("u={u}&user_id=5&hash=00");
+            decide(
+                &s,
+                &Open,
+                &head("GET", "/billing/api/user_details_get", Some(q.as_str())),
+                b"",
+            )
+        };
+        let v = get("someone");
+        assert!(matches!(v, Verdict::Forward(..)), "{v:?}");
+        assert_eq!(
+            noted(&v),
+            [
+                ("allow_get", Reason::GetDisabled),
+                ("hash", Reason::BadHash)
+            ]
+        );
+        let v = get("ruser");
+        assert_eq!(reason(&v), Reason::GetDisabled);
     }
 
     #[test]

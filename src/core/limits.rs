@@ -12,7 +12,14 @@
 //!
 //! Exempt sources are asked no quota layer (the lockout still applies). A
 //! call whose hash did not match is asked only the lockout: its refusal is
-//! the hash's, unless the pair is locked.
+//! the hash's, unless the pair is locked (or, when the hash layer only
+//! reports, the call goes on and the quota layers are asked too).
+//!
+//! Each step and the lockout say whether they enforce
+//! ([`crate::core::layers`]): a gate refuses at the first enforcing step
+//! over its quota; a reporting step over its quota is traced as refused,
+//! consumes nothing, and the later steps are still asked; a locked pair
+//! whose lockout reports is answered [`Answer::locked`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +28,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::core::layers::{Guard, Modes};
 use crate::core::reply::{Reason, Refusal};
 
 /// A GCRA quota: a sustained rate and a burst.
@@ -129,6 +137,19 @@ pub struct Step {
     pub layer: Layer,
     /// Its quota.
     pub quota: QuotaSpec,
+    /// Whether going over the quota refuses the call (else it is traced).
+    pub enforce: bool,
+}
+
+/// The lockout part of a [`Question`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairCheck {
+    /// The lockout rule.
+    pub rule: Lockout,
+    /// Whether the hash matched (a failure is recorded when not).
+    pub good: bool,
+    /// Whether a locked pair is refused (else [`Answer::locked`]).
+    pub enforce: bool,
 }
 
 /// What a [`Gate`] is asked about one call, in order: the lockout (when
@@ -142,9 +163,8 @@ pub struct Question<'a> {
     pub user: Option<&'a str>,
     /// The method's label, the key part of the method layers.
     pub method: &'a str,
-    /// The lockout rule and whether the hash matched: the pair is checked,
-    /// then the outcome recorded.
-    pub lockout: Option<(Lockout, bool)>,
+    /// The lockout: the pair is checked, then the hash's outcome recorded.
+    pub lockout: Option<PairCheck>,
     steps: [Option<Step>; 3],
 }
 
@@ -159,9 +179,13 @@ impl<'a> Question<'a> {
         }
     }
 
-    fn push(&mut self, layer: Layer, quota: Option<QuotaSpec>) {
+    fn push(&mut self, layer: Layer, quota: Option<QuotaSpec>, modes: Modes) {
         if let (Some(quota), Some(slot)) = (quota, self.steps.iter_mut().find(|s| s.is_none())) {
-            *slot = Some(Step { layer, quota });
+            *slot = Some(Step {
+                layer,
+                quota,
+                enforce: modes.enforces(Guard::Quota(layer)),
+            });
         }
     }
 
@@ -195,37 +219,47 @@ impl LimitSettings {
     }
 
     /// The question asked after routing: the per-IP layer.
-    pub fn ip_question(&self, ip: IpAddr) -> Question<'static> {
+    pub fn ip_question(&self, ip: IpAddr, modes: Modes) -> Question<'static> {
         let mut q = Question::new(self.key(ip), None, "");
         if !self.is_exempt(ip) {
-            q.push(Layer::Ip, self.per_ip);
+            q.push(Layer::Ip, self.per_ip, modes);
         }
         q
     }
 
     /// The question asked after the hash: the lockout (when a hash was
     /// compared), then the user, method and method+user layers (none for
-    /// an exempt source or a hash that did not match).
+    /// an exempt source, nor for a hash that did not match while the hash
+    /// layer enforces).
     pub fn call_question<'a>(
         &self,
         ip: IpAddr,
         user: Option<&'a str>,
         method: &'a str,
         hash: HashCheck,
+        modes: Modes,
     ) -> Question<'a> {
         let mut q = Question::new(self.key(ip), user, method);
         if hash != HashCheck::Skipped {
-            q.lockout = self.lockout.map(|lo| (lo, hash == HashCheck::Good));
+            q.lockout = self.lockout.map(|rule| PairCheck {
+                rule,
+                good: hash == HashCheck::Good,
+                enforce: modes.enforces(Guard::Lockout),
+            });
         }
-        if hash == HashCheck::Bad || self.is_exempt(ip) {
+        if (hash == HashCheck::Bad && modes.enforces(Guard::Hash)) || self.is_exempt(ip) {
             return q;
         }
         if user.is_some() {
-            q.push(Layer::User, self.per_user);
+            q.push(Layer::User, self.per_user, modes);
         }
-        q.push(Layer::Method, self.per_method.get(method).copied());
+        q.push(Layer::Method, self.per_method.get(method).copied(), modes);
         if user.is_some() {
-            q.push(Layer::MethodUser, self.per_method_user.get(method).copied());
+            q.push(
+                Layer::MethodUser,
+                self.per_method_user.get(method).copied(),
+                modes,
+            );
         }
         q
     }
@@ -288,8 +322,11 @@ impl Allowance {
 pub struct Answer {
     /// The tightest allowance (None: no quota applied), or the refusal.
     pub outcome: Result<Option<Allowance>, Refusal>,
-    /// The layers that decided, in order.
+    /// The layers that decided, in order (a reporting layer over its quota
+    /// is traced as refused while the outcome allows).
     pub trace: LimitTrace,
+    /// The pair is locked out and its lockout only reports.
+    pub locked: bool,
 }
 
 impl Default for Answer {
@@ -297,13 +334,15 @@ impl Default for Answer {
         Answer {
             outcome: Ok(None),
             trace: LimitTrace::default(),
+            locked: false,
         }
     }
 }
 
 /// Whatever answers the core's limit questions.
 pub trait Gate {
-    /// Answers `q`: lockout first (checked, then recorded), then each step.
+    /// Answers `q`: lockout first (checked, then recorded), then each step;
+    /// see the module's note on reporting steps.
     fn answer(&self, q: &Question<'_>) -> Answer;
 }
 
@@ -356,6 +395,14 @@ mod tests {
         }
     }
 
+    fn pair(s: &LimitSettings, good: bool) -> PairCheck {
+        PairCheck {
+            rule: s.lockout.unwrap(),
+            good,
+            enforce: true,
+        }
+    }
+
     fn layers(q: &Question<'_>) -> Vec<Layer> {
         q.steps().map(|s| s.layer).collect()
     }
@@ -364,29 +411,73 @@ mod tests {
     fn the_plan_in_order() {
         let s = settings();
         let ip = "192.0.2.1".parse().unwrap();
-        let c = s.call_question(ip, Some("john"), "user_details_get", HashCheck::Good);
+        let c = s.call_question(
+            ip,
+            Some("john"),
+            "user_details_get",
+            HashCheck::Good,
+            Modes::ENFORCE,
+        );
         assert_eq!(layers(&c), [Layer::User, Layer::Method, Layer::MethodUser]);
-        assert_eq!(c.lockout, Some((s.lockout.unwrap(), true)));
-        assert_eq!(layers(&s.ip_question(ip)), [Layer::Ip]);
+        assert_eq!(c.lockout, Some(pair(&s, true)));
+        assert_eq!(layers(&s.ip_question(ip, Modes::ENFORCE)), [Layer::Ip]);
         // No user: the user layers are not asked.
-        let c = s.call_question(ip, None, "user_details_get", HashCheck::Skipped);
+        let c = s.call_question(
+            ip,
+            None,
+            "user_details_get",
+            HashCheck::Skipped,
+            Modes::ENFORCE,
+        );
         assert_eq!(layers(&c), [Layer::Method]);
         assert_eq!(c.lockout, None, "no hash compared: no lockout");
         // A bad hash: only the lockout.
-        let c = s.call_question(ip, Some("john"), "user_details_get", HashCheck::Bad);
+        let c = s.call_question(
+            ip,
+            Some("john"),
+            "user_details_get",
+            HashCheck::Bad,
+            Modes::ENFORCE,
+        );
         assert_eq!(layers(&c), []);
-        assert_eq!(c.lockout, Some((s.lockout.unwrap(), false)));
+        assert_eq!(c.lockout, Some(pair(&s, false)));
         // Exempt: no quota, the lockout still.
         let ex = "10.1.2.3".parse().unwrap();
-        assert!(s.ip_question(ex).is_empty());
-        let c = s.call_question(ex, Some("john"), "user_details_get", HashCheck::Good);
+        assert!(s.ip_question(ex, Modes::ENFORCE).is_empty());
+        let c = s.call_question(
+            ex,
+            Some("john"),
+            "user_details_get",
+            HashCheck::Good,
+            Modes::ENFORCE,
+        );
         assert_eq!(layers(&c), []);
         assert!(!c.is_empty());
         // IPv4-mapped IPv6 is the IPv4 address, exempt included.
-        assert!(s.ip_question("::ffff:10.1.2.3".parse().unwrap()).is_empty());
+        assert!(s
+            .ip_question("::ffff:10.1.2.3".parse().unwrap(), Modes::ENFORCE)
+            .is_empty());
         // IPv6 by network.
-        let v6 = s.ip_question("2001:db8:1:2::9".parse().unwrap());
+        let v6 = s.ip_question("2001:db8:1:2::9".parse().unwrap(), Modes::ENFORCE);
         assert_eq!(v6.ip, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn reporting_layers_are_marked_and_a_reported_bad_hash_asks_the_quotas() {
+        use crate::core::layers::{Enforcement, Mode, ModeTable};
+        let s = settings();
+        let ip = "192.0.2.1".parse().unwrap();
+        let table: ModeTable = [("hash", Mode::Report), ("method", Mode::Report)]
+            .into_iter()
+            .map(|(k, m)| (k.to_string(), m))
+            .collect();
+        let e = Enforcement::new(&table, &Default::default(), &Default::default()).unwrap();
+        let modes = e.modes("user_details_get", None);
+        let c = s.call_question(ip, Some("john"), "user_details_get", HashCheck::Bad, modes);
+        assert_eq!(layers(&c), [Layer::User, Layer::Method, Layer::MethodUser]);
+        let enforce: Vec<bool> = c.steps().map(|s| s.enforce).collect();
+        assert_eq!(enforce, [true, false, true]);
+        assert_eq!(c.lockout.map(|p| (p.good, p.enforce)), Some((false, true)));
     }
 
     #[test]

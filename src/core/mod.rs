@@ -8,6 +8,7 @@ pub mod decision;
 pub mod directory;
 pub mod framing;
 pub mod judge;
+pub mod layers;
 pub mod limits;
 pub mod params;
 pub mod policy;

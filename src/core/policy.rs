@@ -98,4 +98,6 @@ pub struct Policy {
     pub catalog: Catalog,
     /// Allow and deny lists of client addresses (`[access]`).
     pub access: Access,
+    /// Which refusing layers enforce and which only report (`[rollout]`).
+    pub rollout: crate::core::layers::Enforcement,
 }

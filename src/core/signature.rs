@@ -109,6 +109,37 @@ fn text_of<'a>(name: &str, v: &'a Value) -> Result<&'a str, ParamError> {
         .ok_or_else(|| ParamError::NotScalar(name.to_string()))
 }
 
+/// Why a parameter the caller sent is not in the hash, or that it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Hashed (at this position of the order or list).
+    Hashed,
+    /// Not in the global order, or not in the action's own list.
+    NotHashedName,
+    /// Blank (nil, empty): MOR skips it.
+    Blank,
+    /// Excluded from the global order by the action.
+    Excluded,
+    /// Its value fails the name's type filter.
+    Filtered,
+    /// The action hashes nothing for this call (`hash_nothing_when`).
+    NothingHashed,
+}
+
+impl Fate {
+    /// A short explanation.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fate::Hashed => "hashed",
+            Fate::NotHashedName => "not a hashed name for this action",
+            Fate::Blank => "blank: MOR leaves blank values out",
+            Fate::Excluded => "excluded from the global order by this action",
+            Fate::Filtered => "its value fails the name's type filter",
+            Fate::NothingHashed => "this call hashes nothing",
+        }
+    }
+}
+
 /// The raw values of `list`'s present names, in order (an own list).
 pub fn own_parts<'a>(list: &'a [String], params: &'a Params) -> Result<Vec<Part<'a>>, ParamError> {
     let mut parts = Vec::with_capacity(list.len());
@@ -128,11 +159,47 @@ pub fn hashed_parts<'a>(
     method: Option<&'a Method>,
     params: &'a Params,
 ) -> Result<Vec<Part<'a>>, ParamError> {
+    walk(cat, method, params, |_, _| {})
+}
+
+/// Each parameter of a call and its fate in the hash.
+pub type Fates<'a> = Vec<(&'a str, Fate)>;
+
+/// [`hashed_parts`], and the fate of every parameter the call has (for
+/// `explain`), in the call's order.
+pub fn explain_parts<'a>(
+    cat: &Catalog,
+    method: Option<&'a Method>,
+    params: &'a Params,
+) -> Result<(Vec<Part<'a>>, Fates<'a>), ParamError> {
+    let mut fates = Vec::new();
+    let parts = walk(cat, method, params, |name, fate| fates.push((name, fate)))?;
+    Ok((parts, fates))
+}
+
+/// The one walk over a call's parameters that decides the hash; `seen` is
+/// told each parameter's fate.
+fn walk<'a>(
+    cat: &Catalog,
+    method: Option<&'a Method>,
+    params: &'a Params,
+    mut seen: impl FnMut(&'a str, Fate),
+) -> Result<Vec<Part<'a>>, ParamError> {
     if let Some(m) = method.filter(|m| m.auth == Auth::Own) {
         let nothing = !m.hash_nothing_when.is_empty()
             && m.hash_nothing_when
                 .iter()
                 .all(|(k, v)| params.scalar(k).ok().flatten() == Some(v.as_str()));
+        for (name, _) in params.iter() {
+            let fate = if nothing {
+                Fate::NothingHashed
+            } else if m.hash.iter().any(|h| h == name) {
+                Fate::Hashed
+            } else {
+                Fate::NotHashedName
+            };
+            seen(name, fate);
+        }
         if nothing {
             return Ok(Vec::new());
         }
@@ -142,13 +209,23 @@ pub fn hashed_parts<'a>(
     let mut found: Vec<(usize, Part<'a>)> = Vec::new();
     for (name, v) in params.iter() {
         let Some(pos) = cat.position(name) else {
+            seen(name, Fate::NotHashedName);
             continue;
         };
-        if !v.truthy() || exclude.iter().any(|x| x == name) {
+        if !v.truthy() {
+            seen(name, Fate::Blank);
             continue;
         }
-        if let Some(t) = filtered(cat.filter(name), v, text_of(name, v)?) {
-            found.push((pos, (name, t)));
+        if exclude.iter().any(|x| x == name) {
+            seen(name, Fate::Excluded);
+            continue;
+        }
+        match filtered(cat.filter(name), v, text_of(name, v)?) {
+            Some(t) => {
+                seen(name, Fate::Hashed);
+                found.push((pos, (name, t)));
+            }
+            None => seen(name, Fate::Filtered),
         }
     }
     found.sort_unstable_by_key(|(pos, _)| *pos);

@@ -399,18 +399,32 @@ impl Limits {
 impl Gate for Limits {
     fn answer(&self, q: &Question<'_>) -> Answer {
         let mut trace = LimitTrace::default();
-        let mut ask = || {
-            if let Some((rule, good)) = q.lockout {
-                self.lockout(q.ip, q.pair_user(), rule, good)?;
+        let mut locked = false;
+        let outcome = 'ask: {
+            if let Some(p) = q.lockout {
+                match self.lockout(q.ip, q.pair_user(), p.rule, p.good) {
+                    Err(r) if p.enforce => break 'ask Err(r),
+                    Err(_) => locked = true,
+                    Ok(()) => {}
+                }
             }
             let mut best = None;
             for s in q.steps() {
-                best = Allowance::tighter(best, self.step(q, s.layer, &mut trace)?);
+                // A reporting step over its quota is traced and consumes
+                // nothing (governor counts only what it allows).
+                match self.step(q, s.layer, &mut trace) {
+                    Ok(a) => best = Allowance::tighter(best, a),
+                    Err(r) if s.enforce => break 'ask Err(r),
+                    Err(_) => {}
+                }
             }
             Ok(best)
         };
-        let outcome = ask();
-        Answer { outcome, trace }
+        Answer {
+            outcome,
+            trace,
+            locked,
+        }
     }
 }
 
@@ -418,6 +432,7 @@ impl Gate for Limits {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::core::layers::Modes;
     use crate::core::limits::HashCheck;
     use crate::core::reply::Reason;
 
@@ -450,13 +465,14 @@ mod tests {
     }
 
     fn check_ip(l: &Limits, a: &str) -> Result<Option<Allowance>, Refusal> {
-        l.answer(&l.settings().ip_question(ip(a))).outcome
+        l.answer(&l.settings().ip_question(ip(a), Modes::ENFORCE))
+            .outcome
     }
 
     fn call(l: &Limits, a: &str, user: &str) -> Result<Option<Allowance>, Refusal> {
-        let q = l
-            .settings()
-            .call_question(ip(a), Some(user), "m", HashCheck::Skipped);
+        let q =
+            l.settings()
+                .call_question(ip(a), Some(user), "m", HashCheck::Skipped, Modes::ENFORCE);
         l.answer(&q).outcome
     }
 
@@ -467,7 +483,9 @@ mod tests {
         } else {
             HashCheck::Bad
         };
-        let q = l.settings().call_question(ip(a), Some(user), "m", h);
+        let q = l
+            .settings()
+            .call_question(ip(a), Some(user), "m", h, Modes::ENFORCE);
         l.answer(&q).outcome.map(|_| ())
     }
 
@@ -498,7 +516,7 @@ mod tests {
     #[test]
     fn the_trace_names_the_layers_that_decided() {
         let l = Limits::new(&settings());
-        let q = l.settings().ip_question(ip("1.1.1.1"));
+        let q = l.settings().ip_question(ip("1.1.1.1"), Modes::ENFORCE);
         assert_eq!(
             l.answer(&q).trace.iter().collect::<Vec<_>>(),
             [(Layer::Ip, true)]
@@ -506,9 +524,13 @@ mod tests {
         for _ in 0..2 {
             call(&l, "1.1.1.1", "ann").unwrap();
         }
-        let q = l
-            .settings()
-            .call_question(ip("1.1.1.1"), Some("ann"), "m", HashCheck::Skipped);
+        let q = l.settings().call_question(
+            ip("1.1.1.1"),
+            Some("ann"),
+            "m",
+            HashCheck::Skipped,
+            Modes::ENFORCE,
+        );
         let a = l.answer(&q);
         assert_eq!(a.outcome.unwrap_err().reason, Reason::Limited);
         assert_eq!(a.trace.iter().collect::<Vec<_>>(), [(Layer::User, false)]);

@@ -61,7 +61,7 @@ impl Gateway {
         // One line per refusal at debug level (MOR_GATEWAY_LOG=mor_gateway=debug):
         // never a parameter value, a hash or a key.
         tracing::debug!(
-            "refused (request id {}): {} ({}{}){} method {} user {}",
+            "refused (request id {}): {} ({}{}){}{} method {} user {}",
             ctx.request_id,
             r.reason.label(),
             r.reason.text(),
@@ -74,6 +74,11 @@ impl Gateway {
                 .iter()
                 .find(|(_, allowed)| !allowed)
                 .map(|(l, _)| format!(" (limit layer {})", l.label()))
+                .unwrap_or_default(),
+            ctx.info
+                .mismatch
+                .as_ref()
+                .map(|m| format!(" (hash: {m})"))
                 .unwrap_or_default(),
             ctx.info.label(),
             ctx.info.user.as_deref().unwrap_or("-"),
@@ -361,6 +366,7 @@ impl ProxyHttp for Gateway {
             latency_us: micros(elapsed),
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
+            would_refuse: ctx.info.would_refuse.describe(),
             request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
         });
     }

@@ -22,7 +22,7 @@ use sha1::{Digest, Sha1};
 
 use crate::config::SharedLimitSettings;
 use crate::core::limits::{
-    limited, locked_out, Allowance, Answer, Gate, Layer, LimitTrace, Lockout, Question, Step,
+    limited, locked_out, Allowance, Answer, Gate, Layer, LimitTrace, PairCheck, Question, Step,
 };
 use crate::core::reply::{Reason, Refusal};
 use crate::edge::local_limits::Limits;
@@ -74,8 +74,7 @@ struct PairKeys {
     lock: String,
     /// The pair's name in the set of locked pairs.
     pair: String,
-    rule: Lockout,
-    good: bool,
+    check: PairCheck,
 }
 
 /// The Redis side of the limits; one per configuration in force.
@@ -127,14 +126,13 @@ fn buckets(prefix: &str, q: &Question<'_>) -> Vec<Bucket> {
 
 /// The lockout's keys for `q`'s pair, when it asks the lockout.
 fn pair_keys(prefix: &str, q: &Question<'_>) -> Option<PairKeys> {
-    let (rule, good) = q.lockout?;
+    let check = q.lockout?;
     let pair = format!("{}|{}", q.ip, part(q.pair_user()));
     Some(PairKeys {
         fail: format!("{prefix}lo:f|{pair}"),
         lock: format!("{prefix}lo:l|{pair}"),
         pair,
-        rule,
-        good,
+        check,
     })
 }
 
@@ -146,11 +144,12 @@ fn micros(d: i64) -> Duration {
 /// script never gives.
 fn interpret(reply: &[i64], buckets: &[Bucket]) -> Option<Answer> {
     let mut trace = LimitTrace::default();
+    let mut locked = false;
     let outcome = match reply {
         [1, retry_ms] => Err(locked_out(Duration::from_millis(
             u64::try_from(*retry_ms).unwrap_or(0),
         ))),
-        [2] => Err(Refusal::new(Reason::BadHash)),
+        [2, _] => Err(Refusal::new(Reason::BadHash)),
         [3, at, retry_us] => {
             let at = usize::try_from(*at).ok()?.checked_sub(1)?;
             let refused = buckets.get(at)?;
@@ -160,9 +159,15 @@ fn interpret(reply: &[i64], buckets: &[Bucket]) -> Option<Answer> {
             trace.push(refused.step.layer, false);
             Err(limited(micros(*retry_us)))
         }
-        [0, rest @ ..] if rest.len() == 2 * buckets.len() => {
+        [0, lock, rest @ ..] if rest.len() == 2 * buckets.len() => {
+            locked = *lock == 1;
             let mut best = None;
             for (b, pair) in buckets.iter().zip(rest.chunks_exact(2)) {
+                // A reporting layer over its quota.
+                if pair[0] < 0 {
+                    trace.push(b.step.layer, false);
+                    continue;
+                }
                 trace.push(b.step.layer, true);
                 let limit = b.step.quota.burst.max(1);
                 let remaining = u32::try_from(pair[0].max(0)).unwrap_or(u32::MAX).min(limit);
@@ -179,7 +184,11 @@ fn interpret(reply: &[i64], buckets: &[Bucket]) -> Option<Answer> {
         }
         _ => return None,
     };
-    Some(Answer { outcome, trace })
+    Some(Answer {
+        outcome,
+        trace,
+        locked,
+    })
 }
 
 /// Answers `q`: in Redis when limits are shared and Redis holds its
@@ -285,7 +294,7 @@ impl SharedLimits {
                 k.fail.as_str(),
                 k.lock.as_str(),
                 k.pair.as_str(),
-                Some((k.rule, k.good)),
+                Some(k.check),
             ),
             None => ("", "", "", None),
         };
@@ -295,20 +304,21 @@ impl SharedLimits {
         }
         call.arg(match lo {
             None => 0,
-            Some((_, true)) => 1,
-            Some((_, false)) => 2,
+            Some(p) if p.good => 1,
+            Some(_) => 2,
         });
-        match lo.map(|(rule, _)| rule) {
+        match lo.map(|p| p.rule) {
             Some(lo) => call
                 .arg(lo.failures)
                 .arg(lo.window.as_millis().max(1) as u64)
                 .arg(lo.cooloff.as_millis().max(1) as u64),
             None => call.arg(0).arg(0).arg(0),
         };
-        call.arg(pair);
+        call.arg(pair).arg(u8::from(lo.is_none_or(|p| p.enforce)));
         for b in buckets {
             call.arg(format!("{:.3}", 1e6 / b.step.quota.per_second))
-                .arg(b.step.quota.burst.max(1));
+                .arg(b.step.quota.burst.max(1))
+                .arg(u8::from(b.step.enforce));
         }
         let start = Instant::now();
         let r =
@@ -508,6 +518,7 @@ impl SharedLimits {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::core::layers::Modes;
     use crate::core::limits::{HashCheck, LimitSettings, QuotaSpec};
     use std::collections::HashMap;
 
@@ -528,7 +539,7 @@ mod tests {
 
     fn call<'a>(user: Option<&'a str>, method: &'a str) -> Question<'a> {
         let ip = "192.0.2.1".parse().unwrap();
-        settings().call_question(ip, user, method, HashCheck::Good)
+        settings().call_question(ip, user, method, HashCheck::Good, Modes::ENFORCE)
     }
 
     #[test]
@@ -554,7 +565,7 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert!(b[0].key.len() < 60, "{}", b[0].key);
         assert_eq!(buckets("p:", &call(None, "user_details_get")).len(), 1);
-        let ip = settings().ip_question("2001:db8:1:2::7".parse().unwrap());
+        let ip = settings().ip_question("2001:db8:1:2::7".parse().unwrap(), Modes::ENFORCE);
         assert_eq!(
             buckets("p:", &ip)
                 .iter()
@@ -567,11 +578,29 @@ mod tests {
     #[test]
     fn replies_become_the_cores_answers() {
         let b = buckets("p:", &call(Some("john"), "user_details_get"));
-        let a = interpret(&[0, 4, 1_000_000, 49, 100_000, 0, 2_000_000], &b).unwrap();
+        let a = interpret(&[0, 0, 4, 1_000_000, 49, 100_000, 0, 2_000_000], &b).unwrap();
         let allowed = a.outcome.unwrap().unwrap();
         assert_eq!((allowed.limit, allowed.remaining), (2, 0));
         assert_eq!(allowed.reset, Duration::from_secs(2));
         assert_eq!(a.trace.iter().filter(|(_, ok)| *ok).count(), 3);
+        assert!(!a.locked);
+
+        // A reporting layer over its quota, a locked pair that reports.
+        let a = interpret(&[0, 1, 4, 1_000_000, -1, 300, 1, 2_000_000], &b).unwrap();
+        let allowed = a.outcome.unwrap().unwrap();
+        assert_eq!(
+            allowed.remaining, 1,
+            "the reporting layer gives no allowance"
+        );
+        assert_eq!(
+            a.trace.iter().collect::<Vec<_>>(),
+            [
+                (Layer::User, true),
+                (Layer::Method, false),
+                (Layer::MethodUser, true)
+            ]
+        );
+        assert!(a.locked);
 
         let a = interpret(&[3, 2, 250_000], &b).unwrap();
         let r = a.outcome.unwrap_err();
@@ -585,10 +614,10 @@ mod tests {
         let r = interpret(&[1, 1500], &b).unwrap().outcome.unwrap_err();
         assert_eq!(r.reason, Reason::LockedOut);
         assert_eq!(r.retry_after, Some(Duration::from_millis(1500)));
-        let r = interpret(&[2], &b).unwrap().outcome.unwrap_err();
+        let r = interpret(&[2, 0], &b).unwrap().outcome.unwrap_err();
         assert_eq!(r.reason, Reason::BadHash);
 
-        for bad in [&[][..], &[0, 1], &[3, 4, 1], &[3, 0, 1], &[9]] {
+        for bad in [&[][..], &[0, 0, 1], &[2], &[3, 4, 1], &[3, 0, 1], &[9]] {
             assert!(interpret(bad, &b).is_none(), "{bad:?}");
         }
     }

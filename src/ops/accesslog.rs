@@ -76,6 +76,9 @@ pub struct Record<'a> {
     pub upstream: Option<String>,
     /// Key that signed (admin, reseller:NAME, unchecked).
     pub signer: Option<String>,
+    /// What reporting layers would have refused: `layer:reason`, joined by
+    /// `,` (e.g. `hash:bad_hash`); absent when none would have.
+    pub would_refuse: Option<String>,
     /// The call's id (`X-Request-Id`: the client's when sane, else made by
     /// the gateway), also sent to MOR and back to the client.
     pub request_id: Option<&'a str>,
@@ -432,6 +435,7 @@ mod tests {
             latency_us: micros(Duration::from_micros(1234)),
             upstream: None,
             signer: None,
+            would_refuse: None,
             request_id: None,
         }
     }

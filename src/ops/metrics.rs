@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::core::decision::{CallInfo, Skipped};
+use crate::core::layers::Guard;
 use crate::core::limits::Layer;
 use crate::core::reply::Reason;
 
@@ -178,6 +179,9 @@ pub struct Metrics {
     /// Calls MOR hash-checks that were forwarded without the gateway's
     /// check, by reason ([`Skipped::label`]).
     pub unchecked: IntCounterVec,
+    /// Forwarded calls a reporting layer would have refused, by layer and
+    /// reason ([`Guard::label`], [`Reason::label`]).
+    pub would_refuse: IntCounterVec,
     /// MOR's directory (exported while `[directory]` is on): users in the
     /// snapshot in force.
     pub directory_users: IntGauge,
@@ -411,6 +415,12 @@ impl Metrics {
                 "Calls MOR hash-checks that the gateway forwarded without its own check, by reason (hash_checking_off, unknown_method, undetermined).",
                 &["reason"],
             ),
+            would_refuse: counter(
+                &r,
+                "would_refuse_total",
+                "Forwarded calls a layer set to report would have refused, by layer and reason.",
+                &["layer", "reason"],
+            ),
             // The directory's series are registered only while [directory]
             // is on (see `mirror_directory`).
             directory_users: static_metric(IntGauge::new(
@@ -448,6 +458,11 @@ impl Metrics {
         };
         for k in Skipped::ALL {
             m.unchecked.with_label_values(&[k.label()]);
+        }
+        for g in Guard::ALL {
+            for r in g.reasons() {
+                m.would_refuse.with_label_values(&[g.label(), r.label()]);
+            }
         }
         reg(&m.registry, Ok(ACCESS_LOG_DROPPED.clone()));
         reg(&m.registry, Ok(LOG_SUPPRESSED.clone()));
@@ -584,6 +599,13 @@ impl Metrics {
     ) {
         if let Some(k) = skipped {
             self.unchecked.with_label_values(&[k.label()]).inc();
+        }
+        if reason.is_none() {
+            for (g, r) in info.would_refuse.iter() {
+                self.would_refuse
+                    .with_label_values(&[g.label(), r.label()])
+                    .inc();
+            }
         }
         let api_method = info.label();
         let (outcome, reason_label) = Reason::labels(reason);

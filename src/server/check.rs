@@ -26,6 +26,31 @@ pub fn check(settings: &Settings) -> Result<(), ServerError> {
     Ok(())
 }
 
+/// The layers that report, and a warning per owner the `[rollout]`
+/// tables name that `dir` does not know (`dir`: the static directory, or
+/// the snapshot `check` read).
+pub fn check_rollout(settings: &Settings, dir: &crate::core::directory::Directory) -> Vec<String> {
+    let e = &settings.policy.rollout;
+    let mut out = Vec::new();
+    let lines = e.describe();
+    if lines.is_empty() {
+        out.push("rollout        every layer enforces".to_string());
+    } else {
+        out.push(format!(
+            "rollout        report-only layers set:\n               {}",
+            lines.join("\n               ")
+        ));
+    }
+    for name in e.owner_names() {
+        if !dir.has_owner_named(name) {
+            out.push(format!(
+                "rollout        WARNING: rollout.owners.{name}: no owner of that name (the admin or a reseller); its table applies to nobody"
+            ));
+        }
+    }
+    out
+}
+
 /// What `check` finds in MOR's database (with `[directory]`): a snapshot's
 /// counts and switches, and whether the account can read more than it
 /// needs. Lines to print; the database being unreachable is reported, not
@@ -47,6 +72,7 @@ pub fn check_directory(settings: &Settings) -> Vec<String> {
         let read = tokio::time::timeout(db.timeout, mor_db::read(db, None)).await;
         match read {
             Ok(Ok((mor_db::Read::Fresh(d), _))) => {
+                out.extend(check_rollout(settings, &d));
                 let on = |b: bool| if b { "on" } else { "off" };
                 out.push(format!(
                     "directory      read: {} users, {} owners; admin: Allow API {}, hash checking {}, key {}; Allow GET API {}; Devices_Check_Ballance {}",

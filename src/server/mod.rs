@@ -32,7 +32,7 @@ mod check;
 mod housekeeping;
 mod status_http;
 
-pub use check::{check, check_directory};
+pub use check::{check, check_directory, check_rollout};
 pub use housekeeping::{Housekeeping, SWEEP_EVERY};
 pub use status_http::MetricsApp;
 

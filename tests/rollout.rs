@@ -1,0 +1,175 @@
+//! Report-only layers end to end: a call a reporting layer would refuse
+//! reaches MOR (the rebuilt request) and is recorded; an enforcing layer
+//! still refuses and forwards nothing; a reload switches a layer.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test: a failed unwrap is a failed test"
+)]
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const BAD: &str = "u=admin&user_id=123&hash=0000000000000000000000000000000000000000";
+
+fn counter(gw: &Gw, series: &str) -> u64 {
+    gw.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_reloads(gw: &Gw, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counter(gw, r#"mor_gateway_config_reloads_total{result="ok"}"#) < n {
+        assert!(Instant::now() < deadline, "reload #{n} not seen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The access-log lines written so far (the writer thread may lag a little).
+fn log_lines(gw: &Gw, at_least: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(gw.dir.join("access.log")).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        if lines.len() >= at_least || Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_reporting_hash_layer_forwards_mor_judges_and_a_reload_enforces_it() {
+    let (sim, sa) = start_sim(KEY, &[]);
+    let report = "[rollout.layers]\nhash = \"report\"\n";
+    let gw = start_gateway(&body_with_log(&[sa], "", report));
+
+    // A wrong hash through the legacy alias: forwarded, rewritten, and MOR
+    // itself answers "Incorrect hash".
+    let r = gw.post("/billing/api/user_details", BAD);
+    assert_eq!(r.text(), mor_error("Incorrect hash"), "MOR's own answer");
+    let seen = sim_seen(sa);
+    assert_eq!(seen.len(), 1, "the call reached MOR");
+    assert_eq!(seen[0]["path"], "/billing/api/user_details_get");
+    assert!(seen[0]["body"].as_str().unwrap().contains("hash=0000"));
+    assert!(r.header("retry-after").is_none());
+    assert_eq!(
+        counter(
+            &gw,
+            r#"mor_gateway_would_refuse_total{layer="hash",reason="bad_hash"}"#
+        ),
+        1
+    );
+    // A good call notes nothing and is served.
+    let r = gw.post("/billing/api/user_details_get", &details("admin"));
+    assert!(r.text().contains("client123"), "{}", r.text());
+    let lines = log_lines(&gw, 2);
+    assert_eq!(lines[0]["would_refuse"], "hash:bad_hash", "{:?}", lines[0]);
+    assert_eq!(lines[0]["verdict"], "forwarded");
+    assert_eq!(lines[0]["signer"], "unchecked");
+    assert!(lines[1]["would_refuse"].is_null(), "{:?}", lines[1]);
+
+    // Reload: the hash layer enforces; nothing more reaches MOR.
+    gw.reload(&body_with_log(&[sa], "", ""));
+    wait_reloads(&gw, 1);
+    sim_reset(sa);
+    let r = gw.post("/billing/api/user_details", BAD);
+    assert_eq!(r.text(), mor_error("Incorrect hash"));
+    assert!(
+        sim_seen(sa).is_empty(),
+        "refused at the edge after the reload"
+    );
+    assert_eq!(
+        counter(
+            &gw,
+            r#"mor_gateway_would_refuse_total{layer="hash",reason="bad_hash"}"#
+        ),
+        1,
+        "an enforced refusal is not a report"
+    );
+    drop(sim);
+}
+
+#[test]
+fn a_reporting_quota_consumes_nothing_and_the_enforcing_one_after_it_still_refuses() {
+    let (sim, sa) = start_sim(KEY, &[]);
+    let tables = "[limits]\nheaders = true\nper_user = { per_second = 0.001, burst = 1 }\n\
+                  [limits.per_method]\nuser_details_get = { per_second = 0.001, burst = 3 }\n\
+                  [rollout.layers]\nuser = \"report\"\n";
+    let gw = start_gateway(&body_for(&[sa], "", tables));
+    let mut headers = Vec::new();
+    for i in 0..3 {
+        let r = gw.post("/billing/api/user_details_get", &details("alice"));
+        assert!(r.text().contains("client123"), "call {i}: {}", r.text());
+        headers.push(r.header("ratelimit-remaining").map(str::to_string));
+    }
+    // The first call was within both quotas; the next two were over the
+    // user's (reported: no RateLimit headers for them).
+    assert!(headers[0].is_some());
+    assert_eq!(headers[1..], [None, None]);
+    assert_eq!(
+        counter(
+            &gw,
+            r#"mor_gateway_would_refuse_total{layer="user",reason="limited"}"#
+        ),
+        2
+    );
+    // The method's quota (3) enforces: the fourth call is refused and not
+    // forwarded.
+    let r = gw.post("/billing/api/user_details_get", &details("bob"));
+    assert_eq!(r.text(), mor_error("Too many requests"));
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(sim_seen(sa).len(), 3, "the refused call never reached MOR");
+    drop(sim);
+}
+
+#[test]
+fn check_lists_what_reports_and_warns_about_an_unknown_owner() {
+    let dir = temp_dir();
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\
+         [rollout.layers]\nall = \"report\"\n[rollout.owners.nobody]\nhash = \"enforce\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mor-gateway"))
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .env("GW_KEY", "k")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("global: ip=report"), "{text}");
+    assert!(text.contains("rollout.owners.nobody"), "{text}");
+    // A layer that does not exist is refused, naming the table.
+    std::fs::write(
+        &cfg,
+        "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"GW_KEY\"\n\
+         [rollout.methods.user_details_get]\nhsah = \"report\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mor-gateway"))
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .env("GW_KEY", "k")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("rollout.methods.user_details_get") && text.contains("hsah"),
+        "{text}"
+    );
+}
