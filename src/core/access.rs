@@ -14,9 +14,10 @@
 //! ([`crate::core::decision::admit`]), before any per-IP token is taken and
 //! before the body is read; an owner's pair in the second stage, as soon as
 //! the caller's owner is known and before any key is tried. An unlisted
-//! caller of a partial directory (the static config) has no owner before a
-//! key matches: its call is then held to the pair of the owner whose key
-//! signed it.
+//! caller of a partial directory (the static config; there the admin's own
+//! users are unlisted) has no owner before a key matches: it is refused
+//! before any key is tried when no owner whose key could sign admits the
+//! address, else held to the lists of the owner whose key signed it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -130,6 +131,12 @@ impl Access {
             Some(l) if !l.admits(ip) => Err(denied()),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the lists of one of the owners `ids` admit `ip` (an unlisted
+    /// caller may be any of theirs until a key matches).
+    pub fn any_admits(&self, dir: &Directory, ids: &[UserId], ip: IpAddr) -> bool {
+        ids.iter().any(|id| self.owner(dir, *id, ip).is_ok())
     }
 
     /// The owner names no owner of `dir` has (for `check`): a list that
@@ -477,5 +484,17 @@ users = ["ruser"]
         assert_eq!(reason(&v), None, "signed by the admin, who has no lists");
         let (v, _) = call(&p, "198.51.100.1", &query("someone", "guess"));
         assert_eq!(reason(&v), Some(Reason::BadHash));
+        // When no owner whose key could sign admits the address, no key is
+        // tried at all: refused whatever the hash, and no failure counted.
+        let p = policy(
+            "[access.owners.res1]\nallow = [\"192.0.2.0/24\"]\n[access.owners.admin]\nallow = [\"192.0.2.0/24\"]\n",
+        );
+        for key in ["456789", "resellerkey", "guess"] {
+            let (v, gate) = call(&p, "198.51.100.1", &query("someone", key));
+            assert_eq!(reason(&v), Some(Reason::AddressDenied), "{key}");
+            assert!(gate.0.borrow().iter().all(|(lockout, _)| !lockout));
+        }
+        let (v, _) = call(&p, "192.0.2.1", &query("someone", "resellerkey"));
+        assert_eq!(reason(&v), None);
     }
 }

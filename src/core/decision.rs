@@ -762,6 +762,10 @@ pub fn verify(
             } else if signers.is_empty() {
                 layer!(Guard::Hash, Reason::NoSecretKey);
                 UNCHECKED
+            } else if l == Lookup::Unlisted && !s.access.any_admits(dir, signers, head.client_ip) {
+                // No owner whose key could sign admits the address: refused
+                // before any key is tried.
+                return done(crate::core::access::denied(), info);
             } else {
                 match params.scalar("hash") {
                     Ok(Some(given)) => {
