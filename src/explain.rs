@@ -298,6 +298,28 @@ fn steps(
         }
     };
 
+    // The address lists of [access] (the global ones decided in stage one).
+    if !s.access.is_open() {
+        let global = if s.access.global.admits(head.client_ip) {
+            "admit"
+        } else {
+            "refuse"
+        };
+        let of_owner = match lookup {
+            Lookup::Known(c) => match s.access.owner(dir, c.owner, head.client_ip) {
+                Ok(()) => "; the owner's lists (if any) admit it".to_string(),
+                Err(_) => "; the owner's lists refuse it (address_denied)".to_string(),
+            },
+            Lookup::Unlisted => {
+                "; an unlisted caller is held to the lists of the owner whose key signs".into()
+            }
+            Lookup::Unknown => String::new(),
+        };
+        out.push(format!(
+            "access     client {}: the global lists {global} it{of_owner}",
+            head.client_ip
+        ));
+    }
     let check = decision::check_of(s, method);
     match check {
         Check::None => out.push(format!(

@@ -83,6 +83,19 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         env_file: Option<PathBuf>,
     },
+    /// List the (client address, user) pairs the running gateway has locked
+    /// out after failed hashes, or clear one, through its metrics listener
+    /// (`GET /lockouts`, `POST /lockouts/clear`; it answers only
+    /// metrics.admin_allow, loopback by default). Exit status 1 when the
+    /// gateway cannot be asked or the pair to clear is not locked.
+    Lockouts {
+        /// The running gateway's config file (only metrics.listen is read).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Unlock this pair (USER "" for calls without u).
+        #[arg(long, num_args = 2, value_names = ["IP", "USER"])]
+        clear: Option<Vec<String>>,
+    },
     /// Explain the gateway's decision about one call, as the client sent
     /// it: route and alias, the action's rule, caller and owner, the
     /// parameters hashed in order and those left out, the keys tried, the
@@ -191,6 +204,35 @@ fn load(path: &std::path::Path, env: &dyn Env) -> Result<Settings, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Settings::from_toml(&text, Some(path), env).map_err(|e| e.to_string())
+}
+
+/// `lockouts`: asks the running gateway's lockout interface.
+fn lockouts(config: &std::path::Path, clear: Option<&[String]>) -> Result<(), String> {
+    let text = std::fs::read_to_string(config)
+        .map_err(|e| format!("cannot read {}: {e}", config.display()))?;
+    let addr = mor_gateway::config::metrics_listen_of(&text, config)
+        .map_err(|e| e.to_string())?
+        .ok_or("metrics.listen is off in this config: the lockout interface is served there")?;
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let pair = match clear {
+        Some([ip, user]) => Some((ip.as_str(), user.as_str())),
+        _ => None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let lines = rt.block_on(mor_gateway::edge::lockout_admin::ask(addr, pair))?;
+    for l in lines {
+        say!("{l}");
+    }
+    Ok(())
 }
 
 /// The built-in policy `sign` uses without a config: MOR's defaults, the
@@ -311,8 +353,13 @@ fn sign(
             || "the built-in defaults".to_string(),
             |p| p.display().to_string(),
         );
+        let whence = if r.reason == mor_gateway::core::reply::Reason::AddressDenied {
+            " (the curl line would come from this host, 127.0.0.1, which [access] does not admit)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "the gateway refuses this call ({}: {}) with {source}: no curl line",
+            "the gateway refuses this call ({}: {}){whence} with {source}: no curl line",
             r.reason.label(),
             r.message()
         ));
@@ -627,6 +674,7 @@ fn main() -> ExitCode {
             call,
         } => sign(&key_env, config, env_file, base, &call),
         Cmd::Demo { port, sim } => demo(port, sim),
+        Cmd::Lockouts { config, clear } => lockouts(&config, clear.as_deref()),
         Cmd::Manpage { dir, gzip } => match dir {
             Some(d) => manpage::write_all(Cli::command(), &d, gzip).map(|files| {
                 for f in files {

@@ -300,6 +300,25 @@ impl fmt::Debug for MorDbSettings {
     }
 }
 
+/// The metrics listener a configuration text names (None: off), read
+/// without its secrets or any other key's checks: for `mor-gateway
+/// lockouts`, which only talks to the running gateway.
+pub fn metrics_listen_of(text: &str, path: &Path) -> Result<Option<SocketAddr>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    struct Only {
+        #[serde(default)]
+        metrics: schema::Metrics,
+    }
+    let raw: Only = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: parse_message(text, &e),
+    })?;
+    match raw.metrics.listen.as_str() {
+        "" => Ok(None),
+        s => resolve::parse_listen("metrics.listen", s).map(Some),
+    }
+}
+
 /// 12 hex digits of the SHA-1 of a configuration text.
 pub fn digest(text: &str) -> String {
     use sha1::{Digest, Sha1};
@@ -362,6 +381,8 @@ pub struct Settings {
     pub shared_limits: Option<SharedLimitSettings>,
     /// Metrics listener (None: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Client networks the lockout admin interface answers (default: loopback).
+    pub metrics_admin_allow: Vec<ipnet::IpNet>,
     /// Access log mode.
     pub access_log: LogMode,
     /// Access log file (mode = file).
@@ -658,12 +679,37 @@ impl Settings {
             )),
             l.max_tracked_keys
         );
+        let nets = |v: &[ipnet::IpNet]| match v.len() {
+            0 => "none".to_string(),
+            _ => v
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let acc = &p.access;
         let _ = writeln!(
             s,
-            "metrics        {}",
+            "access         global: allow {}, deny {}; {} owner(s) with lists{}",
+            if acc.global.allow.is_empty() {
+                "every address".to_string()
+            } else {
+                nets(&acc.global.allow)
+            },
+            nets(&acc.global.deny),
+            acc.owner_names().count(),
+            match acc.owner_names().collect::<Vec<_>>() {
+                v if v.is_empty() => String::new(),
+                v => format!(" ({})", v.join(", ")),
+            }
+        );
+        let _ = writeln!(
+            s,
+            "metrics        {}; lockout admin (/lockouts) answers {}",
             self.metrics_listen
                 .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into())
+                .unwrap_or_else(|| "off".into()),
+            nets(&self.metrics_admin_allow)
         );
         let _ = writeln!(
             s,
@@ -918,6 +964,53 @@ users = ["a"]
             msg.contains("resellers[1].users") && msg.contains("'a'"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn access_lists_are_checked_naming_the_key() {
+        let err = |extra: &str| load(&base(extra)).unwrap_err().to_string();
+        let msg = err("[access]\nallow = [\"10.0.0.0/8\", \"10.1.2.3/8\"]\n");
+        assert!(
+            msg.contains("access.allow[1]")
+                && msg.contains("host bits")
+                && msg.contains("10.0.0.0/8"),
+            "{msg}"
+        );
+        let msg = err("[access]\ndeny = [\"10.0.0.300\"]\n");
+        assert!(
+            msg.contains("access.deny[0]") && msg.contains("not a CIDR"),
+            "{msg}"
+        );
+        let msg = err("[access.owners.res1]\nallow = [\"2001:db8::1/32\"]\n");
+        assert!(msg.contains("access.owners.res1.allow[0]"), "{msg}");
+        let msg = err("[access.owners.Res1]\n[access.owners.res1]\n");
+        assert!(
+            msg.contains("access.owners.res1") && msg.contains("same owner"),
+            "{msg}"
+        );
+        let msg = err("[access]\nallowed = []\n");
+        assert!(msg.contains("allowed"), "{msg}");
+        let msg = err("[metrics]\nadmin_allow = [\"localhost\"]\n");
+        assert!(msg.contains("metrics.admin_allow[0]"), "{msg}");
+        let s = load(&base(
+            "[access]\nallow = [\"192.0.2.7\", \"::ffff:198.51.100.0/120\", \"2001:db8::/32\"]\n[access.owners.admin]\ndeny = [\"0.0.0.0/0\"]\n",
+        ))
+        .unwrap();
+        let a = &s.policy.access;
+        let shown: Vec<String> = a.global.allow.iter().map(|n| n.to_string()).collect();
+        // A bare address is its own network; a mapped network is IPv4.
+        assert_eq!(shown, ["192.0.2.7/32", "198.51.100.0/24", "2001:db8::/32"]);
+        assert_eq!(a.owner_names().collect::<Vec<_>>(), ["admin"]);
+        assert!(s.summary().contains("1 owner(s) with lists (admin)"));
+        // Loopback only by default.
+        let d = load(&base("")).unwrap();
+        let nets: Vec<String> = d
+            .metrics_admin_allow
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+        assert!(d.policy.access.is_open());
     }
 
     #[test]

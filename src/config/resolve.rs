@@ -21,6 +21,7 @@ use super::{
     invalid, CaBundle, CertKey, ClientSettings, ConfigError, Probe, SecretSource, Settings,
     SharedLimitSettings, TlsListen, Upstream,
 };
+use crate::core::access::{Access, Lists};
 use crate::core::catalog::Catalog;
 use crate::core::directory::{ConfigOwner, Directory};
 use crate::core::limits::{LimitSettings, Lockout, QuotaSpec};
@@ -117,7 +118,7 @@ fn ca_file(key: &str, p: &Path) -> Result<(Vec<u8>, Vec<X509>), ConfigError> {
     Ok((pem, certs))
 }
 
-fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn parse_listen(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse::<SocketAddr>()
         .map_err(|_| invalid(key, format!("'{s}' is not an IP:port address")))
 }
@@ -552,6 +553,73 @@ fn cidrs(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
                 .map_err(|_| invalid(format!("{key}[{i}]"), format!("'{s}' is not a CIDR or IP")))
         })
         .collect()
+}
+
+/// Client networks for an allow or deny list: a CIDR whose host bits are
+/// zero, or one address; an IPv4-mapped IPv6 network is taken as the IPv4
+/// network it maps (client addresses are compared as IPv4 then).
+pub(crate) fn networks(key: &str, list: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let at = || format!("{key}[{i}]");
+            let net = match s.parse::<IpNet>() {
+                Ok(n) if n.trunc() != n => {
+                    return Err(invalid(
+                        at(),
+                        format!("'{s}' has host bits set (the network is {})", n.trunc()),
+                    ))
+                }
+                Ok(n) => n,
+                Err(_) => s
+                    .parse::<std::net::IpAddr>()
+                    .map(IpNet::from)
+                    .map_err(|_| {
+                        invalid(
+                            at(),
+                            format!("'{s}' is not a CIDR (like 192.0.2.0/24) or an address"),
+                        )
+                    })?,
+            };
+            Ok(match net {
+                IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                    Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                        .map(IpNet::V4)
+                        .unwrap_or(net),
+                    None => net,
+                },
+                n => n,
+            })
+        })
+        .collect()
+}
+
+fn access(raw: schema::Access) -> Result<Access, ConfigError> {
+    let global = Lists {
+        allow: networks("access.allow", &raw.allow)?,
+        deny: networks("access.deny", &raw.deny)?,
+    };
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut owners = Vec::new();
+    for (name, l) in raw.owners {
+        let key = format!("access.owners.{name}");
+        if name.trim().is_empty() {
+            return Err(invalid(key, "an owner name must not be empty"));
+        }
+        let folded = name.trim_end_matches(' ').to_lowercase();
+        if let Some(prev) = seen.insert(folded, name.clone()) {
+            return Err(invalid(
+                key,
+                format!("names the same owner as access.owners.{prev} (names compare like MOR's usernames)"),
+            ));
+        }
+        let lists = Lists {
+            allow: networks(&format!("{key}.allow"), &l.allow)?,
+            deny: networks(&format!("{key}.deny"), &l.deny)?,
+        };
+        owners.push((name, lists));
+    }
+    Ok(Access::new(global, owners))
 }
 
 /// pingora's own cap on a request header (bytes); `max_header_bytes` stays below it.
@@ -1007,6 +1075,8 @@ pub fn resolve(
     let limits = limits(raw.limits, &catalog, client.ipv6_prefix)?;
     let rollout = rollout(&raw.rollout, &catalog)?;
 
+    let access = access(raw.access)?;
+    let metrics_admin_allow = networks("metrics.admin_allow", &raw.metrics.admin_allow)?;
     let metrics_listen = match raw.metrics.listen.as_str() {
         "" => None,
         s => Some(parse_listen("metrics.listen", s)?),
@@ -1050,6 +1120,7 @@ pub fn resolve(
             other_paths: api.other_paths,
             directory: Arc::new(directory),
             catalog,
+            access,
             rollout,
         }),
         resellers: tenants.resellers,
@@ -1060,6 +1131,7 @@ pub fn resolve(
         limits,
         shared_limits,
         metrics_listen,
+        metrics_admin_allow,
         access_log: raw.access_log.mode,
         access_log_path: raw.access_log.path,
     })

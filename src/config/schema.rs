@@ -76,6 +76,31 @@ pub struct File {
     /// `[rollout]`: which refusing layers enforce and which only report.
     #[serde(default)]
     pub rollout: Rollout,
+    /// `[access]`: allow and deny lists of client addresses.
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// One allow list and one deny list of client networks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLists {
+    /// Networks admitted (CIDRs or addresses; empty: every address).
+    pub allow: Vec<String>,
+    /// Networks refused (wins over `allow`).
+    pub deny: Vec<String>,
+}
+
+/// `[access]`: the global lists, and `[access.owners.<name>]` per owner.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    /// Networks admitted (CIDRs or addresses; empty: every address).
+    pub allow: Vec<String>,
+    /// Networks refused (wins over `allow`).
+    pub deny: Vec<String>,
+    /// Per owner (the admin as `admin`, a reseller by its username).
+    pub owners: BTreeMap<String, AccessLists>,
 }
 
 fn mor() -> Product {
@@ -550,12 +575,15 @@ fn shared_retry() -> Duration {
 pub struct Metrics {
     /// Listener for /metrics, /healthz, /readyz ("" turns it off).
     pub listen: String,
+    /// Client networks the lockout admin interface (`/lockouts`) answers.
+    pub admin_allow: Vec<String>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             listen: "127.0.0.1:9464".into(),
+            admin_allow: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }

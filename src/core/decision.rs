@@ -3,14 +3,14 @@
 //! answered by a gate (local limiters or Redis) and hands back.
 //!
 //! The one route, the proxy's and every test's:
-//! 1. [`admit`]: route and the path policies (a path refused here costs no
-//!    per-IP token); then [`Admission::question`] (the per-IP layer), its
+//! 1. [`admit`]: route, the global address lists ([`crate::core::access`])
+//!    and the path policies (a call refused here costs no per-IP token); then [`Admission::question`] (the per-IP layer), its
 //!    answer to [`Admission::conclude`], which also applies the HTTP method,
 //!    the API policies and the method's own rule (refused actions die
 //!    before their body is read);
 //! 2. (the body, read by the caller);
-//! 3. [`verify`]: parameter view → caller and owner → hash with the owner's
-//!    key → the path to forward to;
+//! 3. [`verify`]: parameter view → caller and owner → the owner's address
+//!    lists → hash with the owner's key → the path to forward to;
 //! 4. [`Pending::question`] (lockout, then user and method limits), its
 //!    answer to [`Pending::conclude`]: the [`Verdict`].
 //!
@@ -278,7 +278,8 @@ fn is_get(method: &str) -> bool {
     method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD")
 }
 
-/// Stage one, before the body is read: route and the path policies; what
+/// Stage one, before the body is read: route, the global address lists
+/// and the path policies; what
 /// follows the per-IP layer (HTTP method, API policies that do not depend
 /// on the caller, the method's own rule) is decided here and applied by
 /// [`Admission::conclude`]. A refusal carries what is known of the call.
@@ -306,6 +307,11 @@ pub fn admit(s: &Policy, dir: &Directory, head: &Head<'_>) -> Result<Admission, 
         },
         _ => CallInfo::default(),
     };
+    // The global address lists: after routing (the refusal is in the
+    // action's envelope), before the per-IP question and the body.
+    if let Err(refusal) = s.access.screen(head.client_ip) {
+        return Err(Box::new(Rejected { refusal, info }));
+    }
     let policy = match &kind {
         PathKind::Api(_) => None,
         PathKind::RestV2 => Some(s.rest_v2),
@@ -684,6 +690,12 @@ pub fn verify(
             Err(e) => return bad(&e, info),
         },
     };
+    // The owner's address lists, before any key is tried.
+    if let Some(Lookup::Known(c)) = who {
+        if let Err(r) = s.access.owner(dir, c.owner, head.client_ip) {
+            return done(r, info);
+        }
+    }
     // The layers' modes, now that the caller's owner is known.
     let owner = match &who {
         Some(Lookup::Known(c)) => dir.owner(c.owner).map(|o| &*o.name),
@@ -750,6 +762,10 @@ pub fn verify(
             } else if signers.is_empty() {
                 layer!(Guard::Hash, Reason::NoSecretKey);
                 UNCHECKED
+            } else if l == Lookup::Unlisted && !s.access.any_admits(dir, signers, head.client_ip) {
+                // No owner whose key could sign admits the address: refused
+                // before any key is tried.
+                return done(crate::core::access::denied(), info);
             } else {
                 match params.scalar("hash") {
                     Ok(Some(given)) => {
@@ -765,7 +781,15 @@ pub fn verify(
                             Ok(l) => l,
                             Err(e) => return bad(&e, info),
                         };
-                        match signed_by(dir, signers, &lists, given) {
+                        let matched = signed_by(dir, signers, &lists, given);
+                        // An unlisted caller's owner is the one whose key
+                        // signed: its address lists apply now.
+                        if let (Lookup::Unlisted, Some(id)) = (l, matched) {
+                            if let Err(r) = s.access.owner(dir, id, head.client_ip) {
+                                return done(r, info);
+                            }
+                        }
+                        match matched {
                             None => {
                                 info.mismatch = Some(Mismatch {
                                     rule: match check {

@@ -324,6 +324,11 @@ impl Directory {
         self.owners.get(&id)
     }
 
+    /// Every owner's name (for `check`: lists naming no owner).
+    pub fn owner_names(&self) -> impl Iterator<Item = &str> {
+        self.owners.values().map(|o| &*o.name)
+    }
+
     /// Owner 0's settings.
     pub fn admin(&self) -> &OwnerSettings {
         &self.admin

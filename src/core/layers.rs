@@ -12,8 +12,9 @@
 //! Framing, path, size, connection and body-budget refusals are not layers:
 //! nothing faithful could be forwarded after them, so they always enforce.
 //! Neither are the refusals the config asks for by name (an action set to
-//! `refuse`, `api.undetermined = "refuse"`), the HTTP methods MOR has no
-//! route for, nor the wait for MOR's directory.
+//! `refuse`, `api.undetermined = "refuse"`, the address lists of
+//! `[access]`), the HTTP methods MOR has no route for, nor the wait for
+//! MOR's directory.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,6 +1,7 @@
 //! The pure decision core: everything that decides about a request without
 //! I/O. [`decision`] is its entry point; the rest are its parts.
 
+pub mod access;
 pub mod catalog;
 pub mod client;
 pub mod decision;

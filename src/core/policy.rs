@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::core::access::Access;
 use crate::core::catalog::Catalog;
 use crate::core::directory::Directory;
 
@@ -95,6 +96,8 @@ pub struct Policy {
     pub directory: Arc<Directory>,
     /// Method catalogue (with configured aliases and patches merged).
     pub catalog: Catalog,
+    /// Allow and deny lists of client addresses (`[access]`).
+    pub access: Access,
     /// Which refusing layers enforce and which only report (`[rollout]`).
     pub rollout: crate::core::layers::Enforcement,
 }

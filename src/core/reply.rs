@@ -70,11 +70,14 @@ pub enum Reason {
     NoSecretKey,
     /// MOR's directory was never loaded and the config says to refuse then.
     DirectoryUnavailable,
+    /// The client address is not admitted by `[access]` (globally or by the
+    /// caller's owner).
+    AddressDenied,
 }
 
 impl Reason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::ApiDisabled,
         Reason::GetDisabled,
         Reason::MethodNotAllowed,
@@ -99,6 +102,7 @@ impl Reason {
         Reason::UnknownUser,
         Reason::NoSecretKey,
         Reason::DirectoryUnavailable,
+        Reason::AddressDenied,
     ];
 
     /// MOR's own error text where MOR has one, else the gateway's.
@@ -126,7 +130,7 @@ impl Reason {
             Reason::ClientTimeout => "Request timeout",
             Reason::UpstreamError => "MOR server unavailable",
             Reason::UpstreamTimeout => "MOR server timed out",
-            Reason::UnknownUser => "Access Denied",
+            Reason::UnknownUser | Reason::AddressDenied => "Access Denied",
             Reason::NoSecretKey => "API must have Secret Key",
             Reason::DirectoryUnavailable => "MOR settings not loaded yet, try later",
         }
@@ -140,7 +144,8 @@ impl Reason {
             | Reason::UsernameOnly
             | Reason::MethodDisabled
             | Reason::UnknownUser
-            | Reason::NoSecretKey => 403,
+            | Reason::NoSecretKey
+            | Reason::AddressDenied => 403,
             Reason::GetDisabled | Reason::MethodNotAllowed => 405,
             Reason::LockedOut | Reason::Limited => 429,
             Reason::BadRequest => 400,
@@ -230,6 +235,7 @@ impl Reason {
             Reason::UnknownUser => "unknown_user",
             Reason::NoSecretKey => "no_secret_key",
             Reason::DirectoryUnavailable => "directory_unavailable",
+            Reason::AddressDenied => "address_denied",
         }
     }
 }

@@ -291,6 +291,33 @@ impl Limits {
         })
     }
 
+    /// The (IP, user) pairs locked out now, with the time each has left
+    /// (IPv6 addresses as their network, the lockout's key).
+    pub fn locked_pairs(&self) -> Vec<(IpAddr, String, Duration)> {
+        let now = Instant::now();
+        let mut v: Vec<_> = self.fails().map_or_else(Vec::new, |f| {
+            f.iter()
+                .filter_map(|((ip, user), f)| {
+                    let until = f.locked_until.filter(|t| *t > now)?;
+                    Some((*ip, user.clone(), until - now))
+                })
+                .collect()
+        });
+        v.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        v
+    }
+
+    /// Forgets the pair of `ip` (taken as the lockout's key: an IPv6
+    /// address as its network) and `user`: its lock and its failure count.
+    /// True when it was locked.
+    pub fn unlock(&self, ip: IpAddr, user: &str) -> bool {
+        let now = Instant::now();
+        let key = (self.settings.key(ip), user.to_string());
+        self.fails()
+            .and_then(|mut f| f.remove(&key))
+            .is_some_and(|f| f.locked_until.is_some_and(|t| t > now))
+    }
+
     /// Keys tracked across keyed limiters and the lockout table.
     pub fn tracked_keys(&self) -> usize {
         self.ip.as_ref().map_or(0, |l| l.len())
@@ -580,6 +607,47 @@ mod tests {
             "other IP unaffected"
         );
         assert!(hash(&l, a, "alice", true).is_ok(), "other user unaffected");
+    }
+
+    #[test]
+    fn locked_pairs_are_listed_and_one_is_unlocked() {
+        let l = Limits::new(&settings());
+        for _ in 0..2 {
+            hash(&l, "6.6.6.6", "bob", false).unwrap();
+            hash(&l, "6.6.6.6", "eve", false).unwrap();
+            hash(&l, "2001:db8:1:2::5", "bob", false).unwrap();
+        }
+        hash(&l, "6.6.6.7", "bob", false).unwrap();
+        let pairs: Vec<(String, String)> = l
+            .locked_pairs()
+            .into_iter()
+            .map(|(ip, u, left)| {
+                assert!(left > Duration::from_secs(50) && left <= Duration::from_secs(60));
+                (ip.to_string(), u)
+            })
+            .collect();
+        let want = |a: &str, u: &str| (a.to_string(), u.to_string());
+        // One failure is not a lock; IPv6 shown as its /64.
+        assert_eq!(
+            pairs,
+            [
+                want("6.6.6.6", "bob"),
+                want("6.6.6.6", "eve"),
+                want("2001:db8:1:2::", "bob")
+            ]
+        );
+        assert!(l.unlock(ip("6.6.6.6"), "bob"));
+        assert!(!l.unlock(ip("6.6.6.6"), "bob"), "already unlocked");
+        assert!(!l.unlock(ip("6.6.6.7"), "bob"), "counted, not locked");
+        // Any address of the network unlocks it.
+        assert!(l.unlock(ip("2001:db8:1:2::99"), "bob"));
+        assert!(hash(&l, "6.6.6.6", "bob", true).is_ok(), "served again");
+        assert!(hash(&l, "6.6.6.6", "eve", true).is_err(), "the other stays");
+        assert_eq!(l.active_lockouts(), 1);
+        // Its failure count went with the lock: one more bad hash does not
+        // lock it again at once.
+        hash(&l, "6.6.6.6", "bob", false).unwrap();
+        assert!(!locked(&l, "6.6.6.6", "bob"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! [`state`] holds what every request shares; [`cut`] is why a connection
 //! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.
 //! The core's limit questions: [`local_limits`] (governor) or
-//! [`shared_limits`] (Redis) answer them.
+//! [`shared_limits`] (Redis) answer them; [`lockout_admin`] lists and
+//! clears their lockouts.
 
 pub mod body;
 pub mod caps;
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod guarded;
 pub mod http1;
 pub mod local_limits;
+pub mod lockout_admin;
 pub mod mirror;
 pub mod mor_db;
 pub mod phase;

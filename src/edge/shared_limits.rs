@@ -37,6 +37,24 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(t[1]) * 1000 + math.flo
 return redis.call('ZCARD', KEYS[1])
 ";
 
+/// Most lock keys one listing returns.
+pub const MAX_LISTED: usize = 10_000;
+
+/// Most `SCAN` steps one listing takes (each asks for 1000 keys).
+pub const MAX_SCANS: usize = 1_000;
+
+/// `s` with the glob characters of a `SCAN ... MATCH` pattern escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Why a decision was settled locally (the `reason` label).
 type Fallback = &'static str;
 
@@ -380,6 +398,107 @@ impl SharedLimits {
         usize::try_from(n).ok()
     }
 
+    /// The (IP, user) pairs locked in Redis now, with the time each has
+    /// left: the lock keys found by `SCAN ... MATCH` (never `KEYS`), at
+    /// most [`MAX_LISTED`] of them and [`MAX_SCANS`] cursor steps; the pair
+    /// as the key names it (the user part hashed when over 128 bytes).
+    /// An error when Redis does not answer; the flag says a bound cut the
+    /// listing short.
+    pub async fn locked_pairs(&self) -> Result<(Vec<(String, String, Duration)>, bool), String> {
+        let mut conn = self
+            .connection(&self.probe_conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let head = format!("{}lo:l|", self.cfg.key_prefix);
+        let pattern = format!("{}*", glob_escape(&head));
+        let wait = self.admin_timeout();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        let mut complete = false;
+        for _ in 0..MAX_SCANS {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, found): (u64, Vec<String>) =
+                tokio::time::timeout(wait, cmd.query_async(&mut conn))
+                    .await
+                    .map_err(|_| "Redis did not answer".to_string())?
+                    .map_err(|e| e.to_string())?;
+            keys.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                complete = true;
+                break;
+            }
+            if keys.len() >= MAX_LISTED {
+                break;
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let truncated = !complete || keys.len() > MAX_LISTED;
+        keys.truncate(MAX_LISTED);
+        if keys.is_empty() {
+            return Ok((Vec::new(), truncated));
+        }
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("PTTL").arg(k);
+        }
+        let ttls: Vec<i64> = tokio::time::timeout(wait, pipe.query_async(&mut conn))
+            .await
+            .map_err(|_| "Redis did not answer".to_string())?
+            .map_err(|e| e.to_string())?;
+        let pairs = keys
+            .iter()
+            .zip(ttls)
+            .filter(|(_, ttl)| *ttl > 0)
+            .filter_map(|(k, ttl)| {
+                let (ip, user) = k.strip_prefix(&head)?.split_once('|')?;
+                Some((
+                    ip.to_string(),
+                    user.to_string(),
+                    Duration::from_millis(ttl.unsigned_abs()),
+                ))
+            })
+            .collect();
+        Ok((pairs, truncated))
+    }
+
+    /// Unlocks the pair of `ip` (the lockout's key: an IPv6 address as its
+    /// network, `key`) and `user` in Redis: its lock, its failure count and
+    /// its entry in the set of locks, in one transaction. True when it was
+    /// locked.
+    pub async fn unlock(&self, ip: std::net::IpAddr, user: &str) -> Result<bool, String> {
+        let mut conn = self
+            .connection(&self.probe_conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let prefix = &self.cfg.key_prefix;
+        let pair = format!("{ip}|{}", part(user));
+        let (locks, _, _): (i64, i64, i64) = tokio::time::timeout(
+            self.admin_timeout(),
+            redis::pipe()
+                .atomic()
+                .del(format!("{prefix}lo:l|{pair}"))
+                .del(format!("{prefix}lo:f|{pair}"))
+                .zrem(self.locks_key.as_str(), &pair)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| "Redis did not answer".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(locks > 0)
+    }
+
+    /// An admin request's wait for Redis: the decision timeout, at least 2 s.
+    fn admin_timeout(&self) -> Duration {
+        self.cfg.timeout.max(Duration::from_secs(2))
+    }
+
     /// Pings Redis (housekeeping): marks it up again as soon as it answers.
     pub async fn probe(&self) {
         let Ok(mut conn) = self.connection(&self.probe_conn).await else {
@@ -421,6 +540,12 @@ mod tests {
     fn call<'a>(user: Option<&'a str>, method: &'a str) -> Question<'a> {
         let ip = "192.0.2.1".parse().unwrap();
         settings().call_question(ip, user, method, HashCheck::Good, Modes::ENFORCE)
+    }
+
+    #[test]
+    fn a_key_prefix_is_matched_literally() {
+        assert_eq!(glob_escape("gw:lo:l|"), "gw:lo:l|");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
     }
 
     #[test]

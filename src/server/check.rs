@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::ServerError;
 use crate::config::{LogMode, Settings};
+use crate::core::directory::{Directory, Source};
 use crate::edge::mor_db;
 use crate::edge::state::Shared;
 use crate::ops::accesslog::{self, AccessLog};
@@ -57,7 +58,7 @@ pub fn check_rollout(settings: &Settings, dir: &crate::core::directory::Director
 pub fn check_directory(settings: &Settings) -> Vec<String> {
     use std::fmt::Write;
     let Some(db) = &settings.mor_db else {
-        return Vec::new();
+        return access_warnings(settings, &settings.policy.directory);
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -102,6 +103,7 @@ pub fn check_directory(settings: &Settings) -> Vec<String> {
                     let _ = write!(line, "\n               ... and {} more", unusual.len() - 20);
                 }
                 out.push(line);
+                out.extend(access_warnings(settings, &d));
             }
             Ok(Ok((mor_db::Read::Unchanged, _))) => {}
             Ok(Err(e)) => out.push(format!("directory      WARNING: cannot read MOR's database: {e}")),
@@ -128,4 +130,24 @@ pub fn check_directory(settings: &Settings) -> Vec<String> {
         }
     });
     out
+}
+
+/// A warning for each `[access.owners.<name>]` that names no owner of
+/// `dir` (its lists would never apply).
+fn access_warnings(settings: &Settings, dir: &Directory) -> Vec<String> {
+    settings
+        .policy
+        .access
+        .unknown_owners(dir)
+        .into_iter()
+        .map(|n| {
+            format!(
+                "access         WARNING: [access.owners.{n}] names no owner in {} (the admin is \"admin\"): its lists never apply",
+                match dir.source {
+                    Source::Config => "the config's [[resellers]]",
+                    Source::Database => "MOR's database",
+                }
+            )
+        })
+        .collect()
 }

@@ -1,4 +1,5 @@
-//! The metrics listener: `/metrics`, `/healthz` and `/readyz`.
+//! The metrics listener: `/metrics`, `/healthz` and `/readyz`, and the
+//! lockout admin interface ([`lockout_admin`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::config::WithoutSnapshot;
+use crate::edge::lockout_admin;
 use crate::edge::state::Shared;
 
 /// True when something accepts a TCP connection on every gateway listener.
@@ -51,6 +53,22 @@ fn text_response(status: u16, ctype: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 #[async_trait]
 impl ServeHttp for MetricsApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(r) = lockout_admin::answer(
+            &self.shared,
+            req.method.as_str(),
+            req.uri.path(),
+            req.uri.query(),
+            peer,
+        )
+        .await
+        {
+            return text_response(r.status, "application/json", r.body.into_bytes());
+        }
         match session.req_header().uri.path() {
             "/metrics" => {
                 let m = &self.shared.metrics;

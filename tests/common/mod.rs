@@ -264,6 +264,16 @@ fn config_text(gw: SocketAddr, metrics: SocketAddr, body: &str) -> String {
     } else {
         "shutdown_grace = \"0s\"\n"
     };
+    // A body with its own [metrics] table (admin_allow, ...) gets the
+    // listen key there.
+    if body.contains("\n[metrics]\n") {
+        let body = body.replacen(
+            "\n[metrics]\n",
+            &format!("\n[metrics]\nlisten = \"{metrics}\"\n"),
+            1,
+        );
+        return format!("listen = [\"{gw}\"]\n{threads}{grace}{body}\n");
+    }
     format!("listen = [\"{gw}\"]\n{threads}{grace}{body}\n[metrics]\nlisten = \"{metrics}\"\n")
 }
 
@@ -293,7 +303,8 @@ fn body_logged(upstreams: &[SocketAddr], top: &str, tables: &str, log: &str) -> 
 }
 
 /// Starts a gateway with a config built by [`body_for`]-style text.
-/// `body` must not contain `listen` or `[metrics]`.
+/// `body` must not contain `listen`; a `[metrics]` table of its own gets the
+/// metrics listener's `listen` key.
 pub fn start_gateway(body: &str) -> Gw {
     start_gateway_env(body, &[])
 }
