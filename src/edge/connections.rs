@@ -225,18 +225,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             line: Mutex::new(LineScan::default()),
             proxied,
         });
-        let guarded: Stream = Box::new(Guarded::new(stream, conn.clone(), client));
-        let waits = super::http1::Waits {
-            first: client.header_timeout,
-            idle: client.keepalive_timeout,
-        };
+        let guarded = Box::new(Guarded::new(stream, conn.clone(), client));
+        let idle = client.keepalive_timeout;
         drop(settings);
         // On the heap: a connection still before its handshake (or its
         // PROXY header) holds a task sized for what it waits on, not for the
         // HTTP/1 loop's state.
         let cut = Box::pin(CONN.scope(
             conn.clone(),
-            super::http1::keepalive_loop(&self.inner, guarded, shutdown, &conn, waits),
+            super::http1::keepalive_loop(&self.inner, guarded, shutdown, &conn, idle),
         ))
         .await;
         if let Some(cut) = cut {
@@ -316,11 +313,18 @@ mod tests {
             line: Mutex::new(LineScan::default()),
             proxied: false,
         };
-        let waits = super::super::http1::Waits {
-            first: std::time::Duration::from_secs(1),
-            idle: std::time::Duration::from_secs(1),
-        };
-        let looped = super::super::http1::keepalive_loop(&c.inner, stream(), &rx, &conn, waits);
+        let conn = Arc::new(conn);
+        let client = crate::config::Settings::from_toml(text, None, &env)
+            .unwrap()
+            .client;
+        let guarded = Box::new(Guarded::new(stream(), conn.clone(), &client));
+        let looped = super::super::http1::keepalive_loop(
+            &c.inner,
+            guarded,
+            &rx,
+            &conn,
+            std::time::Duration::from_secs(1),
+        );
         let request = c
             .inner
             .process_new_http(ServerSession::new_http1(stream()), &rx);

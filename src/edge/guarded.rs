@@ -42,14 +42,14 @@ pub struct Guarded {
     deadline: Instant,
     /// Armed only when a header read has to wait (slow clients).
     timer: Option<Pin<Box<Sleep>>>,
-    /// The first bytes of the next request, read by [`Peek::try_peek`]
-    /// while no session existed, handed out before the stream's own.
+    /// The next request's header, read by [`Guarded::wait_header`] while
+    /// no session existed, handed out before the stream's own bytes.
     stash: Vec<u8>,
     /// Bytes of `stash` already handed out.
     stashed_out: usize,
 }
 
-/// The most a wait for the next request reads at once (on the stack of
+/// The most a wait for a request's header reads at once (on the stack of
 /// one poll, never held while waiting).
 const FIRST_READ: usize = 2048;
 
@@ -95,31 +95,71 @@ impl Guarded {
         }
     }
 
-    /// Waits until the next request's first bytes arrive and keeps them
-    /// (Ok(true)); Ok(false) at the end of the stream. Nothing is held while
-    /// waiting but the socket: the bytes are read into the stack of the poll
-    /// that finds them and copied into a buffer of their size.
-    fn poll_first_bytes(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
-        if self.stashed_out < self.stash.len() {
+    /// Reads what has arrived into the stash, on the stack of this poll;
+    /// Ready(Ok(true)) once the stash holds a whole header (or as many bytes
+    /// as a header may have), Ready(Ok(false)) at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        loop {
+            if header_end(&self.stash) || self.stash.len() >= self.max_bytes {
+                return Poll::Ready(Ok(true));
+            }
+            let Some(io) = self.inner.as_mut() else {
+                return Poll::Ready(Err(gone()));
+            };
+            let mut chunk = [0u8; FIRST_READ];
+            let room = (self.max_bytes - self.stash.len()).min(FIRST_READ);
+            let mut buf = ReadBuf::new(&mut chunk[..room]);
+            match Pin::new(io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => self.stash.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Waits for the next request's header with nothing held but the
+    /// socket and the bytes that came: first for its first byte (`idle`
+    /// between requests; for the first request the header's deadline,
+    /// counted from the connection's start), then for the rest of the header
+    /// within `client.header_timeout`. Its bytes stay in the stash, read
+    /// again by the session. A header that breaks a limit is cut as the
+    /// session's read would cut it.
+    pub(crate) async fn wait_header(&mut self, idle: Option<Duration>) -> Waited {
+        let first = match idle {
+            Some(d) => Instant::now() + d,
+            None => self.deadline,
+        };
+        let got =
+            tokio::time::timeout_at(first, std::future::poll_fn(|cx| self.poll_first(cx))).await;
+        match got {
+            Err(_) if idle.is_some() => return Waited::Idle,
+            Err(_) => return self.cut_now(Cut::Silent),
+            Ok(Ok(true)) => {}
+            Ok(Ok(false) | Err(_)) => return Waited::Idle,
+        }
+        let deadline = match idle {
+            Some(_) => Instant::now() + self.timeout,
+            None => self.deadline,
+        };
+        let rest =
+            tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_fill(cx))).await;
+        match rest {
+            Ok(Ok(true)) => Waited::Header,
+            Err(_) => self.cut_now(Cut::HeaderTimeout),
+            Ok(Ok(false) | Err(_)) => self.cut_now(Cut::ClosedMidHeader),
+        }
+    }
+
+    /// Ready(Ok(true)) once at least one byte is in the stash.
+    fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if !self.stash.is_empty() {
             return Poll::Ready(Ok(true));
         }
-        let Some(io) = self.inner.as_mut() else {
-            return Poll::Ready(Err(gone()));
-        };
-        let mut first = [0u8; FIRST_READ];
-        let mut buf = ReadBuf::new(&mut first);
-        match Pin::new(io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) => {
-                let got = buf.filled();
-                if got.is_empty() {
-                    return Poll::Ready(Ok(false));
-                }
-                self.stash = got.to_vec();
-                self.stashed_out = 0;
-                Poll::Ready(Ok(true))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        match self.poll_fill(cx) {
+            Poll::Pending if !self.stash.is_empty() => Poll::Ready(Ok(true)),
+            Poll::Ready(Ok(false)) if !self.stash.is_empty() => Poll::Ready(Ok(true)),
+            other => other,
         }
     }
 
@@ -143,6 +183,29 @@ impl Guarded {
         }
         timer.as_mut().poll(cx).is_ready()
     }
+
+    /// Records the cut for the connection loop.
+    fn cut_now(&self, why: Cut) -> Waited {
+        self.conn.cut.store(why.code(), Ordering::Release);
+        Waited::Cut(why)
+    }
+}
+
+/// How a wait for a request's header ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The header (or as much as a header may be) is in the stash.
+    Header,
+    /// No request came: kept alive long enough, or the client left.
+    Idle,
+    /// The header broke a limit; the cut is recorded.
+    Cut(Cut),
+}
+
+/// Whether `b` holds the end of a request header (an empty line; a bare
+/// LF is taken as a line end, as the parser does).
+fn header_end(b: &[u8]) -> bool {
+    b.windows(2).any(|w| w == b"\n\n") || b.windows(3).any(|w| w == b"\n\r\n")
 }
 
 impl Drop for Guarded {
@@ -343,19 +406,26 @@ impl GetSocketDigest for Guarded {
     }
 }
 
-/// Waits for the next request's first bytes without consuming them: they
-/// are kept in the guarded stream and read again by the session (whatever
-/// the stream inside, TLS included). `buf` gets a copy of the first ones;
-/// Err(UnexpectedEof) when the client closed instead.
 #[async_trait]
 impl Peek for Guarded {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if !std::future::poll_fn(|cx| self.poll_first_bytes(cx)).await? {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        match self.inner.as_mut() {
+            Some(io) => io.try_peek(buf).await,
+            None => Err(gone()),
         }
-        let pending = &self.stash[self.stashed_out..];
-        let n = pending.len().min(buf.len());
-        buf[..n].copy_from_slice(&pending[..n]);
-        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_end;
+
+    #[test]
+    fn a_header_ends_at_its_empty_line() {
+        assert!(header_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(header_end(b"GET / HTTP/1.1\nHost: a\n\nbody"));
+        assert!(!header_end(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!header_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(!header_end(b""));
     }
 }

@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use pingora::apps::{HttpPersistentSettings, HttpServerApp};
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use tokio::time::Instant;
 
 use super::cut::Cut;
+use super::guarded::{Guarded, Waited};
 use super::lock;
 use super::phase::{Conn, IDLE};
 use crate::core::framing::LineScan;
@@ -22,16 +21,6 @@ use crate::core::framing::LineScan;
 /// pingora's wait for the first request on a new connection (seconds), as
 /// in its own HTTP/1 loop; `client.header_timeout` bounds it too.
 const FIRST_REQUEST_KEEPALIVE: u64 = 60;
-
-/// How long a connection may wait for a request's first byte.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Waits {
-    /// The first request's whole header (`client.header_timeout`, counted
-    /// from the connection's start); a connection silent that long is cut.
-    pub(crate) first: Duration,
-    /// Between requests (`client.keepalive_timeout`); then it is closed.
-    pub(crate) idle: Duration,
-}
 
 /// pingora's HTTP/1 keep-alive loop, one request per `process_new_http`,
 /// with each request's header phase marked and a cut header ending the
@@ -46,19 +35,20 @@ pub(crate) struct Waits {
 /// pingora's own `process_new`, see `Connections::serve`) and
 /// `force_custom` sessions. Added: the race with the connection's cut
 /// (header deadline or size), the request-line reset between requests, and
-/// the wait for each request's first bytes before its session is built: a
-/// connection between requests holds its socket and this loop's small
-/// state, not a session and a request's future (those are on the heap only
+/// the wait for each request's header before its session is built
+/// ([`Guarded::wait_header`], `idle` = `client.keepalive_timeout` between
+/// requests): a connection between requests, or one sending its header
+/// slowly, holds its socket, the header bytes that came and this loop's
+/// small state, not a session and a request's future (those exist only
 /// while a request is served).
 /// On a pingora upgrade, compare that function before moving the pin.
 pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
     app: &Arc<A>,
-    mut stream: Stream,
+    mut stream: Box<Guarded>,
     shutdown: &ShutdownWatch,
     conn: &Conn,
-    waits: Waits,
+    idle: Duration,
 ) -> Option<Cut> {
-    let started = Instant::now();
     let mut persistent: Option<HttpPersistentSettings> = None;
     let mut first = true;
     // One waiter for the whole connection (not one per request).
@@ -69,32 +59,20 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
         // A pipelined request already read with the previous one is parsed
         // at once: no wait for bytes the client has already sent.
         let pipelined = persistent.as_ref().is_some_and(pipelined_prefix);
-        let deadline = if first {
-            started + waits.first
-        } else {
-            Instant::now() + waits.idle
-        };
-        let mut probe = [0u8; 1];
-        let mut watch = shutdown.clone();
-        let waited = if pipelined {
-            Ok(Ok(true))
-        } else {
-            tokio::select! {
+        if !pipelined {
+            let mut watch = shutdown.clone();
+            let waited = tokio::select! {
                 biased;
                 () = &mut cut => return Cut::from_code(conn.cut.load(Ordering::Acquire)),
                 // Shutting down: a connection between requests is closed.
                 _ = watch.changed(), if !stopping && !first => return None,
-                r = tokio::time::timeout_at(deadline, stream.try_peek(&mut probe)) => r,
+                w = stream.wait_header((!first).then_some(idle)) => w,
+            };
+            match waited {
+                Waited::Header => {}
+                Waited::Idle => return None,
+                Waited::Cut(why) => return Some(why),
             }
-        };
-        match waited {
-            Err(_) if first => {
-                conn.cut.store(Cut::Silent.code(), Ordering::Release);
-                return Some(Cut::Silent);
-            }
-            // Kept alive this long without a request; or the client left.
-            Err(_) | Ok(Err(_)) => return None,
-            Ok(Ok(_)) => {}
         }
         let mut session = ServerSession::new_http1(stream);
         if first {
@@ -115,7 +93,8 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
             r = app.process_new_http(session, shutdown) => r,
         };
         let (next, settings) = reused?.consume();
-        stream = next;
+        // The guarded stream comes back as it went in.
+        stream = next.into_any().downcast::<Guarded>().ok()?;
         persistent = settings;
         conn.phase.store(IDLE, Ordering::Relaxed);
         // A pipelined next request may be parsed without a read: no
@@ -167,7 +146,8 @@ mod tests {
     #[tokio::test]
     async fn a_pipelined_prefix_is_seen_in_the_persistent_settings() {
         let (a, _b) = tokio::net::UnixStream::pair().expect("socket pair");
-        let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(a));
+        let stream: pingora::protocols::Stream =
+            Box::new(pingora::protocols::l4::stream::Stream::from(a));
         let session = ServerSession::new_http1(stream);
         let mut p = HttpPersistentSettings::for_session(&session);
         assert!(!pipelined_prefix(&p));
