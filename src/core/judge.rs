@@ -5,8 +5,11 @@
 //! actions, a failed `<action>` for login). The class tells a rollout
 //! whether MOR agreed with the gateway.
 
+use bytes::Bytes;
 use quick_xml::events::Event;
 use quick_xml::Reader;
+
+use crate::core::decision::{Forward, Signer};
 
 /// How much of MOR's answer is read to classify it: MOR's error documents
 /// are a few dozen bytes, and a served document never starts with an error.
@@ -39,11 +42,15 @@ pub enum MorAnswer {
     /// Not an answer of MOR's API: an HTTP error status (a 404 page, a
     /// crashed Rails, a proxy's 502).
     HttpError,
+    /// Not read: MOR compressed its answer (a `Content-Encoding` other than
+    /// `identity`). The gateway classifies identity-encoded answers only;
+    /// it never decompresses what it relays.
+    Encoded,
 }
 
 impl MorAnswer {
     /// Every class, for metric pre-registration.
-    pub const ALL: [MorAnswer; 11] = [
+    pub const ALL: [MorAnswer; 12] = [
         MorAnswer::Served,
         MorAnswer::IncorrectHash,
         MorAnswer::ApiDisabled,
@@ -55,6 +62,7 @@ impl MorAnswer {
         MorAnswer::FeatureDisabled,
         MorAnswer::OtherError,
         MorAnswer::HttpError,
+        MorAnswer::Encoded,
     ];
 
     /// The metric label and access-log value.
@@ -71,6 +79,7 @@ impl MorAnswer {
             MorAnswer::FeatureDisabled => "feature_disabled",
             MorAnswer::OtherError => "other_error",
             MorAnswer::HttpError => "http_error",
+            MorAnswer::Encoded => "encoded",
         }
     }
 
@@ -85,6 +94,20 @@ impl MorAnswer {
                 | MorAnswer::NoSecretKey
                 | MorAnswer::AccessDenied
                 | MorAnswer::BadLogin
+        )
+    }
+
+    /// True when MOR refused the call for its hash, its key or an API
+    /// switch: exactly what the gateway's hash check and its Allow API /
+    /// Allow GET mirror decide (not MOR's per-action permissions, not the
+    /// call's data).
+    pub fn refuses_key_or_switch(self) -> bool {
+        matches!(
+            self,
+            MorAnswer::IncorrectHash
+                | MorAnswer::ApiDisabled
+                | MorAnswer::GetDisabled
+                | MorAnswer::NoSecretKey
         )
     }
 
@@ -111,6 +134,161 @@ impl MorAnswer {
         } else {
             MorAnswer::OtherError
         }
+    }
+}
+
+/// The gateway's side of a forwarded API call, as the judge counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Judged {
+    /// The gateway checked the hash with the owner's key and it matched.
+    Verified,
+    /// Forwarded without the gateway's own hash check
+    /// ([`Signer::Unchecked`], with or without [`Forward::skipped`]): MOR
+    /// is the only check.
+    Unchecked,
+    /// A layer in report-only mode would have refused the call; it was
+    /// forwarded anyway.
+    WouldRefuse,
+}
+
+impl Judged {
+    /// Every value, for metric pre-registration.
+    pub const ALL: [Judged; 3] = [Judged::Verified, Judged::Unchecked, Judged::WouldRefuse];
+
+    /// The metric label (`gateway`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Judged::Verified => "verified",
+            Judged::Unchecked => "unchecked",
+            Judged::WouldRefuse => "would_refuse",
+        }
+    }
+
+    /// The gateway's side of a forwarded call; None for a pass-through path
+    /// (not an API call: not judged). The one place a forwarded call gets
+    /// its label.
+    pub fn of(f: &Forward) -> Option<Judged> {
+        // TO BE COMPLETED BY THE LEAD with the report-only field: a call a
+        // reporting layer would have refused is `Judged::WouldRefuse`,
+        // whoever signed it (this arm first), e.g.
+        // `if f.would_refuse.is_some() { return Some(Judged::WouldRefuse); }`
+        match f.signer {
+            Signer::Admin | Signer::Reseller(_) => Some(Judged::Verified),
+            Signer::Unchecked => Some(Judged::Unchecked),
+            Signer::PassThrough => None,
+        }
+    }
+}
+
+/// Where the gateway and MOR disagree about a forwarded call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disagreement {
+    /// "would refuse, MOR served": a report-only layer would have refused
+    /// a call MOR served; enforcing that layer would break this client.
+    WouldBreak,
+    /// "forwarded, MOR refused it for its hash or API switch", on a call the
+    /// gateway verified: the gateway's copy of keys or switches drifted
+    /// from MOR's (a rotated key, a switch changed in MOR).
+    Drift,
+    /// The same refusal on a call forwarded unchecked: the client was wrong
+    /// and MOR caught it.
+    MorCaught,
+}
+
+impl Disagreement {
+    /// Every kind, for metric pre-registration.
+    pub const ALL: [Disagreement; 3] = [
+        Disagreement::WouldBreak,
+        Disagreement::Drift,
+        Disagreement::MorCaught,
+    ];
+
+    /// The metric label (`kind`) and the access log's `disagreement`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Disagreement::WouldBreak => "would_break",
+            Disagreement::Drift => "drift",
+            Disagreement::MorCaught => "mor_caught",
+        }
+    }
+}
+
+/// A forwarded API call judged: the gateway's side and MOR's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Judgement {
+    /// What the gateway made of the call.
+    pub gateway: Judged,
+    /// What MOR answered.
+    pub mor: MorAnswer,
+}
+
+impl Judgement {
+    /// Where the two disagree, if they do: a call a reporting layer would
+    /// refuse that MOR served; a verified or unchecked call MOR refused for
+    /// its hash, key or API switch ([`MorAnswer::refuses_key_or_switch`]).
+    pub fn disagreement(self) -> Option<Disagreement> {
+        match (self.gateway, self.mor) {
+            (Judged::WouldRefuse, MorAnswer::Served) => Some(Disagreement::WouldBreak),
+            (Judged::Verified, m) if m.refuses_key_or_switch() => Some(Disagreement::Drift),
+            (Judged::Unchecked, m) if m.refuses_key_or_switch() => Some(Disagreement::MorCaught),
+            _ => None,
+        }
+    }
+}
+
+/// True when an answer with this `Content-Encoding` (None: no header) can
+/// be read as MOR wrote it: no encoding, or `identity`.
+pub fn readable(content_encoding: Option<&[u8]>) -> bool {
+    content_encoding.is_none_or(|v| {
+        let v = v.trim_ascii();
+        v.is_empty() || v.eq_ignore_ascii_case(b"identity")
+    })
+}
+
+/// The first [`PEEK_BYTES`] of an answer as it is relayed, chunk by chunk:
+/// every chunk goes on at once; the peek keeps a reference to the first
+/// chunk, and copies (at most [`PEEK_BYTES`], once) only when the start of
+/// the answer spans chunks.
+#[derive(Debug, Default)]
+pub struct Peek {
+    /// The start of the first chunk, while it is all there is.
+    first: Bytes,
+    /// Everything peeked, once a second chunk was needed.
+    more: Vec<u8>,
+}
+
+impl Peek {
+    /// Takes what is still needed of `chunk`, the next part of the body.
+    pub fn add(&mut self, chunk: &Bytes) {
+        let have = self.bytes().len();
+        if have >= PEEK_BYTES || chunk.is_empty() {
+            return;
+        }
+        let take = chunk.len().min(PEEK_BYTES - have);
+        if have == 0 {
+            self.first = chunk.slice(..take);
+            return;
+        }
+        if self.more.is_empty() {
+            self.more.reserve_exact(PEEK_BYTES);
+            self.more.extend_from_slice(&self.first);
+            self.first = Bytes::new();
+        }
+        self.more.extend_from_slice(&chunk[..take]);
+    }
+
+    /// What was peeked so far.
+    pub fn bytes(&self) -> &[u8] {
+        if self.more.is_empty() {
+            &self.first
+        } else {
+            &self.more
+        }
+    }
+
+    /// The class of the answer from its `status` and what was peeked.
+    pub fn classify(&self, status: u16) -> MorAnswer {
+        classify(status, self.bytes())
     }
 }
 
@@ -296,8 +474,117 @@ mod tests {
         assert_eq!(classify(404, b""), MorAnswer::HttpError);
     }
 
+    fn forward(signer: Signer) -> Forward {
+        Forward {
+            path_and_query: "/billing/api/x".parse().unwrap(),
+            signer,
+            skipped: None,
+            allowance: None,
+        }
+    }
+
+    #[test]
+    fn the_gateway_side_of_a_forwarded_call() {
+        let of = |s| Judged::of(&forward(s));
+        assert_eq!(of(Signer::Admin), Some(Judged::Verified));
+        assert_eq!(of(Signer::Reseller("r".into())), Some(Judged::Verified));
+        assert_eq!(of(Signer::Unchecked), Some(Judged::Unchecked));
+        let mut skipped = forward(Signer::Unchecked);
+        skipped.skipped = Some(crate::core::decision::Skipped::HashCheckingOff);
+        assert_eq!(Judged::of(&skipped), Some(Judged::Unchecked));
+        // Not an API call: not judged.
+        assert_eq!(of(Signer::PassThrough), None);
+    }
+
+    #[test]
+    fn disagreements_are_exactly_the_two_kinds_of_the_rollout() {
+        let kind = |gateway, mor| Judgement { gateway, mor }.disagreement();
+        for mor in MorAnswer::ALL {
+            let key_or_switch = matches!(
+                mor,
+                MorAnswer::IncorrectHash
+                    | MorAnswer::ApiDisabled
+                    | MorAnswer::GetDisabled
+                    | MorAnswer::NoSecretKey
+            );
+            assert_eq!(mor.refuses_key_or_switch(), key_or_switch, "{mor:?}");
+            assert_eq!(
+                kind(Judged::Verified, mor),
+                key_or_switch.then_some(Disagreement::Drift),
+                "{mor:?}"
+            );
+            assert_eq!(
+                kind(Judged::Unchecked, mor),
+                key_or_switch.then_some(Disagreement::MorCaught),
+                "{mor:?}"
+            );
+            assert_eq!(
+                kind(Judged::WouldRefuse, mor),
+                (mor == MorAnswer::Served).then_some(Disagreement::WouldBreak),
+                "{mor:?}"
+            );
+        }
+        // MOR refusing for the call's data or the caller's rights is not a
+        // disagreement about keys or switches.
+        assert_eq!(kind(Judged::Verified, MorAnswer::AccessDenied), None);
+        assert_eq!(kind(Judged::Verified, MorAnswer::OtherError), None);
+    }
+
+    #[test]
+    fn only_identity_encoded_answers_are_read() {
+        assert!(readable(None));
+        assert!(readable(Some(b"identity")));
+        assert!(readable(Some(b" Identity ")));
+        assert!(readable(Some(b"")));
+        assert!(!readable(Some(b"gzip")));
+        assert!(!readable(Some(b"br")));
+        assert!(!readable(Some(b"identity, gzip")));
+    }
+
+    #[test]
+    fn the_peek_spans_chunks_and_stops_at_its_limit() {
+        let doc = format!("{PROLOG}<status><error>Incorrect hash</error></status>");
+        // One chunk: no copy, the chunk's own bytes.
+        let mut p = Peek::default();
+        let one = Bytes::from(doc.clone());
+        p.add(&one);
+        assert_eq!(p.bytes().as_ptr(), one.as_ptr());
+        assert_eq!(p.classify(200), MorAnswer::IncorrectHash);
+        // An error split over many chunks (chunked transfer), empty ones too.
+        let mut p = Peek::default();
+        for part in doc.as_bytes().chunks(7) {
+            p.add(&Bytes::new());
+            p.add(&Bytes::copy_from_slice(part));
+        }
+        assert_eq!(p.bytes(), doc.as_bytes());
+        assert_eq!(p.classify(200), MorAnswer::IncorrectHash);
+        // Never more than PEEK_BYTES, whatever comes.
+        let mut p = Peek::default();
+        p.add(&Bytes::from(vec![b'a'; 100]));
+        for _ in 0..10 {
+            p.add(&Bytes::from(vec![b'b'; 1000]));
+            assert!(p.bytes().len() <= PEEK_BYTES);
+        }
+        assert_eq!(p.bytes().len(), PEEK_BYTES);
+        assert!(p.more.capacity() <= PEEK_BYTES);
+        let mut p = Peek::default();
+        p.add(&Bytes::from(vec![b'c'; 3 * PEEK_BYTES]));
+        assert_eq!(p.bytes().len(), PEEK_BYTES);
+        assert_eq!(p.classify(200), MorAnswer::Served);
+        assert_eq!(Peek::default().classify(502), MorAnswer::HttpError);
+    }
+
     #[test]
     fn labels_are_distinct() {
+        for labels in [
+            Judged::ALL.iter().map(|j| j.label()).collect::<Vec<_>>(),
+            Disagreement::ALL.iter().map(|d| d.label()).collect(),
+        ] {
+            let mut l = labels.clone();
+            l.sort_unstable();
+            l.dedup();
+            assert_eq!(l.len(), labels.len());
+        }
         let mut l: Vec<_> = MorAnswer::ALL.iter().map(|a| a.label()).collect();
         l.sort_unstable();
         l.dedup();

@@ -362,6 +362,7 @@ impl ProxyHttp for Gateway {
             upstream: ctx.upstream.map(|u| u.to_string()),
             signer,
             request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
+            judge: ctx.judged.into(),
         });
     }
 }
