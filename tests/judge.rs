@@ -296,8 +296,13 @@ fn read_until(c: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8], limit: Durati
 fn large_chunked_and_compressed_answers_are_relayed_byte_exact_and_never_held_back() {
     let (gate_tx, gate_rx): (Sender<()>, Receiver<()>) = channel();
     let up = stand_in(gate_rx);
+    // MOR's pauses are well within the gateway's read timeout (10 s): a
+    // gateway that held the first chunk back would send it only after it
+    // gave up on MOR, past the 5 s the client waits.
     let body = body_with_log(&[up], "", "")
-        .replace("[upstream]\n", "[upstream]\nhealth_check = \"tcp\"\n");
+        .replace("[upstream]\n", "[upstream]\nhealth_check = \"tcp\"\n")
+        .replace("read_timeout = \"3s\"", "read_timeout = \"10s\"");
+    assert!(body.contains("read_timeout = \"10s\""));
     let gw = start_gateway(&body);
 
     // A large answer: every byte, and judged from its first 4 KiB (served).
