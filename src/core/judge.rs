@@ -43,8 +43,8 @@ pub enum MorAnswer {
     /// crashed Rails, a proxy's 502).
     HttpError,
     /// Not read: MOR compressed its answer (a `Content-Encoding` other than
-    /// `identity`). The gateway classifies identity-encoded answers only;
-    /// it never decompresses what it relays.
+    /// `identity`) and its status is not an error. The gateway classifies
+    /// identity-encoded answers only; it never decompresses what it relays.
     Encoded,
 }
 
@@ -109,6 +109,16 @@ impl MorAnswer {
                 | MorAnswer::GetDisabled
                 | MorAnswer::NoSecretKey
         )
+    }
+
+    /// The class of an answer whose body is not read (MOR compressed it):
+    /// an HTTP error status still says [`MorAnswer::HttpError`].
+    pub fn unread(status: u16) -> MorAnswer {
+        if status >= 400 {
+            MorAnswer::HttpError
+        } else {
+            MorAnswer::Encoded
+        }
     }
 
     /// The class of one of MOR's error texts.
@@ -539,6 +549,8 @@ mod tests {
         assert!(!readable(Some(b"gzip")));
         assert!(!readable(Some(b"br")));
         assert!(!readable(Some(b"identity, gzip")));
+        assert_eq!(MorAnswer::unread(200), MorAnswer::Encoded);
+        assert_eq!(MorAnswer::unread(502), MorAnswer::HttpError);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct Ctx {
     /// The verdict to forward, once decided.
     pub(crate) forward: Option<Forward>,
     /// A forwarded API call judged: the gateway's side and MOR's answer
-    /// (set once MOR's answer was relayed, or its first bytes were).
+    /// (set once MOR's answer was relayed whole).
     pub(crate) judged: Option<Judgement>,
     /// The MOR server that answered (or was tried last).
     pub(crate) upstream: Option<SocketAddr>,

@@ -293,10 +293,11 @@ async fn relay(
 
 /// MOR's answer to a forwarded API call, judged once it was relayed whole
 /// (an answer cut short is not judged): classified from its status and the
-/// first bytes of its body when it is identity-encoded, [`MorAnswer::Encoded`]
-/// when MOR compressed it; counted and kept for the access line.
+/// first bytes of its body when it is identity-encoded, from its status alone
+/// when MOR compressed it ([`MorAnswer::unread`]); counted and kept for the
+/// access line.
 fn judge(shared: &Shared, ctx: &mut Ctx, gateway: Judged, status: u16, peek: Option<&Peek>) {
-    let mor = peek.map_or(MorAnswer::Encoded, |p| p.classify(status));
+    let mor = peek.map_or(MorAnswer::unread(status), |p| p.classify(status));
     let j = Judgement { gateway, mor };
     shared.metrics.observe_judgement(j, ctx.info.label());
     ctx.judged = Some(j);
