@@ -327,34 +327,33 @@ pub fn classify(status: u16, body: &[u8]) -> MorAnswer {
 /// status is `failed`. Anything else is data.
 fn xml_answer(xml: &str) -> MorAnswer {
     let mut reader = Reader::from_str(xml);
-    // Element names from the root down to the current element.
-    let mut path: Vec<Vec<u8>> = Vec::new();
+    // The elements from the root down to the current one, as tags (no
+    // allocation per element: a served answer is parsed up to PEEK_BYTES).
+    let mut path: Vec<Tag> = Vec::with_capacity(MAX_DEPTH + 1);
+    let envelope = |path: &[Tag]| path.iter().all(|t| matches!(t, Tag::Page | Tag::Status));
     let mut in_error = false;
     let mut error_text = String::new();
     loop {
         match reader.read_event() {
             Ok(Event::Start(e)) => {
-                let name = e.name().as_ref().to_ascii_lowercase();
-                let envelope = path.iter().all(|n| n == b"page" || n == b"status");
-                if name == b"error" && envelope {
+                let tag = Tag::of(e.name().as_ref());
+                if tag == Tag::Error && envelope(&path) {
                     in_error = true;
-                } else if path.is_empty()
-                    && !matches!(name.as_slice(), b"page" | b"status" | b"action")
-                {
+                } else if path.is_empty() && tag == Tag::Other {
                     // A document whose root is data.
                     return MorAnswer::Served;
                 }
-                path.push(name);
-                if path.len() > 4 && !in_error {
+                path.push(tag);
+                if path.len() > MAX_DEPTH && !in_error {
                     return MorAnswer::Served;
                 }
             }
             Ok(Event::Empty(e)) => {
-                let name = e.name().as_ref().to_ascii_lowercase();
-                if path.is_empty() && name != b"error" {
+                let tag = Tag::of(e.name().as_ref());
+                if path.is_empty() && tag != Tag::Error {
                     return MorAnswer::Served;
                 }
-                if name == b"error" && path.iter().all(|n| n == b"page" || n == b"status") {
+                if tag == Tag::Error && envelope(&path) {
                     return MorAnswer::OtherError;
                 }
             }
@@ -363,9 +362,7 @@ fn xml_answer(xml: &str) -> MorAnswer {
             }
             Ok(Event::Text(t)) => {
                 // <action><name>login</name><status>failed</status>…
-                let failed = path.len() == 2
-                    && path[0] == b"action"
-                    && path[1] == b"status"
+                let failed = path == [Tag::Action, Tag::Status]
                     && <[u8]>::trim_ascii(&t).eq_ignore_ascii_case(b"failed");
                 if failed {
                     return MorAnswer::BadLogin;
@@ -396,6 +393,36 @@ fn xml_answer(xml: &str) -> MorAnswer {
             // documents, which are small and well formed.
             Err(_) => return MorAnswer::Served,
             Ok(_) => {}
+        }
+    }
+}
+
+/// Deeper than this, an element is data (MOR's envelopes are shallow).
+const MAX_DEPTH: usize = 4;
+
+/// An element's name as the classifier sees it (ASCII case ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Page,
+    Status,
+    Action,
+    Error,
+    Other,
+}
+
+impl Tag {
+    fn of(name: &[u8]) -> Tag {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        if is(b"page") {
+            Tag::Page
+        } else if is(b"status") {
+            Tag::Status
+        } else if is(b"action") {
+            Tag::Action
+        } else if is(b"error") {
+            Tag::Error
+        } else {
+            Tag::Other
         }
     }
 }
