@@ -323,8 +323,8 @@ pub fn classify(status: u16, body: &[u8]) -> MorAnswer {
 }
 
 /// The error of an XML answer: an `error` element (either case) reached
-/// only through `page` and `status` elements, or a login `action` whose
-/// status is `failed`. Anything else is data.
+/// only through `page` and `status` elements before any data element there,
+/// or a login `action` whose status is `failed`. Anything else is data.
 fn xml_answer(xml: &str) -> MorAnswer {
     let mut reader = Reader::from_str(xml);
     // The elements from the root down to the current one, as tags (no
@@ -339,8 +339,11 @@ fn xml_answer(xml: &str) -> MorAnswer {
                 let tag = Tag::of(e.name().as_ref());
                 if tag == Tag::Error && envelope(&path) {
                     in_error = true;
-                } else if path.is_empty() && tag == Tag::Other {
-                    // A document whose root is data.
+                } else if tag == Tag::Other && envelope(&path) {
+                    // Data where MOR puts its error (a root that is data,
+                    // or data in `page`/`status`): MOR's error documents
+                    // hold the error first and nothing else, so the rest of
+                    // a served answer is not parsed.
                     return MorAnswer::Served;
                 }
                 path.push(tag);
@@ -494,6 +497,20 @@ mod tests {
         ] {
             assert_eq!(classify(200, doc.as_bytes()), MorAnswer::Served, "{doc}");
         }
+    }
+
+    #[test]
+    fn data_first_is_served_without_reading_the_rest() {
+        // MOR's error documents hold the error and nothing before it.
+        let doc = format!(
+            "{PROLOG}<page><users><user><id>1</id></user></users><error>Incorrect hash</error></page>"
+        );
+        assert_eq!(classify(200, doc.as_bytes()), MorAnswer::Served);
+        let doc = format!("{PROLOG}<page><status>ok</status><calls/></page>");
+        assert_eq!(classify(200, doc.as_bytes()), MorAnswer::Served);
+        // The login action's status follows its name.
+        let login = "<action><name>login</name><status>failed</status></action>";
+        assert_eq!(classify(200, login.as_bytes()), MorAnswer::BadLogin);
     }
 
     #[test]
