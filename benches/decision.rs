@@ -1,7 +1,9 @@
 //! Criterion microbenchmarks of the decision core, driven like the proxy
 //! drives it (admit, the per-IP question, verify, the call's question):
 //! parse + normalise + verify + decide, for a GET, a form POST and a JSON
-//! POST, plus a bad hash; and a form POST with the local limiters on.
+//! POST, plus a bad hash; and a form POST with the local limiters on; and
+//! MOR as the judge (the peek of an answer as it is relayed, and its
+//! classification), to compare with the decision per call.
 
 #![allow(
     clippy::unwrap_used,
@@ -260,5 +262,46 @@ fn limited(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, directory, limited);
+/// The judge's work per forwarded call: the peek of the answer's chunks and
+/// the classification (the forward also bumps one counter).
+fn judge(c: &mut Criterion) {
+    use bytes::Bytes;
+    use mor_gateway::core::judge::{MorAnswer, Peek};
+    const PROLOG: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
+    let page = Bytes::from(format!("{PROLOG}<page><details><id>123</id><username>client123</username><balance>55.0000</balance></details></page>"));
+    let error = Bytes::from(format!(
+        "{PROLOG}<status><error>Incorrect hash</error></status>"
+    ));
+    let mut big = format!("{PROLOG}<page><users>");
+    while big.len() < 64 * 1024 {
+        big.push_str("<user><id>1</id><username>user1</username></user>");
+    }
+    let big: Vec<Bytes> = big
+        .as_bytes()
+        .chunks(16 * 1024)
+        .map(Bytes::copy_from_slice)
+        .collect();
+    let split: Vec<Bytes> = error.chunks(40).map(Bytes::copy_from_slice).collect();
+    let cases: [(&str, Vec<Bytes>, MorAnswer); 4] = [
+        ("served_page", vec![page], MorAnswer::Served),
+        ("error", vec![error.clone()], MorAnswer::IncorrectHash),
+        ("error_in_two_chunks", split, MorAnswer::IncorrectHash),
+        ("served_64KiB_in_16KiB_chunks", big, MorAnswer::Served),
+    ];
+    let mut g = c.benchmark_group("judge");
+    for (name, chunks, want) in &cases {
+        let run = || {
+            let mut p = Peek::default();
+            for ch in chunks {
+                p.add(black_box(ch));
+            }
+            p.classify(black_box(200))
+        };
+        assert_eq!(run(), *want, "{name}");
+        g.bench_function(*name, |b| b.iter(run));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, directory, limited, judge);
 criterion_main!(benches);

@@ -4,7 +4,8 @@
 //! promtool's unit tests (`deploy/prometheus/alerts.test.yml`, run by
 //! `.ci/run`); nothing here parses YAML or PromQL: Prometheus does.
 //!
-//! Live: a simulator, a gateway in front of it and of a dead upstream, and a
+//! Live: a simulator (whose key for the reseller res1 the gateway does not
+//! have: drift for the judge), a gateway in front of it and of a dead upstream, and a
 //! gateway whose only upstream is dead, scraped every second by a `prometheus`
 //! on loopback that loads alerts.yml. After traffic of every outcome, every
 //! dashboard expression and variable query (Grafana variables substituted) is
@@ -56,6 +57,11 @@ const TRAFFIC: &str = r#"
     mor_gateway_upstream_errors_total{kind="connect"}
     mor_gateway_upstream_errors_total{kind="timeout"}
     mor_gateway_alias_rewrites_total{alias="user_details"}
+    mor_gateway_mor_answers_total{gateway="verified", mor="served"}
+    mor_gateway_mor_answers_total{gateway="verified", mor="incorrect_hash"}
+    mor_gateway_mor_answers_total{gateway="unchecked", mor="incorrect_hash"}
+    mor_gateway_mor_disagreements_total{kind="drift", api_method="user_details_get"}
+    mor_gateway_mor_disagreements_total{kind="mor_caught", api_method="user_details_raw_get"}
     mor_gateway_ratelimit_decisions_total{layer="user", decision="limited"}
     mor_gateway_ratelimit_decisions_total{layer="method", decision="limited"}
     mor_gateway_lockouts_active
@@ -106,6 +112,10 @@ cooloff = "300s"
 url = "redis://{redis}"
 timeout = "100ms"
 retry_interval = "500ms"
+[[resellers]]
+name = "res1"
+key_env = "GW_RESELLER_KEY"
+users = ["ruser"]
 "#,
         ups.join(", ")
     )
@@ -240,7 +250,8 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
         return;
     };
     let board = dashboard();
-    let (_sim, sim_addr) = start_sim(KEY, &[]);
+    // MOR has rotated res1's key (to the admin's): the gateway's copy is stale.
+    let (_sim, sim_addr) = start_sim(KEY, &["--reseller", "res1=SIM_KEY"]);
     let dead = addr(free_port());
     // Shared limits: a live Redis for one gateway, none for the other.
     let redis_port = free_port();
@@ -393,6 +404,17 @@ fn drive_traffic(gw: &Gw, body: &str, gw_dead: &Gw, deadline: Instant) {
     let r = gw.post(API, &twice);
     assert!(r.text().contains("Bad request"), "{}", r.text());
     says(gw.post("/billing/callc/main", ""), "Not found");
+
+    // MOR as the judge: a call verified with res1's key, which MOR has
+    // rotated (drift); an action whose hash list is undetermined, forwarded
+    // unchecked with a wrong hash, which MOR refuses (mor_caught).
+    let stale = format!("u=ruser&user_id=5&hash={}", sha1_hex("5resellerkey"));
+    says(gw.post(API, &stale), "Incorrect hash");
+    let raw = format!("u=john&user_id=2&hash={}", "0".repeat(40));
+    says(
+        gw.post("/billing/api/user_details_raw_get", &raw),
+        "Incorrect hash",
+    );
 
     // Lockout: three bad hashes for (127.0.0.1, mallory), then even a good one is refused.
     let bad_hash = "u=mallory&user_id=123&hash=00";

@@ -69,6 +69,21 @@ fn a_reporting_hash_layer_forwards_mor_judges_and_a_reload_enforces_it() {
         ),
         1
     );
+    // MOR judged it as the gateway would have: they agree, no disagreement.
+    assert_eq!(
+        counter(
+            &gw,
+            r#"mor_gateway_mor_answers_total{gateway="would_refuse",mor="incorrect_hash"}"#
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &gw,
+            r#"mor_gateway_mor_disagreements_total{api_method="user_details_get",kind="would_break"}"#
+        ),
+        0
+    );
     // A good call notes nothing and is served.
     let r = gw.post("/billing/api/user_details_get", &details("admin"));
     assert!(r.text().contains("client123"), "{}", r.text());
@@ -172,4 +187,64 @@ fn check_lists_what_reports_and_warns_about_an_unknown_owner() {
         text.contains("rollout.methods.user_details_get") && text.contains("hsah"),
         "{text}"
     );
+}
+
+#[test]
+fn would_refuse_and_mor_served_is_counted_once_per_call_that_enforcing_would_break() {
+    // The gateway believes GET is off; MOR serves GET: every GET call is one
+    // that enforcing allow_get would break.
+    let (sim, sa) = start_sim(KEY, &[]);
+    let tables = "[api]\nallow_get = false\n[rollout.layers]\nallow_get = \"report\"\n";
+    let gw = start_gateway(&body_with_log(&[sa], "", tables));
+    let get = format!(
+        "GET /billing/api/user_details_get?{} HTTP/1.1\r\nHost: mor\r\nConnection: close\r\n\r\n",
+        details("admin")
+    );
+    for _ in 0..2 {
+        let r = gw.send(&get);
+        assert!(
+            r.text().contains("client123"),
+            "MOR served it: {}",
+            r.text()
+        );
+    }
+    // A POST is not affected by allow_get.
+    let r = gw.post("/billing/api/user_details_get", &details("admin"));
+    assert!(r.text().contains("client123"));
+    let series = [
+        (
+            r#"mor_gateway_mor_disagreements_total{api_method="user_details_get",kind="would_break"}"#,
+            2,
+        ),
+        (
+            r#"mor_gateway_mor_answers_total{gateway="would_refuse",mor="served"}"#,
+            2,
+        ),
+        (
+            r#"mor_gateway_mor_answers_total{gateway="verified",mor="served"}"#,
+            1,
+        ),
+        (
+            r#"mor_gateway_would_refuse_total{layer="allow_get",reason="get_disabled"}"#,
+            2,
+        ),
+    ];
+    // The judge counts once the answer is relayed whole.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while series.iter().any(|(s, n)| counter(&gw, s) != *n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (s, n) in series {
+        assert_eq!(counter(&gw, s), n, "{s}");
+    }
+    let lines = log_lines(&gw, 3);
+    assert_eq!(
+        lines[0]["would_refuse"], "allow_get:get_disabled",
+        "{:?}",
+        lines[0]
+    );
+    assert_eq!(lines[0]["mor_answer"], "served");
+    assert_eq!(lines[0]["disagreement"], "would_break");
+    assert!(lines[2]["disagreement"].is_null(), "{:?}", lines[2]);
+    drop(sim);
 }

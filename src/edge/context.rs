@@ -7,6 +7,7 @@ use std::time::Instant;
 use prometheus::IntGauge;
 
 use crate::core::decision::{CallInfo, Forward};
+use crate::core::judge::Judgement;
 use crate::core::reply::Reason;
 use crate::edge::body::Reservation;
 use crate::edge::state::State;
@@ -28,6 +29,9 @@ pub struct Ctx {
     pub(crate) refused: Option<Reason>,
     /// The verdict to forward, once decided.
     pub(crate) forward: Option<Forward>,
+    /// A forwarded API call judged: the gateway's side and MOR's answer
+    /// (set once MOR's answer was relayed whole).
+    pub(crate) judged: Option<Judgement>,
     /// The MOR server that answered (or was tried last).
     pub(crate) upstream: Option<SocketAddr>,
     /// The MOR servers tried for this call.
@@ -52,6 +56,7 @@ impl Ctx {
             info: CallInfo::default(),
             refused: None,
             forward: None,
+            judged: None,
             upstream: None,
             tried: Vec::new(),
             req_bytes: 0,

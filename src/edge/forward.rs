@@ -36,6 +36,7 @@ use super::state::{Shared, State};
 use super::upstreams::{local_exhaustion, peer_for, Call};
 use crate::config::ForwardedFor;
 use crate::core::decision::Signer;
+use crate::core::judge::{self, Judged, Judgement, MorAnswer, Peek};
 use crate::core::reply::{self, Reason};
 use crate::core::request_id;
 
@@ -250,13 +251,17 @@ async fn exchange(up: &mut HttpSession, req: RequestHeader, body: Bytes) -> Resu
     ))
 }
 
-/// Streams MOR's answer (`resp`, then the body) to the client.
+/// Streams MOR's answer (`resp`, then the body) to the client, each chunk
+/// as soon as it came; with `peek`, the start of the body is kept to judge
+/// it (never held back: the chunk is sent, the peek keeps a reference or a
+/// copy of at most [`judge::PEEK_BYTES`]).
 async fn relay(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut Ctx,
     up: &mut HttpSession,
     resp: ResponseHeader,
+    mut peek: Option<&mut Peek>,
 ) -> Result<()> {
     session
         .write_response_header(Box::new(resp), false)
@@ -264,10 +269,15 @@ async fn relay(
         .map_err(|e| client_fault(ctx, e))?;
     loop {
         match up.read_response_body().await {
-            Ok(Some(chunk)) => session
-                .write_response_body(Some(chunk), false)
-                .await
-                .map_err(|e| client_fault(ctx, e))?,
+            Ok(Some(chunk)) => {
+                if let Some(p) = peek.as_deref_mut() {
+                    p.add(&chunk);
+                }
+                session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(|e| client_fault(ctx, e))?
+            }
             Ok(None) => break,
             Err(e) => {
                 count_error(shared, ctx, &e, false);
@@ -279,6 +289,18 @@ async fn relay(
         .write_response_body(None, true)
         .await
         .map_err(|e| client_fault(ctx, e))
+}
+
+/// MOR's answer to a forwarded API call, judged once it was relayed whole
+/// (an answer cut short is not judged): classified from its status and the
+/// first bytes of its body when it is identity-encoded, from its status alone
+/// when MOR compressed it ([`MorAnswer::unread`]); counted and kept for the
+/// access line.
+fn judge(shared: &Shared, ctx: &mut Ctx, gateway: Judged, status: u16, peek: Option<&Peek>) {
+    let mor = peek.map_or(MorAnswer::unread(status), |p| p.classify(status));
+    let j = Judgement { gateway, mor };
+    shared.metrics.observe_judgement(j, ctx.info.label());
+    ctx.judged = Some(j);
 }
 
 /// The call's request id and the RateLimit headers of the caller's
@@ -338,7 +360,17 @@ pub async fn forward(
         .with_label_values(&[ctx.info.label()])
         .observe(sent.elapsed().as_secs_f64());
     add_allowance(&st, ctx, &mut resp)?;
-    relay(shared, session, ctx, &mut up.session, resp).await?;
+    // API calls are judged (pass-through paths are not); an answer MOR
+    // compressed is counted, not read.
+    let judging = ctx.forward.as_ref().and_then(|f| Judged::of(f, &ctx.info));
+    let status = resp.status.as_u16();
+    let encoding = resp.headers.get(header::CONTENT_ENCODING);
+    let mut peek =
+        (judging.is_some() && judge::readable(encoding.map(|v| v.as_bytes()))).then(Peek::default);
+    relay(shared, session, ctx, &mut up.session, resp, peek.as_mut()).await?;
+    if let Some(gateway) = judging {
+        judge(shared, ctx, gateway, status, peek.as_ref());
+    }
     shared
         .connector
         .release_http_session(up.session, &up.peer, up.peer.options.idle_timeout)

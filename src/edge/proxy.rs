@@ -368,6 +368,7 @@ impl ProxyHttp for Gateway {
             signer,
             would_refuse: ctx.info.would_refuse.describe(),
             request_id: (!ctx.request_id.is_empty()).then_some(ctx.request_id.as_str()),
+            judge: ctx.judged.into(),
         });
     }
 }

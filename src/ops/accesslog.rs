@@ -16,6 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::config::LogMode;
+#[cfg(doc)]
+use crate::core::judge::MorAnswer;
+use crate::core::judge::{Disagreement, Judgement};
 use crate::ops::metrics::ACCESS_LOG_DROPPED;
 
 /// Lines the queue to the writer thread holds; a line beyond is dropped.
@@ -82,6 +85,33 @@ pub struct Record<'a> {
     /// The call's id (`X-Request-Id`: the client's when sane, else made by
     /// the gateway), also sent to MOR and back to the client.
     pub request_id: Option<&'a str>,
+    /// The judge's fields: `mor_answer` and `disagreement` ([`Judge`]).
+    #[serde(flatten)]
+    pub judge: Judge,
+}
+
+/// The access line's judge fields, from a forwarded call's judgement.
+#[derive(Debug, Default, Serialize)]
+pub struct Judge {
+    /// MOR's answer to a forwarded API call (`served`, `incorrect_hash`, ...:
+    /// [`MorAnswer::label`]); absent when the call was not judged (refused
+    /// at the edge, a pass-through path, an answer cut short).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mor_answer: Option<&'static str>,
+    /// Where the gateway and MOR disagree about the call (`would_break`,
+    /// `drift`, `mor_caught`: [`Disagreement::label`]); absent when they
+    /// agree or the call was not judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disagreement: Option<&'static str>,
+}
+
+impl From<Option<Judgement>> for Judge {
+    fn from(j: Option<Judgement>) -> Judge {
+        Judge {
+            mor_answer: j.map(|j| j.mor.label()),
+            disagreement: j.and_then(|j| j.disagreement()).map(Disagreement::label),
+        }
+    }
 }
 
 /// True for parameter names whose values must never be logged.
@@ -437,7 +467,33 @@ mod tests {
             signer: None,
             would_refuse: None,
             request_id: None,
+            judge: Judge::default(),
         }
+    }
+
+    #[test]
+    fn the_judges_fields_are_there_only_when_judged() {
+        use crate::core::judge::{Judged, MorAnswer};
+        let v = serde_json::to_value(rec("/x")).unwrap();
+        assert!(v.get("mor_answer").is_none() && v.get("disagreement").is_none());
+        let drift = Judgement {
+            gateway: Judged::Verified,
+            mor: MorAnswer::IncorrectHash,
+        };
+        let judged = |j| Record {
+            judge: Judge::from(Some(j)),
+            ..rec("/x")
+        };
+        let v = serde_json::to_value(judged(drift)).unwrap();
+        assert_eq!(v["mor_answer"], "incorrect_hash");
+        assert_eq!(v["disagreement"], "drift");
+        let agree = Judgement {
+            gateway: Judged::Verified,
+            mor: MorAnswer::Served,
+        };
+        let v = serde_json::to_value(judged(agree)).unwrap();
+        assert_eq!(v["mor_answer"], "served");
+        assert!(v.get("disagreement").is_none());
     }
 
     fn temp(name: &str) -> PathBuf {

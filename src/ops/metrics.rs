@@ -10,6 +10,7 @@ use prometheus::{
 };
 
 use crate::core::decision::{CallInfo, Skipped};
+use crate::core::judge::{Disagreement, Judged, Judgement, MorAnswer};
 use crate::core::layers::Guard;
 use crate::core::limits::Layer;
 use crate::core::reply::Reason;
@@ -182,6 +183,12 @@ pub struct Metrics {
     /// Forwarded calls a reporting layer would have refused, by layer and
     /// reason ([`Guard::label`], [`Reason::label`]).
     pub would_refuse: IntCounterVec,
+    /// Forwarded API calls by the gateway's side ([`Judged::label`]) and
+    /// MOR's answer ([`MorAnswer::label`]): MOR as the judge.
+    pub mor_answers: IntCounterVec,
+    /// The forwarded calls where the gateway and MOR disagree, by kind
+    /// ([`Disagreement::label`]) and api_method.
+    pub mor_disagreements: IntCounterVec,
     /// MOR's directory (exported while `[directory]` is on): users in the
     /// snapshot in force.
     pub directory_users: IntGauge,
@@ -421,6 +428,18 @@ impl Metrics {
                 "Forwarded calls a layer set to report would have refused, by layer and reason.",
                 &["layer", "reason"],
             ),
+            mor_answers: counter(
+                &r,
+                "mor_answers_total",
+                "Forwarded API calls by the gateway's side (verified, unchecked, would_refuse) and MOR's answer (served, or the class of MOR's error text), read from the answer's first 4 KiB.",
+                &["gateway", "mor"],
+            ),
+            mor_disagreements: counter(
+                &r,
+                "mor_disagreements_total",
+                "Forwarded API calls where the gateway and MOR disagree, by kind (would_break: a report-only layer would refuse a call MOR served; drift: MOR refused a verified call for its hash, key or API switch; mor_caught: the same for an unchecked call) and API method.",
+                &["kind", "api_method"],
+            ),
             // The directory's series are registered only while [directory]
             // is on (see `mirror_directory`).
             directory_users: static_metric(IntGauge::new(
@@ -463,6 +482,14 @@ impl Metrics {
             for r in g.reasons() {
                 m.would_refuse.with_label_values(&[g.label(), r.label()]);
             }
+        }
+        for g in Judged::ALL {
+            for a in MorAnswer::ALL {
+                m.mor_answers.with_label_values(&[g.label(), a.label()]);
+            }
+        }
+        for d in Disagreement::ALL {
+            m.mor_disagreements.with_label_values(&[d.label(), "other"]);
         }
         reg(&m.registry, Ok(ACCESS_LOG_DROPPED.clone()));
         reg(&m.registry, Ok(LOG_SUPPRESSED.clone()));
@@ -579,6 +606,9 @@ impl Metrics {
                 Reason::UpstreamError.label(),
             ]);
             self.hash_failures.with_label_values(&[m]);
+            for d in Disagreement::ALL {
+                self.mor_disagreements.with_label_values(&[d.label(), m]);
+            }
         }
         for r in Reason::ALL {
             self.requests
@@ -588,7 +618,8 @@ impl Metrics {
 
     /// Records one finished request: the request counter and latency, the
     /// hash failure, the alias rewrite and every rate-limit layer's decision.
-    /// The one place per-request metrics are emitted.
+    /// The one place per-request metrics are emitted (but MOR's answer to a
+    /// forwarded call: [`Metrics::observe_judgement`], by the forward).
     pub fn observe_request(
         &self,
         info: &CallInfo,
@@ -637,6 +668,20 @@ impl Metrics {
                     m,
                     if allowed { "allowed" } else { "limited" },
                 ])
+                .inc();
+        }
+    }
+
+    /// Records MOR's answer to one forwarded API call (by the forward, once
+    /// the answer was relayed): the answer counter, and the disagreement by
+    /// method.
+    pub fn observe_judgement(&self, j: Judgement, api_method: &str) {
+        self.mor_answers
+            .with_label_values(&[j.gateway.label(), j.mor.label()])
+            .inc();
+        if let Some(d) = j.disagreement() {
+            self.mor_disagreements
+                .with_label_values(&[d.label(), api_method])
                 .inc();
         }
     }
