@@ -248,3 +248,170 @@ fn would_refuse_and_mor_served_is_counted_once_per_call_that_enforcing_would_bre
     assert!(lines[2]["disagreement"].is_null(), "{:?}", lines[2]);
     drop(sim);
 }
+
+/// The mixed traffic of the rollout: (request id, raw request).
+fn mixed() -> Vec<(&'static str, String)> {
+    let form = |id: &str, path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: mor\r\nX-Request-Id: {id}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let api = "/billing/api/user_details_get";
+    // ruser (res1's user) signed with the admin key: SHA1("5" + KEY).
+    let admin_signed = format!("u=ruser&user_id=5&hash={}", sha1_hex(&format!("5{KEY}")));
+    vec![
+        ("good", form("good", api, &details("alice"))),
+        ("bad-hash", form("bad-hash", api, "u=bob&user_id=123&hash=0000000000000000000000000000000000000000")),
+        ("reseller-user-admin-key", form("reseller-user-admin-key", api, &admin_signed)),
+        ("get-off", format!(
+            "GET {api}?{} HTTP/1.1\r\nHost: mor\r\nX-Request-Id: get-off\r\nConnection: close\r\n\r\n",
+            details("carol")
+        )),
+        ("quota-1", form("quota-1", api, &details("quser"))),
+        ("quota-2", form("quota-2", api, &details("quser"))),
+        ("username-only", form("username-only", "/billing/api/user_devices", "u=dave")),
+        ("unknown", form("unknown", "/billing/api/no_such_action", "u=erin&hash=00")),
+    ]
+}
+
+/// Runs the mixed traffic and a framing attack through a fresh gateway;
+/// returns the ids that reached MOR, the ids the gateway refused and the
+/// ids with a would-be refusal (from the access log).
+fn run_mixed(rollout: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (sim, sa) = start_sim(KEY, &["--reseller", "res1=SIM_RESELLER_KEY"]);
+    let tables = format!(
+        "[api]\nallow_get = false\nunknown_methods = \"refuse\"\n\
+         [limits]\nper_user = {{ per_second = 0.001, burst = 1 }}\n\
+         [[resellers]]\nname = \"res1\"\nkey_env = \"GW_RESELLER_KEY\"\nusers = [\"ruser\"]\n{rollout}"
+    );
+    let gw = start_gateway(&body_with_log(&[sa], "", &tables));
+    let calls = mixed();
+    for (_, raw) in &calls {
+        gw.send(raw);
+    }
+    // A request smuggling attempt: refused, closed, never forwarded.
+    let body = details("mallory");
+    let smuggle = format!(
+        "POST /billing/api/user_details_get HTTP/1.1\r\nHost: mor\r\nX-Request-Id: framing\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+        body.len()
+    );
+    let r = gw.send(&smuggle);
+    assert!(
+        r.status == 400 || r.text().contains("Bad request"),
+        "framing refused: {} {}",
+        r.status,
+        r.text()
+    );
+    let seen: Vec<String> = sim_seen(sa)
+        .iter()
+        .filter_map(|s| {
+            s["headers"].as_array()?.iter().find_map(|h| {
+                (h[0] == "x-request-id").then(|| h[1].as_str().unwrap_or("").to_string())
+            })
+        })
+        .collect();
+    let lines = log_lines(&gw, calls.len() + 1);
+    let ids = |pick: &dyn Fn(&serde_json::Value) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = lines
+            .iter()
+            .filter(|l| pick(l))
+            .filter_map(|l| l["request_id"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    let refused = ids(&|l| l["verdict"] != "forwarded");
+    let reported = ids(&|l| !l["would_refuse"].is_null());
+    drop(sim);
+    let mut seen = seen;
+    seen.sort();
+    (seen, refused, reported)
+}
+
+#[test]
+fn report_mode_marks_exactly_the_calls_enforce_mode_refuses_and_all_reach_mor() {
+    let all: Vec<String> = {
+        let mut v: Vec<String> = mixed().iter().map(|(id, _)| id.to_string()).collect();
+        v.sort();
+        v
+    };
+    let (seen_r, refused_r, reported) = run_mixed("[rollout.layers]\nall = \"report\"\n");
+    let (seen_e, refused_e, reported_e) = run_mixed("");
+    // Report mode: every call of the traffic reaches MOR; only the framing
+    // attack is refused.
+    assert_eq!(seen_r, all, "report mode forwards every call");
+    assert_eq!(refused_r, ["framing"]);
+    // Enforce mode refuses what report mode marked, call for call.
+    let mut expected_refused = reported.clone();
+    expected_refused.push("framing".to_string());
+    expected_refused.sort();
+    assert_eq!(refused_e, expected_refused, "would-refuse == refused");
+    assert!(reported_e.is_empty());
+    assert_eq!(
+        reported,
+        [
+            "bad-hash",
+            "get-off",
+            "quota-2",
+            "reseller-user-admin-key",
+            "unknown",
+            "username-only"
+        ]
+    );
+    // And what enforce mode forwarded is the rest.
+    assert_eq!(seen_e, ["good", "quota-1"]);
+}
+
+#[test]
+fn a_wrong_gateway_key_against_a_mor_without_hash_checks_counts_each_would_break() {
+    // MOR does not check hashes; the gateway's key is not MOR's: every
+    // hash-checked call is one enforcing would break.
+    let (sim, sa) = start_sim(KEY, &["--no-hash-check"]);
+    let gw = start_gateway_env(
+        &body_with_log(&[sa], "", "[rollout.layers]\nhash = \"report\"\n"),
+        &[("GW_KEY", "not-mors-key")],
+    );
+    for _ in 0..3 {
+        let r = gw.post("/billing/api/user_details_get", &details("admin"));
+        assert!(
+            r.text().contains("client123"),
+            "MOR served it: {}",
+            r.text()
+        );
+    }
+    // A call without a hash is not affected.
+    let r = gw.post("/billing/api/invoice_xlsx_generate", "u=admin");
+    assert_ne!(r.status, 0);
+    let want = [
+        (
+            r#"mor_gateway_mor_disagreements_total{api_method="user_details_get",kind="would_break"}"#,
+            3,
+        ),
+        (
+            r#"mor_gateway_mor_answers_total{gateway="would_refuse",mor="served"}"#,
+            3,
+        ),
+        (
+            r#"mor_gateway_would_refuse_total{layer="hash",reason="bad_hash"}"#,
+            3,
+        ),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while want.iter().any(|(s, n)| counter(&gw, s) != *n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (s, n) in want {
+        assert_eq!(counter(&gw, s), n, "{s}");
+    }
+    let m = gw.metrics_text();
+    let total: u64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("mor_gateway_mor_disagreements_total{") && l.contains("would_break")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 3, "exactly the affected calls");
+    drop(sim);
+}
