@@ -187,6 +187,73 @@ fn version_class(text: &str) -> Option<MorVersion> {
     }
 }
 
+/// Whether the running gateway's copy of MOR's directory is fresh: its
+/// `/metrics` (at `metrics.listen`) tell the snapshot's age and the refresh
+/// interval; older than three intervals is stale (its refreshes fail).
+async fn mirror_freshness(addr: SocketAddr) -> (Status, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let scrape = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: doctor\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut text = Vec::new();
+        s.take(16 << 20).read_to_end(&mut text).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&text).into_owned())
+    };
+    let text = match tokio::time::timeout(std::time::Duration::from_secs(3), scrape).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return (
+                Status::Skipped,
+                format!("no gateway answers at metrics.listen {addr} ({e}): the running mirror not checked"),
+            )
+        }
+        Err(_) => {
+            return (
+                Status::Skipped,
+                format!("the gateway at metrics.listen {addr} did not answer: the running mirror not checked"),
+            )
+        }
+    };
+    let value = |name: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let (Some(age), Some(every), Some(at)) = (
+        value("mor_gateway_directory_snapshot_age_seconds"),
+        value("mor_gateway_directory_refresh_interval_seconds"),
+        value("mor_gateway_directory_snapshot_timestamp_seconds"),
+    ) else {
+        return (
+            Status::Skipped,
+            format!("the gateway at {addr} exports no directory metrics (is [directory] on in the running config?)"),
+        );
+    };
+    if at == 0.0 {
+        (
+            Status::Mismatch,
+            format!("STALE: the running gateway never loaded MOR's directory ({age:.0} s since it started); see its log and mor_gateway_directory_refreshes_total{{result=\"failed\"}}"),
+        )
+    } else if age > 3.0 * every.max(1.0) {
+        (
+            Status::Mismatch,
+            format!("STALE: the running gateway decides with a snapshot {age:.0} s old (refresh every {every:.0} s): its refreshes fail; see its log and mor_gateway_directory_refreshes_total{{result=\"failed\"}}"),
+        )
+    } else {
+        (
+            Status::Ok,
+            format!(
+                "the running gateway's snapshot is {age:.0} s old (refresh every {every:.0} s)"
+            ),
+        )
+    }
+}
+
 fn on(b: bool) -> &'static str {
     if b {
         "on"
@@ -254,6 +321,12 @@ async fn run_async(settings: &Settings) -> Vec<Finding> {
             }
         },
     };
+    if settings.mor_db.is_some() {
+        if let Some(addr) = settings.metrics_listen {
+            let (status, text) = mirror_freshness(addr).await;
+            find(status, "directory mirror".into(), text);
+        }
+    }
     let dir = mirrored.as_ref().unwrap_or(&settings.policy.directory);
     let source = if mirrored.is_some() {
         "MOR's database"

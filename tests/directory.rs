@@ -482,3 +482,43 @@ fn sighup_refreshes_the_directory_at_once() {
     });
     println!("carl verified {took:?} after SIGHUP");
 }
+
+/// `doctor` with the running gateway's own config: (succeeded, output).
+fn doctor_of(gw: &Gw) -> (bool, String) {
+    let o = std::process::Command::new(BIN)
+        .args(["doctor", "-c"])
+        .arg(&gw.config)
+        .env("GW_KEY", KEY)
+        .env("GW_DB_PASSWORD", DB_PASSWORD)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!out.contains(KEY) && !out.contains(DB_PASSWORD), "{out}");
+    assert!(secrets_in(&out).is_empty(), "a hash printed:\n{out}");
+    (o.status.success(), out)
+}
+
+#[test]
+fn doctor_calls_a_mirror_whose_refreshes_fail_stale() {
+    let s = stack("");
+    let (_, out) = doctor_of(&s.gw);
+    let mirror = out
+        .lines()
+        .find(|l| l.contains("directory mirror"))
+        .unwrap_or_else(|| panic!("no mirror line:\n{out}"));
+    assert!(mirror.starts_with("OK"), "{mirror}");
+    // MOR's database stops answering the gateway: its refreshes fail and
+    // its snapshot ages (refresh_interval 1s; stale past three).
+    s.db.sql("REVOKE SELECT ON mor.gateway_conflines FROM 'mor-gateway'@'127.0.0.1'");
+    let mut last = String::new();
+    eventually(Duration::from_secs(15), || {
+        let (ok, out) = doctor_of(&s.gw);
+        let stale = !ok
+            && out
+                .lines()
+                .any(|l| l.contains("directory mirror") && l.contains("STALE"));
+        last = out;
+        stale
+    });
+    assert!(last.contains("refreshes fail"), "{last}");
+}
