@@ -430,7 +430,19 @@ fn hash_lines(
             Ok((parts, fates)) => {
                 for (n, f) in fates {
                     if f != Fate::Hashed && n != "hash" {
-                        out.push(format!("left out   {n}: {}", f.describe()));
+                        let filter = match (f, cat.filter(n)) {
+                            (Fate::Filtered, Some(crate::core::catalog::Filter::Kind(k))) => {
+                                format!(" ({k:?})")
+                            }
+                            (
+                                Fate::Filtered,
+                                Some(crate::core::catalog::Filter::OneOf { one_of }),
+                            ) => {
+                                format!(" (one of {})", one_of.join(", "))
+                            }
+                            _ => String::new(),
+                        };
+                        out.push(format!("left out   {n}: {}{filter}", f.describe()));
                     }
                 }
                 vec![parts]

@@ -23,6 +23,18 @@ fn counter(gw: &Gw, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (a few seconds at most: the judge counts once an answer is relayed
+/// whole) until each series has its value, then asserts them.
+fn expect_counters(gw: &Gw, want: &[(&str, u64)]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while want.iter().any(|(s, n)| counter(gw, s) != *n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (s, n) in want {
+        assert_eq!(counter(gw, s), *n, "{s}");
+    }
+}
+
 fn wait_reloads(gw: &Gw, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while counter(gw, r#"mor_gateway_config_reloads_total{result="ok"}"#) < n {
@@ -229,14 +241,7 @@ fn would_refuse_and_mor_served_is_counted_once_per_call_that_enforcing_would_bre
             2,
         ),
     ];
-    // The judge counts once the answer is relayed whole.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while series.iter().any(|(s, n)| counter(&gw, s) != *n) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (s, n) in series {
-        assert_eq!(counter(&gw, s), n, "{s}");
-    }
+    expect_counters(&gw, &series);
     let lines = log_lines(&gw, 3);
     assert_eq!(
         lines[0]["would_refuse"], "allow_get:get_disabled",
@@ -397,13 +402,7 @@ fn a_wrong_gateway_key_against_a_mor_without_hash_checks_counts_each_would_break
             3,
         ),
     ];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while want.iter().any(|(s, n)| counter(&gw, s) != *n) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (s, n) in want {
-        assert_eq!(counter(&gw, s), n, "{s}");
-    }
+    expect_counters(&gw, &want);
     let m = gw.metrics_text();
     let total: u64 = m
         .lines()
