@@ -109,18 +109,29 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
 /// a pingora upgrade that changes the form fails it.
 fn pipelined_prefix(p: &HttpPersistentSettings) -> bool {
     const NEEDLE: &[u8] = b"pipelined_prefix: Some(";
+    /// The last bytes written, in a ring; compared only at a `(`.
     struct Find {
-        window: [u8; NEEDLE.len()],
+        ring: [u8; NEEDLE.len()],
+        at: usize,
         seen: usize,
         found: bool,
     }
     impl std::fmt::Write for Find {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
             for b in s.bytes() {
-                self.window.copy_within(1.., 0);
-                self.window[NEEDLE.len() - 1] = b;
+                self.ring[self.at] = b;
+                self.at += 1;
+                if self.at == NEEDLE.len() {
+                    self.at = 0;
+                }
                 self.seen += 1;
-                if self.seen >= NEEDLE.len() && self.window == NEEDLE {
+                if b == b'('
+                    && self.seen >= NEEDLE.len()
+                    && NEEDLE
+                        .iter()
+                        .enumerate()
+                        .all(|(i, n)| self.ring[(self.at + i) % NEEDLE.len()] == *n)
+                {
                     self.found = true;
                     // Stop formatting: the answer is known.
                     return Err(std::fmt::Error);
@@ -130,7 +141,8 @@ fn pipelined_prefix(p: &HttpPersistentSettings) -> bool {
         }
     }
     let mut f = Find {
-        window: [0; NEEDLE.len()],
+        ring: [0; NEEDLE.len()],
+        at: 0,
         seen: 0,
         found: false,
     };
@@ -148,8 +160,11 @@ mod tests {
         let (a, _b) = tokio::net::UnixStream::pair().expect("socket pair");
         let stream: pingora::protocols::Stream =
             Box::new(pingora::protocols::l4::stream::Stream::from(a));
-        let session = ServerSession::new_http1(stream);
+        let mut session = ServerSession::new_http1(stream);
+        // A `Some(` before the field: only the field's own counts.
+        session.set_keepalive(Some(75));
         let mut p = HttpPersistentSettings::for_session(&session);
+        assert!(format!("{p:?}").contains("Some(75)"), "{p:?}");
         assert!(!pipelined_prefix(&p));
         p.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
         assert!(pipelined_prefix(&p));
