@@ -60,6 +60,8 @@ const TRAFFIC: &str = r#"
     mor_gateway_mor_answers_total{gateway="verified", mor="served"}
     mor_gateway_mor_answers_total{gateway="verified", mor="incorrect_hash"}
     mor_gateway_mor_answers_total{gateway="unchecked", mor="incorrect_hash"}
+    mor_gateway_mor_answers_total{gateway="would_refuse", mor="incorrect_hash"}
+    mor_gateway_would_refuse_total{layer="hash", reason="bad_hash"}
     mor_gateway_mor_disagreements_total{kind="drift", api_method="user_details_get"}
     mor_gateway_mor_disagreements_total{kind="mor_caught", api_method="user_details_raw_get"}
     mor_gateway_ratelimit_decisions_total{layer="user", decision="limited"}
@@ -116,6 +118,8 @@ retry_interval = "500ms"
 name = "res1"
 key_env = "GW_RESELLER_KEY"
 users = ["ruser"]
+[rollout.methods.tariffs_get]
+hash = "report"
 "#,
         ups.join(", ")
     )
@@ -414,6 +418,18 @@ fn drive_traffic(gw: &Gw, body: &str, gw_dead: &Gw, deadline: Instant) {
     says(
         gw.post("/billing/api/user_details_raw_get", &raw),
         "Incorrect hash",
+    );
+
+    // A layer set to report (the hash of tariffs_get): a bad hash is
+    // forwarded and MOR refuses it itself.
+    let r = gw.post(
+        "/billing/api/tariffs_get",
+        &format!("u=admin&hash={}", "0".repeat(40)),
+    );
+    assert!(
+        r.text().contains("Incorrect hash"),
+        "MOR's own answer: {}",
+        r.text()
     );
 
     // Lockout: three bad hashes for (127.0.0.1, mallory), then even a good one is refused.
