@@ -378,11 +378,6 @@ impl Directory {
         &self.any_keys
     }
 
-    /// Whether an owner (the admin or a reseller) goes by `name`.
-    pub fn has_owner_named(&self, name: &str) -> bool {
-        self.owners.values().any(|o| &*o.name == name)
-    }
-
     /// Owners whose switches differ from "API on, hash checked", for `check`.
     pub fn unusual_owners(&self) -> Vec<(UserId, &OwnerSettings)> {
         let mut v: Vec<_> = self

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use crate::core::limits::Layer;
+use crate::core::limits::{Layer, Pairs};
 use crate::core::reply::Reason;
 
 /// A layer that may refuse a call MOR would answer.
@@ -88,14 +88,6 @@ impl Guard {
             Guard::Lockout => &[Reason::LockedOut],
             Guard::Quota(_) => &[Reason::Limited],
         }
-    }
-
-    /// The layer that refused with `reason`, None for the refusals that
-    /// always enforce.
-    pub fn of(reason: Reason) -> Option<Guard> {
-        Guard::ALL
-            .into_iter()
-            .find(|g| !matches!(g, Guard::Quota(_)) && g.reasons().contains(&reason))
     }
 
     fn bit(self) -> u16 {
@@ -294,41 +286,12 @@ impl Enforcement {
     }
 }
 
-/// The refusals reporting layers would have made of one call, in the order
-/// met (at most four are kept; a call rarely meets more than one).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WouldRefuse {
-    n: usize,
-    items: [Option<(Guard, Reason)>; 4],
-}
+/// The refusals reporting layers would have made of one call, as (layer,
+/// reason), in the order met (at most four are kept; a call rarely meets
+/// more than one).
+pub type WouldRefuse = Pairs<Guard, Reason>;
 
 impl WouldRefuse {
-    /// Records one would-be refusal.
-    pub fn push(&mut self, g: Guard, reason: Reason) {
-        if let Some(slot) = self.items.get_mut(self.n) {
-            *slot = Some((g, reason));
-            self.n += 1;
-        }
-    }
-
-    /// Each would-be refusal as (layer, reason).
-    pub fn iter(&self) -> impl Iterator<Item = (Guard, Reason)> + '_ {
-        self.items.iter().map_while(|i| *i)
-    }
-
-    /// These would-be refusals followed by `later`'s.
-    pub fn then(mut self, later: WouldRefuse) -> WouldRefuse {
-        for (g, r) in later.iter() {
-            self.push(g, r);
-        }
-        self
-    }
-
-    /// Whether no layer would have refused.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
     /// For the access log: `layer:reason` joined by `,`.
     pub fn describe(&self) -> Option<String> {
         (!self.is_empty()).then(|| {
@@ -357,14 +320,7 @@ mod tests {
         assert_eq!(set.len(), Guard::ALL.len());
         for g in Guard::ALL {
             assert_eq!(Guard::from_label(g.label()), Some(g));
-            for r in g.reasons() {
-                if !matches!(g, Guard::Quota(_)) {
-                    assert_eq!(Guard::of(*r), Some(g));
-                }
-            }
         }
-        assert_eq!(Guard::of(Reason::BadFraming), None);
-        assert_eq!(Guard::of(Reason::MethodDisabled), None);
     }
 
     #[test]

@@ -265,35 +265,55 @@ impl LimitSettings {
     }
 }
 
-/// The layers that decided about one call, in order (for metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LimitTrace {
+/// A few (at most four) pairs recorded in order, without allocating: what
+/// the layers decided about one call ([`LimitTrace`]) or would have refused
+/// ([`crate::core::layers::WouldRefuse`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pairs<A: Copy, B: Copy> {
     n: usize,
-    items: [Option<(Layer, bool)>; 4],
+    items: [Option<(A, B)>; 4],
 }
 
-impl LimitTrace {
-    /// Records one layer's decision (at most four are kept).
-    pub fn push(&mut self, layer: Layer, allowed: bool) {
+impl<A: Copy, B: Copy> Default for Pairs<A, B> {
+    fn default() -> Self {
+        Pairs {
+            n: 0,
+            items: [None; 4],
+        }
+    }
+}
+
+impl<A: Copy, B: Copy> Pairs<A, B> {
+    /// Records one pair (at most four are kept).
+    pub fn push(&mut self, a: A, b: B) {
         if let Some(slot) = self.items.get_mut(self.n) {
-            *slot = Some((layer, allowed));
+            *slot = Some((a, b));
             self.n += 1;
         }
     }
 
-    /// Each decision as (layer, allowed).
-    pub fn iter(&self) -> impl Iterator<Item = (Layer, bool)> + '_ {
+    /// Each pair, in the order recorded.
+    pub fn iter(&self) -> impl Iterator<Item = (A, B)> + '_ {
         self.items.iter().map_while(|i| *i)
     }
 
-    /// This trace followed by `later`'s decisions.
-    pub fn then(mut self, later: LimitTrace) -> LimitTrace {
-        for (layer, ok) in later.iter() {
-            self.push(layer, ok);
+    /// These pairs followed by `later`'s.
+    pub fn then(mut self, later: Self) -> Self {
+        for (a, b) in later.iter() {
+            self.push(a, b);
         }
         self
     }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
 }
+
+/// The layers that decided about one call, in order (for metrics): each
+/// as (layer, allowed).
+pub type LimitTrace = Pairs<Layer, bool>;
 
 /// What an allowed call may still do at its tightest layer (for RateLimit-* headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,7 +42,7 @@ pub fn check_rollout(settings: &Settings, dir: &crate::core::directory::Director
         ));
     }
     for name in e.owner_names() {
-        if !dir.has_owner_named(name) {
+        if !dir.owner_names().any(|n| n == name) {
             out.push(format!(
                 "rollout        WARNING: rollout.owners.{name}: no owner of that name (the admin or a reseller); its table applies to nobody"
             ));
