@@ -781,7 +781,7 @@ pub fn verify(
                             Ok(l) => l,
                             Err(e) => return bad(&e, info),
                         };
-                        let matched = signed_by(dir, signers, &lists, given);
+                        let matched = signed_by(dir, signers, &lists, given, |_, _| {});
                         // An unlisted caller's owner is the one whose key
                         // signed: its address lists apply now.
                         if let (Lookup::Unlisted, Some(id)) = (l, matched) {
@@ -854,14 +854,16 @@ pub fn verify(
     })
 }
 
-/// The owner whose key signed `given` over one of `lists`, of `signers`.
-/// Every candidate key and list is always computed, so timing does not
-/// tell which one matched.
-fn signed_by(
+/// The owner whose key signed `given` over one of `lists`, of `signers`;
+/// `seen` is told each key's digest over each list, in order (`explain`
+/// prints them). Every candidate key and list is always computed, so timing
+/// does not tell which one matched.
+pub fn signed_by(
     dir: &Directory,
     signers: &[UserId],
     lists: &[Vec<signature::Part<'_>>],
     given: &str,
+    mut seen: impl FnMut(UserId, &signature::HexDigest),
 ) -> Option<UserId> {
     let mut matched: Option<UserId> = None;
     for id in signers.iter() {
@@ -870,7 +872,9 @@ fn signed_by(
         };
         let mut ok = false;
         for parts in lists {
-            ok |= signature::digest(parts, key.expose()).matches(given);
+            let d = signature::digest(parts, key.expose());
+            ok |= d.matches(given);
+            seen(*id, &d);
         }
         if ok && matched.is_none() {
             matched = Some(*id);
