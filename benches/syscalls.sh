@@ -33,6 +33,7 @@ fi
 UP=$(free_port); LUA=$(free_port)
 KEY=456789
 REDIS=""
+MYSQL=""
 start_upstream "$UP" 1
 start_nginx_lua "$LUA" "$UP" "$KEY" 0; LUA_PID=$LAST_PID
 start_gw gw "$BIN" ""

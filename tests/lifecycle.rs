@@ -405,6 +405,49 @@ fn the_real_client_address_behind_a_trusted_balancer_only() {
     assert!(r.text().contains("client123"), "{}", r.text());
 }
 
+/// The wait between calls counts from the last answer, not from the first:
+/// a connection that calls every 0.6 s with `keepalive_timeout = 1s` stays
+/// open over three calls (2 s in all), then is closed about 1 s after its
+/// last answer.
+#[test]
+fn keep_alive_idle_time_counts_from_the_last_answer() {
+    let (gw, _sim, sa) = gw_and_sim("", "[client]\nkeepalive_timeout = \"1s\"\n");
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let one = call().replace("Connection: close\r\n", "");
+    let mut answer = || {
+        s.write_all(one.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s
+                .read(&mut chunk)
+                .expect("an answer on the kept connection");
+            assert!(n > 0, "closed while kept alive: {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(r) = parse(&buf) {
+                if r.text().contains("</page>") {
+                    return r;
+                }
+            }
+        }
+    };
+    for _ in 0..3 {
+        let r = answer();
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    // Idle now: closed within the timeout (counted from the last answer).
+    let last = Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let idle = last.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(idle < Duration::from_secs(3), "closed after {idle:?}");
+    assert_eq!(sim_seen(sa).len(), 3);
+}
+
 #[test]
 fn slow_and_idle_clients_are_closed() {
     let (gw, _sim, sa) = gw_and_sim(

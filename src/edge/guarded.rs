@@ -40,7 +40,8 @@ pub struct Guarded {
     read: usize,
     /// When the header being read must be complete.
     deadline: Instant,
-    /// Armed only when a header read has to wait (slow clients).
+    /// The connection's one timer: armed when a header read has to wait
+    /// (slow clients) and for the wait between requests.
     timer: Option<Pin<Box<Sleep>>>,
     /// The next request's header, read by [`Guarded::wait_header`] while
     /// no session existed, handed out before the stream's own bytes.
@@ -130,24 +131,32 @@ impl Guarded {
             Some(d) => Instant::now() + d,
             None => self.deadline,
         };
-        let got =
-            tokio::time::timeout_at(first, std::future::poll_fn(|cx| self.poll_first(cx))).await;
+        let got = std::future::poll_fn(|cx| match self.poll_first(cx) {
+            Poll::Pending if self.elapsed(cx, first) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+        })
+        .await;
         match got {
-            Err(_) if idle.is_some() => return Waited::Idle,
-            Err(_) => return self.cut_now(Cut::Silent),
-            Ok(Ok(true)) => {}
-            Ok(Ok(false) | Err(_)) => return Waited::Idle,
+            None if idle.is_some() => return Waited::Idle,
+            None => return self.cut_now(Cut::Silent),
+            Some(Ok(true)) => {}
+            Some(Ok(false) | Err(_)) => return Waited::Idle,
         }
         let deadline = match idle {
             Some(_) => Instant::now() + self.timeout,
             None => self.deadline,
         };
-        let rest =
-            tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| self.poll_fill(cx))).await;
+        let rest = std::future::poll_fn(|cx| match self.poll_fill(cx) {
+            Poll::Pending if self.elapsed(cx, deadline) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+        })
+        .await;
         match rest {
-            Ok(Ok(true)) => Waited::Header,
-            Err(_) => self.cut_now(Cut::HeaderTimeout),
-            Ok(Ok(false) | Err(_)) => self.cut_now(Cut::ClosedMidHeader),
+            Some(Ok(true)) => Waited::Header,
+            None => self.cut_now(Cut::HeaderTimeout),
+            Some(Ok(false) | Err(_)) => self.cut_now(Cut::ClosedMidHeader),
         }
     }
 
@@ -175,11 +184,19 @@ impl Guarded {
     /// the task wakes at the deadline).
     fn late(&mut self, cx: &mut Context<'_>) -> bool {
         let deadline = self.deadline;
+        self.elapsed(cx, deadline)
+    }
+
+    /// True once `at` has passed; else the connection's one timer is armed
+    /// for `at`. The waits of a kept-alive connection move it later, which
+    /// tokio does in place (no timer-wheel work, no driver wake-up per
+    /// request, as a new timer per wait costs).
+    fn elapsed(&mut self, cx: &mut Context<'_>, at: Instant) -> bool {
         let timer = self
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() != deadline {
-            timer.as_mut().reset(deadline);
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
         }
         timer.as_mut().poll(cx).is_ready()
     }
