@@ -180,6 +180,10 @@ enum Cmd {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const DEMO_KEY: &str = "456789";
 const DEMO_RESELLER_KEY: &str = "resellerkey";
 

@@ -405,6 +405,33 @@ fn the_real_client_address_behind_a_trusted_balancer_only() {
     assert!(r.text().contains("client123"), "{}", r.text());
 }
 
+/// The shipped allocator is jemalloc with its purging thread (settings
+/// compiled in by .cargo/config.toml): it gives the pages of closed
+/// connections back to the kernel (benches/idle.sh measures how much).
+/// Without those settings there is no such thread and RSS stays at its peak.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn jemalloc_gives_memory_back_from_a_thread_of_its_own() {
+    let (gw, _sim, _sa) = gw_and_sim("", "");
+    let r = gw.send(&call());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tasks = format!("/proc/{}/task", gw.proc.pid());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(&tasks)
+            .unwrap()
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
+        if names.iter().any(|n| n == "jemalloc_bg_thd") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no purging thread: {names:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The wait between calls counts from the last answer, not from the first:
 /// a connection that calls every 0.6 s with `keepalive_timeout = 1s` stays
 /// open over three calls (2 s in all), then is closed about 1 s after its
