@@ -145,14 +145,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 return;
             }
             let linger = self.linger(peer_ip(&stream), client);
-            return refuse(stream, Cut::Total, linger).await;
+            return Box::pin(refuse(stream, Cut::Total, linger)).await;
         };
         let proxied = match tls_settings {
             Some(t) => t.proxy_protocol,
             None => settings.proxy_protocol,
         };
         let stream = if proxied {
-            match proxy_protocol::accept_plain(&client.trusted_proxies, stream).await {
+            match Box::pin(proxy_protocol::accept_plain(
+                &client.trusted_proxies,
+                stream,
+            ))
+            .await
+            {
                 Ok(s) => s,
                 Err(Refused::Closed) => return,
                 Err(Refused::Invalid(why)) => {
@@ -181,7 +186,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                             return;
                         }
                         let linger = self.linger(ip, client);
-                        return refuse(stream, Cut::PerAddress, linger).await;
+                        return Box::pin(refuse(stream, Cut::PerAddress, linger)).await;
                     }
                 }
             }
@@ -199,7 +204,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 };
                 let deadline = Instant::now() + t.handshake_timeout;
                 let peer = peer_addr(&stream);
-                match tls.handshake(stream, deadline).await {
+                match Box::pin(tls.handshake(stream, deadline)).await {
                     Ok(s) => {
                         drop(pending);
                         s
@@ -244,7 +249,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             if let Some(socket) = socket {
                 let settings = self.shared.state.load().settings.clone();
                 let linger = self.linger(ip, &settings.client);
-                refuse(socket, cut, linger).await;
+                Box::pin(refuse(socket, cut, linger)).await;
             }
         }
     }
@@ -338,8 +343,11 @@ mod tests {
             sizes.0, sizes.1, sizes.2
         );
         // Debug-build figures; a release build's are smaller.
-        assert!(sizes.0 <= 1024, "{sizes:?}");
-        assert!(sizes.1 <= 2048, "{sizes:?}");
+        // The handshake, PROXY header and refusal futures are boxed (only
+        // on their paths), and the loop keeps a request's boxed future, not
+        // the session it was built from: 720 and 984 B before.
+        assert!(sizes.0 <= 384, "{sizes:?}");
+        assert!(sizes.1 <= 640, "{sizes:?}");
         assert!(sizes.2 <= 16, "a request's future is boxed: {sizes:?}");
     }
 }

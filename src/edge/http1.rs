@@ -3,12 +3,14 @@
 //! where each request's header begins and can end the connection when the
 //! header breaks a limit.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use std::time::Duration;
 
-use pingora::apps::{HttpPersistentSettings, HttpServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 
@@ -59,6 +61,12 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
         // A pipelined request already read with the previous one is parsed
         // at once: no wait for bytes the client has already sent.
         let pipelined = persistent.as_ref().is_some_and(pipelined_prefix);
+        // Shutting down since the last answer was sent (after pingora chose
+        // to keep the connection): a connection between requests is closed
+        // now, not after its keep-alive wait.
+        if stopping && !first && !pipelined {
+            return None;
+        }
         if !pipelined {
             let mut watch = shutdown.clone();
             let waited = tokio::select! {
@@ -74,23 +82,16 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
                 Waited::Cut(why) => return Some(why),
             }
         }
-        let mut session = ServerSession::new_http1(stream);
-        if first {
-            session.set_keepalive((!stopping).then_some(FIRST_REQUEST_KEEPALIVE));
-            session.set_keepalive_reuses_remaining(
-                app.server_options().and_then(|o| o.keepalive_request_limit),
-            );
-        } else if let Some(p) = persistent.take() {
-            p.apply_to_session(&mut session);
-        }
+        // Only the boxed future is kept across the wait (not the 680-byte
+        // session it was built from).
+        let served = serve_one(app, stream, first, stopping, persistent.take(), shutdown);
         first = false;
         let reused = tokio::select! {
             biased;
             () = &mut cut => {
                 return Cut::from_code(conn.cut.load(Ordering::Acquire));
             }
-            // On the heap already (an async trait method's future).
-            r = app.process_new_http(session, shutdown) => r,
+            r = served => r,
         };
         let (next, settings) = reused?.consume();
         // The guarded stream comes back as it went in.
@@ -101,6 +102,29 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
         // verdict of this one's request line may carry over to it.
         *lock(&conn.line) = LineScan::default();
     }
+}
+
+/// One request's session on `stream` (pingora's keep-alive settings for
+/// the first request, the previous one's persistent settings after it),
+/// handed to pingora: the returned future is boxed.
+fn serve_one<'a, A: HttpServerApp + Send + Sync + 'static>(
+    app: &'a Arc<A>,
+    stream: Box<Guarded>,
+    first: bool,
+    stopping: bool,
+    persistent: Option<HttpPersistentSettings>,
+    shutdown: &'a ShutdownWatch,
+) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+    let mut session = ServerSession::new_http1(stream);
+    if first {
+        session.set_keepalive((!stopping).then_some(FIRST_REQUEST_KEEPALIVE));
+        session.set_keepalive_reuses_remaining(
+            app.server_options().and_then(|o| o.keepalive_request_limit),
+        );
+    } else if let Some(p) = persistent {
+        p.apply_to_session(&mut session);
+    }
+    app.process_new_http(session, shutdown)
 }
 
 /// Whether `p` carries bytes of a pipelined next request. pingora keeps them
