@@ -9,6 +9,12 @@
 //! are the difference of dhat's totals divided by N.
 //!
 //! `cargo bench --bench allocations` (N = 10,000; `-- --calls N` to change).
+//! `-- --sites FILE LOAD` (LOAD: verified, bad, alias) runs that load only,
+//! with backtraces, and writes dhat's profile to FILE; `benches/alloc_sites.py
+//! FILE N` lists the allocation sites per call. `-- --idle N` then opens N
+//! connections that make one call each and stay open, and prints the heap
+//! each holds (with `--sites`, the profile's end lists who holds it:
+//! `benches/alloc_sites.py FILE N --live`).
 
 #![allow(
     clippy::unwrap_used,
@@ -169,7 +175,7 @@ fn main() {
 
     let gw = free_addr();
     let text = format!(
-        "listen = [\"{gw}\"]\nthreads = 1\n[upstream]\nservers = [\"{up}\"]\n[api]\nallow_get = false\n\
+        "listen = [\"{gw}\"]\nthreads = 1\n[client]\nmax_connections = 0\nmax_connections_per_address = 0\n[upstream]\nservers = [\"{up}\"]\n[api]\nallow_get = false\n\
          [secrets]\nadmin_key_env = \"BENCH_KEY\"\n[access_log]\nmode = \"off\"\n[metrics]\nlisten = \"\"\n"
     );
     let settings = Settings::from_toml(
@@ -178,7 +184,17 @@ fn main() {
         &std::collections::HashMap::from([("BENCH_KEY", KEY)]),
     )
     .unwrap();
-    let _profiler = dhat::Profiler::builder().testing().build();
+    let sites = args
+        .iter()
+        .position(|a| a == "--sites")
+        .map(|i| (args[i + 1].clone(), args[i + 2].clone()));
+    let profiler = match &sites {
+        Some((file, _)) => dhat::Profiler::builder()
+            .file_name(file)
+            .trim_backtraces(Some(16))
+            .build(),
+        None => dhat::Profiler::builder().testing().build(),
+    };
     std::thread::spawn(move || {
         run(Plan {
             settings: Arc::new(settings),
@@ -200,6 +216,12 @@ fn main() {
     println!("| load | allocations/call | bytes allocated/call |");
     println!("| --- | --- | --- |");
     for l in &loads {
+        if sites
+            .as_ref()
+            .is_some_and(|(_, name)| !l.name.starts_with(name.as_str()))
+        {
+            continue;
+        }
         let mut c = TcpStream::connect(gw).unwrap();
         c.set_nodelay(true).unwrap();
         calls(&mut c, l, 1000, &mut buf);
@@ -210,7 +232,33 @@ fn main() {
         let bytes = (after.total_bytes - before.total_bytes) as f64 / n as f64;
         println!("| {} | {blocks:.1} | {bytes:.0} |", l.name);
     }
+    let idle: usize = args
+        .iter()
+        .position(|a| a == "--idle")
+        .and_then(|i| args.get(i + 1))
+        .map_or(0, |v| v.parse().expect("--idle N"));
+    // Kept open until the profile is written: its t-end lists what they hold.
+    let mut kept = Vec::with_capacity(idle);
+    if idle > 0 {
+        let before = dhat::HeapStats::get();
+        for _ in 0..idle {
+            let mut c = TcpStream::connect(gw).unwrap();
+            c.set_nodelay(true).unwrap();
+            calls(&mut c, &loads[0], 1, &mut buf);
+            kept.push(c);
+        }
+        // The loop reaches its wait between requests.
+        std::thread::sleep(Duration::from_millis(300));
+        let after = dhat::HeapStats::get();
+        println!(
+            "\n{idle} idle keep-alive connections (one verified call each): {:.0} heap bytes in {:.1} blocks per connection",
+            (after.curr_bytes as f64 - before.curr_bytes as f64) / idle as f64,
+            (after.curr_blocks as f64 - before.curr_blocks as f64) / idle as f64,
+        );
+    }
     let _ = child.kill();
     let _ = child.wait();
+    // Writes the profile (with --sites).
+    drop(profiler);
     std::process::exit(0);
 }
