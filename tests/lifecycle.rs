@@ -433,12 +433,12 @@ fn jemalloc_gives_memory_back_from_a_thread_of_its_own() {
 }
 
 /// The wait between calls counts from the last answer, not from the first:
-/// a connection that calls every 0.6 s with `keepalive_timeout = 1s` stays
-/// open over three calls (2 s in all), then is closed about 1 s after its
+/// a connection that calls every 1.3 s with `keepalive_timeout = 2s` stays
+/// open over three calls (3.9 s in all), then is closed about 2 s after its
 /// last answer.
 #[test]
 fn keep_alive_idle_time_counts_from_the_last_answer() {
-    let (gw, _sim, sa) = gw_and_sim("", "[client]\nkeepalive_timeout = \"1s\"\n");
+    let (gw, _sim, sa) = gw_and_sim("", "[client]\nkeepalive_timeout = \"2s\"\n");
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -463,7 +463,7 @@ fn keep_alive_idle_time_counts_from_the_last_answer() {
     for _ in 0..3 {
         let r = answer();
         assert_eq!(r.status, 200, "{}", r.text());
-        std::thread::sleep(Duration::from_millis(600));
+        std::thread::sleep(Duration::from_millis(1300));
     }
     // Idle now: closed within the timeout (counted from the last answer).
     let last = Instant::now();
@@ -471,7 +471,7 @@ fn keep_alive_idle_time_counts_from_the_last_answer() {
     let _ = s.read_to_end(&mut rest);
     let idle = last.elapsed();
     assert!(rest.is_empty(), "{rest:?}");
-    assert!(idle < Duration::from_secs(3), "closed after {idle:?}");
+    assert!(idle < Duration::from_secs(5), "closed after {idle:?}");
     assert_eq!(sim_seen(sa).len(), 3);
 }
 
