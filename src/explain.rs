@@ -485,17 +485,21 @@ fn hash_lines(
     if ids.is_empty() {
         out.push("keys       none to try (no owner key)".into());
     }
-    // The gateway's own trial of the keys, each digest seen.
-    let mut tried: Vec<(crate::core::directory::UserId, Vec<String>)> = Vec::new();
-    let _ = decision::signed_by(dir, &ids, &lists, given.unwrap_or(""), |id, d| match tried
-        .last_mut()
-    {
-        Some((last, digests)) if *last == id => digests.push(d.as_str().to_string()),
-        _ => tried.push((id, vec![d.as_str().to_string()])),
+    // The gateway's own trial of the keys, each digest seen and compared
+    // by the digest's own rule.
+    let mut tried: Vec<(crate::core::directory::UserId, bool, Vec<String>)> = Vec::new();
+    let _ = decision::signed_by(dir, &ids, &lists, given.unwrap_or(""), |id, d| {
+        let hit = given.is_some_and(|g| d.matches(g));
+        match tried.last_mut() {
+            Some((last, matched, digests)) if *last == id => {
+                *matched |= hit;
+                digests.push(d.as_str().to_string());
+            }
+            _ => tried.push((id, hit, vec![d.as_str().to_string()])),
+        }
     });
-    for (id, digests) in tried {
+    for (id, matched, digests) in tried {
         let Some(o) = dir.owner(id) else { continue };
-        let matched = given.is_some_and(|g| digests.iter().any(|d| d == g));
         let mut line = format!(
             "key        of {}: {}",
             o.name,
