@@ -131,12 +131,7 @@ impl Guarded {
             Some(d) => Instant::now() + d,
             None => self.deadline,
         };
-        let got = std::future::poll_fn(|cx| match self.poll_first(cx) {
-            Poll::Pending if self.elapsed(cx, first) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-        })
-        .await;
+        let got = self.until(first, Guarded::poll_first).await;
         match got {
             None if idle.is_some() => return Waited::Idle,
             None => return self.cut_now(Cut::Silent),
@@ -147,17 +142,27 @@ impl Guarded {
             Some(_) => Instant::now() + self.timeout,
             None => self.deadline,
         };
-        let rest = std::future::poll_fn(|cx| match self.poll_fill(cx) {
-            Poll::Pending if self.elapsed(cx, deadline) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(r) => Poll::Ready(Some(r)),
-        })
-        .await;
+        let rest = self.until(deadline, Guarded::poll_fill).await;
         match rest {
             Some(Ok(true)) => Waited::Header,
             None => self.cut_now(Cut::HeaderTimeout),
             Some(Ok(false) | Err(_)) => self.cut_now(Cut::ClosedMidHeader),
         }
+    }
+
+    /// `read` until it is ready (Some) or `at` passes first (None), on the
+    /// connection's one timer.
+    async fn until(
+        &mut self,
+        at: Instant,
+        read: fn(&mut Self, &mut Context<'_>) -> Poll<std::io::Result<bool>>,
+    ) -> Option<std::io::Result<bool>> {
+        std::future::poll_fn(|cx| match read(self, cx) {
+            Poll::Pending if self.elapsed(cx, at) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+        })
+        .await
     }
 
     /// Ready(Ok(true)) once at least one byte is in the stash.
