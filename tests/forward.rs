@@ -3,7 +3,8 @@
 //! stand-in that controls every byte: informational answers (100, 103)
 //! before MOR's answer are skipped, 101 is refused; a kept-alive connection
 //! that MOR closes when the next request arrives is retried once on a fresh
-//! connection for a GET, never for a POST.
+//! connection for a GET, never for a POST; a request reaches MOR in one
+//! segment, header and body together.
 
 #![allow(
     clippy::unwrap_used,
@@ -299,4 +300,43 @@ fn pingora_is_pinned_to_the_version_the_owned_loops_mirror() {
             "no source file names {head}"
         );
     }
+}
+
+/// TCP segments with data that the stand-in's connections on `port`
+/// received, as the kernel counts them (`ss`, `data_segs_in`).
+fn data_segments_in(port: u16) -> Vec<u64> {
+    let out = std::process::Command::new("ss")
+        .args([
+            "-tinH",
+            "state",
+            "established",
+            &format!("( sport = :{port} )"),
+        ])
+        .output()
+        .expect("ss (iproute2) runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("data_segs_in:"))
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_request_with_a_body_reaches_mor_in_one_segment() {
+    let (up, seen) = stand_in(|_, _| Act::Answer);
+    let gw = start_gateway(&tcp_checked(&[up], ""));
+    let mut c = connect(&gw);
+    for _ in 0..3 {
+        let r = call(&mut c, &verified_call(true));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(requests(&seen).len(), 3);
+    // One kept-alive connection to MOR, three POSTs with bodies on it: each
+    // one segment (header and body written at once, as nginx does), not a
+    // header segment and then a body segment.
+    let segs: Vec<u64> = data_segments_in(up.port())
+        .into_iter()
+        .filter(|n| *n > 0)
+        .collect();
+    assert_eq!(segs, [3], "data segments per MOR connection");
 }

@@ -10,7 +10,11 @@
 //! retry of an idempotent request whose reused connection failed,
 //! `ProxyHttp::error_while_proxy`'s `decide_reuse`) and `src/proxy_h1.rs`
 //! (`proxy_to_h1_upstream`: request header, body, response header, body).
-//! Kept: keep-alive through pingora's connector pool; one more try on a
+//! Kept: keep-alive through pingora's connector pool (its transport
+//! connector: the HTTP/1 session is made here, so that a request with a
+//! body goes out in one write where pingora's client flushes the header
+//! first; pingora's `Connector::release_http_session` is followed on the
+//! way back); one more try on a
 //! new connection for a GET or HEAD when MOR closed a reused one before
 //! answering (pingora's `RetryType::ReusedOnly`); informational answers
 //! read past (pingora's client returns each 1xx header on its own).
@@ -28,8 +32,11 @@ use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, RetryType};
+use tokio::io::AsyncWriteExt;
 
 use super::context::Ctx;
 use super::state::{Shared, State};
@@ -145,24 +152,12 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
 /// one more is MOR's fault (a server that never ends its 1xx stream).
 const MAX_INFORMATIONAL: usize = 8;
 
-/// A connection to one MOR server: pooled (`reused`) or new.
+/// A connection to one MOR server, pooled (`reused`) or new, before the
+/// request is sent on it.
 struct Upstream {
-    session: HttpSession,
+    stream: Stream,
     peer: HttpPeer,
     reused: bool,
-}
-
-impl Upstream {
-    /// `session` with the peer's read and write timeouts.
-    fn new(mut session: HttpSession, peer: HttpPeer, reused: bool) -> Upstream {
-        session.set_read_timeout(peer.options.read_timeout);
-        session.set_write_timeout(peer.options.write_timeout);
-        Upstream {
-            session,
-            peer,
-            reused,
-        }
-    }
 }
 
 /// Picks a server (round robin, healthy first) and connects; a failed
@@ -177,8 +172,14 @@ async fn connect(shared: &Shared, st: &State, ctx: &mut Ctx) -> Result<Upstream>
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
         let peer = peer_for(addr, &st.settings.upstream);
-        match shared.connector.get_http_session(&peer).await {
-            Ok((session, reused)) => return Ok(Upstream::new(session, peer, reused)),
+        match shared.pool.get_stream(&peer).await {
+            Ok((stream, reused)) => {
+                return Ok(Upstream {
+                    stream,
+                    peer,
+                    reused,
+                })
+            }
             // The gateway's own fault (no descriptor, no local port): not
             // MOR's, and no other server would fare better.
             Err(e) if local_exhaustion(&e) => return Err(e),
@@ -194,19 +195,64 @@ async fn connect(shared: &Shared, st: &State, ctx: &mut Ctx) -> Result<Upstream>
 
 /// A new connection to `peer`, past the keep-alive pool (it goes back into
 /// the pool like any other when the answer is read).
-async fn fresh(shared: &Shared, ctx: &Ctx, peer: HttpPeer) -> Result<Upstream> {
-    match shared.fresh.new_stream(&peer).await {
-        Ok(stream) => {
-            let session = HttpSession::H1(Http1Session::new_with_options(stream, &peer));
-            Ok(Upstream::new(session, peer, false))
+async fn fresh(shared: &Shared, ctx: &Ctx, peer: &HttpPeer) -> Result<Stream> {
+    shared.pool.new_stream(peer).await.inspect_err(|e| {
+        if !local_exhaustion(e) {
+            count_error(shared, ctx, e, true);
         }
-        Err(e) => {
-            if !local_exhaustion(&e) {
-                count_error(shared, ctx, &e, true);
-            }
-            Err(e)
-        }
+    })
+}
+
+/// Writes `req` with `body` on `stream` and returns the HTTP/1 session that
+/// reads MOR's answer (with the peer's read and write timeouts). A request
+/// with a body goes out in one write, header and body together (one
+/// segment on the wire, as nginx sends it; pingora's client flushes the
+/// header on its own first); one without a body, or a HEAD (whose answer
+/// pingora's reader frames by the request it wrote), is written by
+/// pingora's client.
+async fn send(
+    mut stream: Stream,
+    peer: &HttpPeer,
+    req: RequestHeader,
+    body: &Bytes,
+) -> Result<HttpSession> {
+    if body.is_empty() || req.method == http::Method::HEAD {
+        let mut s = session(stream, peer);
+        s.write_request_header(Box::new(req)).await?;
+        s.write_request_body(body.clone(), true).await?;
+        s.finish_request_body().await?;
+        return Ok(s);
     }
+    let mut wire = http_req_header_to_wire(&req)
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "request line not writable"))?;
+    wire.extend_from_slice(body);
+    let write = async {
+        stream.write_all(&wire).await?;
+        stream.flush().await
+    };
+    let written = match peer.options.write_timeout {
+        Some(t) => tokio::time::timeout(t, write)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => write.await,
+    };
+    written.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => Error::because(
+            ErrorType::WriteTimedout,
+            "while writing the request (timeout)",
+            e,
+        ),
+        _ => Error::because(ErrorType::WriteError, "while writing the request", e),
+    })?;
+    Ok(session(stream, peer))
+}
+
+/// An HTTP/1 client session on `stream` with `peer`'s options and timeouts.
+fn session(stream: Stream, peer: &HttpPeer) -> HttpSession {
+    let mut s = HttpSession::H1(Http1Session::new_with_options(stream, peer));
+    s.set_read_timeout(peer.options.read_timeout);
+    s.set_write_timeout(peer.options.write_timeout);
+    s
 }
 
 /// True when `e` shows that MOR closed a kept-alive connection before it
@@ -221,14 +267,10 @@ fn stale(e: &Error, reused: bool, method: &http::Method) -> bool {
         && (e.retry == RetryType::ReusedOnly || e.etype == ErrorType::WriteError)
 }
 
-/// Sends the request with `body` and reads MOR's final answer header:
-/// informational answers (100 Continue, 103 Early Hints, any 1xx but 101)
-/// are skipped; 101 is refused: the gateway never turns a connection into
-/// an unverified tunnel.
-async fn exchange(up: &mut HttpSession, req: RequestHeader, body: Bytes) -> Result<ResponseHeader> {
-    up.write_request_header(Box::new(req)).await?;
-    up.write_request_body(body, true).await?;
-    up.finish_request_body().await?;
+/// Reads MOR's final answer header: informational answers (100 Continue,
+/// 103 Early Hints, any 1xx but 101) are skipped; 101 is refused: the
+/// gateway never turns a connection into an unverified tunnel.
+async fn answer(up: &mut HttpSession) -> Result<ResponseHeader> {
     for _ in 0..=MAX_INFORMATIONAL {
         up.read_response_header().await?;
         let resp = up
@@ -249,6 +291,19 @@ async fn exchange(up: &mut HttpSession, req: RequestHeader, body: Bytes) -> Resu
         ErrorType::InvalidHTTPHeader,
         "MOR sent informational answers without end",
     ))
+}
+
+/// Sends the request on `stream` and reads MOR's final answer header
+/// ([`send`], [`answer`]).
+async fn exchange(
+    stream: Stream,
+    peer: &HttpPeer,
+    req: RequestHeader,
+    body: &Bytes,
+) -> Result<(HttpSession, ResponseHeader)> {
+    let mut s = send(stream, peer, req, body).await?;
+    let resp = answer(&mut s).await?;
+    Ok((s, resp))
 }
 
 /// Streams MOR's answer (`resp`, then the body) to the client, each chunk
@@ -330,27 +385,23 @@ pub async fn forward(
         .state
         .clone()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no state"))?;
-    let mut up = connect(shared, &st, ctx).await?;
+    let Upstream {
+        stream,
+        peer,
+        reused,
+    } = connect(shared, &st, ctx).await?;
     let sent = Instant::now();
-    let mut answered = exchange(
-        &mut up.session,
-        upstream_request(session, ctx, body.len())?,
-        body.clone(),
-    )
-    .await;
+    let req = upstream_request(session, ctx, body.len())?;
+    let mut answered = exchange(stream, &peer, req, &body).await;
     if let Err(e) = &answered {
-        if stale(e, up.reused, &session.req_header().method) {
+        if stale(e, reused, &session.req_header().method) {
             tracing::debug!("MOR closed a kept-alive connection: sent again on a new one: {e}");
-            up = fresh(shared, ctx, up.peer).await?;
-            answered = exchange(
-                &mut up.session,
-                upstream_request(session, ctx, body.len())?,
-                body,
-            )
-            .await;
+            let stream = fresh(shared, ctx, &peer).await?;
+            let req = upstream_request(session, ctx, body.len())?;
+            answered = exchange(stream, &peer, req, &body).await;
         }
     }
-    let mut resp = answered.inspect_err(|e| count_error(shared, ctx, e, false))?;
+    let (mut up, mut resp) = answered.inspect_err(|e| count_error(shared, ctx, e, false))?;
     if let Some(u) = ctx.upstream {
         st.upstreams.called(u, Call::Answered(resp.status.as_u16()));
     }
@@ -367,14 +418,20 @@ pub async fn forward(
     let encoding = resp.headers.get(header::CONTENT_ENCODING);
     let mut peek =
         (judging.is_some() && judge::readable(encoding.map(|v| v.as_bytes()))).then(Peek::default);
-    relay(shared, session, ctx, &mut up.session, resp, peek.as_mut()).await?;
+    relay(shared, session, ctx, &mut up, resp, peek.as_mut()).await?;
     if let Some(gateway) = judging {
         judge(shared, ctx, gateway, status, peek.as_ref());
     }
-    shared
-        .connector
-        .release_http_session(up.session, &up.peer, up.peer.options.idle_timeout)
-        .await;
+    // Back to the pool when MOR keeps it open and its answer was read whole
+    // (as pingora's `Connector::release_http_session`).
+    if let HttpSession::H1(mut h1) = up {
+        h1.respect_keepalive();
+        if let Some(stream) = h1.reuse().await {
+            shared
+                .pool
+                .release_stream(stream, peer.reuse_hash(), peer.options.idle_timeout);
+        }
+    }
     Ok(())
 }
 

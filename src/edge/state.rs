@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora::connectors::http::Connector;
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 
 use crate::config::{CertKey, Settings};
@@ -40,10 +39,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Access log.
     pub access_log: AccessLog,
-    pub(crate) connector: Connector,
-    /// New upstream connections past the pool: the one retry of a GET or
-    /// HEAD whose kept-alive connection MOR had closed (`edge::forward`).
-    pub(crate) fresh: TransportConnector,
+    /// Connections to MOR, and the pool of kept-alive ones (`edge::forward`).
+    pub(crate) pool: TransportConnector,
     /// Bytes of request bodies buffered before their verdicts, now.
     pub(crate) budget: Arc<Budget>,
     /// The HTTPS listeners' certificate, swapped on reload.
@@ -75,7 +72,7 @@ impl Shared {
         let mirror = Mirror::new(&settings);
         // The pool size is read once: `upstream.keepalive_pool_size` takes
         // effect on restart.
-        let connector = Connector::new(Some(ConnectorOptions::new(
+        let pool = TransportConnector::new(Some(ConnectorOptions::new(
             settings.upstream.keepalive_pool_size,
         )));
         metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
@@ -89,8 +86,7 @@ impl Shared {
             }),
             metrics,
             access_log,
-            connector,
-            fresh: TransportConnector::new(None),
+            pool,
             budget: Arc::new(Budget::default()),
             certs: settings_certs,
             draining: AtomicBool::new(false),
