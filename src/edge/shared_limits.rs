@@ -195,7 +195,9 @@ fn interpret(reply: &[i64], buckets: &[Bucket]) -> Option<Answer> {
 /// layers, else (and whenever Redis is not usable) by the local limiters.
 pub async fn answer(shared: Option<&SharedLimits>, local: &Limits, q: &Question<'_>) -> Answer {
     match shared {
-        Some(sh) => sh.answer(q, local).await,
+        // Boxed: the Redis exchange's state is carried only where limits
+        // are shared, not by every call's future.
+        Some(sh) => Box::pin(sh.answer(q, local)).await,
         None => local.answer(q),
     }
 }
