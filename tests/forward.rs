@@ -3,8 +3,9 @@
 //! stand-in that controls every byte: informational answers (100, 103)
 //! before MOR's answer are skipped, 101 is refused; a kept-alive connection
 //! that MOR closes when the next request arrives is retried once on a fresh
-//! connection for a GET, never for a POST; a request reaches MOR in one
-//! segment, header and body together.
+//! connection for a GET, never for a POST, and one MOR closed while it
+//! was idle is not used; a request reaches MOR in one segment, header and
+//! body together.
 
 #![allow(
     clippy::unwrap_used,
@@ -38,6 +39,9 @@ enum Act {
     /// Read the request, then close without a byte (MOR closed the idle
     /// connection as the request arrived).
     Close,
+    /// The answer, then the connection closed 100 ms later (MOR's own
+    /// keep-alive timeout passing while the gateway holds it idle).
+    AnswerThenClose,
 }
 
 /// One request as the stand-in received it: the connection's number and
@@ -102,10 +106,14 @@ fn serve(mut conn: TcpStream, numbers: &AtomicUsize, plan: fn(usize, usize) -> A
                 "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
                     .to_string()
             }
-            Act::Answer => answer,
+            Act::Answer | Act::AnswerThenClose => answer,
             Act::Close => return,
         };
         if conn.write_all(out.as_bytes()).is_err() {
+            return;
+        }
+        if matches!(plan(n, i), Act::AnswerThenClose) {
+            std::thread::sleep(Duration::from_millis(100));
             return;
         }
     }
@@ -300,6 +308,24 @@ fn pingora_is_pinned_to_the_version_the_owned_loops_mirror() {
             "no source file names {head}"
         );
     }
+}
+
+#[test]
+fn a_connection_mor_closed_while_idle_is_not_used_for_the_next_post() {
+    let (up, seen) = stand_in(|_, _| Act::AnswerThenClose);
+    let gw = start_gateway(&tcp_checked(&[up], ""));
+    let mut c = connect(&gw);
+    for _ in 0..3 {
+        let r = call(&mut c, &verified_call(true));
+        // A POST is never sent twice: had the gateway used the closed
+        // connection, this would be a 502.
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.text(), ANSWER);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let seen = requests(&seen);
+    let conns: Vec<usize> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(conns, [0, 1, 2], "each call on a new connection: {seen:?}");
 }
 
 /// TCP segments with data that the stand-in's connections on `port`

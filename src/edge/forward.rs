@@ -10,11 +10,12 @@
 //! retry of an idempotent request whose reused connection failed,
 //! `ProxyHttp::error_while_proxy`'s `decide_reuse`) and `src/proxy_h1.rs`
 //! (`proxy_to_h1_upstream`: request header, body, response header, body).
-//! Kept: keep-alive through pingora's connector pool (its transport
-//! connector: the HTTP/1 session is made here, so that a request with a
-//! body goes out in one write where pingora's client flushes the header
-//! first; pingora's `Connector::release_http_session` is followed on the
-//! way back); one more try on a
+//! Kept: keep-alive (connections kept in [`super::pool`] instead of
+//! pingora's pool; the HTTP/1 client session is made here on the stream,
+//! so that a request with a body goes out in one write where pingora's
+//! client flushes the header first; pingora's
+//! `Connector::release_http_session` is followed on the way back); one
+//! more try on a
 //! new connection for a GET or HEAD when MOR closed a reused one before
 //! answering (pingora's `RetryType::ReusedOnly`); informational answers
 //! read past (pingora's client returns each 1xx header on its own).
@@ -34,7 +35,6 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::protocols::Stream;
-use pingora::upstreams::peer::Peer;
 use pingora::{Error, ErrorType, RetryType};
 use tokio::io::AsyncWriteExt;
 
@@ -172,12 +172,12 @@ async fn connect(shared: &Shared, st: &State, ctx: &mut Ctx) -> Result<Upstream>
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
         let peer = peer_for(addr, &st.settings.upstream);
-        // A pooled connection first (as pingora's `get_stream`); a new
+        // A pooled connection first; a new
         // one's connect (TCP, TLS: kilobytes of future state) is boxed so
         // that only that path carries it.
-        let got = match shared.pool.reused_stream(&peer).await {
+        let got = match shared.pool.take(&peer) {
             Some(stream) => Ok((stream, true)),
-            None => Box::pin(shared.pool.new_stream(&peer))
+            None => Box::pin(shared.connector.new_stream(&peer))
                 .await
                 .map(|s| (s, false)),
         };
@@ -205,7 +205,7 @@ async fn connect(shared: &Shared, st: &State, ctx: &mut Ctx) -> Result<Upstream>
 /// A new connection to `peer`, past the keep-alive pool (it goes back into
 /// the pool like any other when the answer is read).
 async fn fresh(shared: &Shared, ctx: &Ctx, peer: &HttpPeer) -> Result<Stream> {
-    Box::pin(shared.pool.new_stream(peer))
+    Box::pin(shared.connector.new_stream(peer))
         .await
         .inspect_err(|e| {
             if !local_exhaustion(e) {
@@ -442,9 +442,7 @@ pub async fn forward(
     if let HttpSession::H1(mut h1) = up {
         h1.respect_keepalive();
         if let Some(stream) = h1.reuse().await {
-            shared
-                .pool
-                .release_stream(stream, peer.reuse_hash(), peer.options.idle_timeout);
+            shared.pool.give(&peer, stream, peer.options.idle_timeout);
         }
     }
     Ok(())

@@ -3,7 +3,8 @@
 //! A connection: [`connections`] (accept, [`caps`], PROXY protocol, [`tls`])
 //! → [`http1`] (the keep-alive loop, over a [`guarded`] stream that shares
 //! the [`phase`] marker) → [`proxy`] (the `ProxyHttp` hooks, one [`context`]
-//! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`]).
+//! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`],
+//! kept-alive connections in the [`pool`]).
 //! [`state`] holds what every request shares; [`cut`] is why a connection
 //! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.
 //! The core's limit questions: [`local_limits`] (governor) or
@@ -23,6 +24,7 @@ pub mod lockout_admin;
 pub mod mirror;
 pub mod mor_db;
 pub mod phase;
+pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod request;

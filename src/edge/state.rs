@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::connectors::TransportConnector;
 
 use crate::config::{CertKey, Settings};
 use crate::core::request_id::IdSource;
 use crate::edge::body::Budget;
 use crate::edge::local_limits::Limits;
 use crate::edge::mirror::Mirror;
+use crate::edge::pool::Pool;
 use crate::edge::shared_limits::SharedLimits;
 use crate::edge::upstreams::Upstreams;
 use crate::ops::accesslog::AccessLog;
@@ -39,8 +40,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Access log.
     pub access_log: AccessLog,
-    /// Connections to MOR, and the pool of kept-alive ones (`edge::forward`).
-    pub(crate) pool: TransportConnector,
+    /// New connections to MOR (`edge::forward`).
+    pub(crate) connector: TransportConnector,
+    /// Kept-alive connections to MOR.
+    pub(crate) pool: Pool,
     /// Bytes of request bodies buffered before their verdicts, now.
     pub(crate) budget: Arc<Budget>,
     /// The HTTPS listeners' certificate, swapped on reload.
@@ -72,9 +75,7 @@ impl Shared {
         let mirror = Mirror::new(&settings);
         // The pool size is read once: `upstream.keepalive_pool_size` takes
         // effect on restart.
-        let pool = TransportConnector::new(Some(ConnectorOptions::new(
-            settings.upstream.keepalive_pool_size,
-        )));
+        let pool = Pool::new(settings.upstream.keepalive_pool_size);
         metrics.mirror_directory(settings.mor_db.as_ref().map(|d| d.refresh_interval));
         Ok(Shared {
             mirror,
@@ -86,6 +87,7 @@ impl Shared {
             }),
             metrics,
             access_log,
+            connector: TransportConnector::new(None),
             pool,
             budget: Arc::new(Budget::default()),
             certs: settings_certs,

@@ -1,6 +1,6 @@
 //! The gateway's background duties: SIGHUP reloads, SIGUSR1 access-log
-//! reopens, SIGUSR2 drain, limiter sweeps, upstream health checks, Redis
-//! probes, and the prompt exit after SIGTERM.
+//! reopens, SIGUSR2 drain, limiter and idle-connection sweeps, upstream
+//! health checks, Redis probes, and the prompt exit after SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ pub struct Housekeeping {
     pub(super) on_exit: Option<super::OnExit>,
 }
 
-/// How often idle limiter keys are swept.
+/// How often idle limiter keys and idle MOR connections are swept.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Housekeeping {
@@ -107,7 +107,10 @@ impl BackgroundService for Housekeeping {
                 Some(()) = next(&mut hup) => self.reload(),
                 Some(()) = next(&mut usr1) => reopen_access_log(&self.shared),
                 Some(()) = next(&mut usr2) => toggle_drain(&self.shared),
-                _ = sweep.tick() => self.shared.state.load().limits.sweep(),
+                _ = sweep.tick() => {
+                    self.shared.state.load().limits.sweep();
+                    self.shared.pool.sweep();
+                }
                 _ = tokio::time::sleep_until(next_check) => {
                     let st = self.shared.state.load_full();
                     st.upstreams.check().await;
