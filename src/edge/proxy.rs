@@ -262,7 +262,9 @@ impl ProxyHttp for Gateway {
             Verdict::Forward(f, info) => {
                 ctx.info = info;
                 ctx.forward = Some(f);
-                super::forward::forward(&self.shared, session, ctx, body).await?;
+                // Boxed: a refused call (a bad hash, a limit) does not
+                // build and copy the forward's state with its own.
+                Box::pin(super::forward::forward(&self.shared, session, ctx, body)).await?;
             }
         }
         Ok(true)
