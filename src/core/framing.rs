@@ -181,8 +181,9 @@ pub struct LineScan {
     /// another byte follows it).
     ctl: bool,
     cr: bool,
-    /// The last bytes of the line (for its ` HTTP/x.y` end), newest last.
-    tail: [u8; 9],
+    /// The last bytes of the line (for its ` HTTP/x.y` end), newest in the
+    /// low byte: shifted in, not copied along.
+    tail: u128,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -245,15 +246,16 @@ impl LineScan {
             self.ctl = true;
         }
         if !self.cr {
-            self.tail.copy_within(1.., 0);
-            self.tail[8] = b;
+            self.tail = (self.tail << 8) | u128::from(b);
         }
     }
 
     /// The line so far ends with ` HTTP/d.d` or ` HTTP/d` (the version
     /// pingora's own escaping looks for).
     fn ends_like_http(&self) -> bool {
-        let t = &self.tail;
+        let bytes = self.tail.to_be_bytes();
+        // The newest nine, oldest first.
+        let t = &bytes[7..];
         let long = t[0] == b' '
             && &t[1..6] == b"HTTP/"
             && t[6].is_ascii_digit()

@@ -107,9 +107,10 @@ impl Guarded {
             let Some(io) = self.inner.as_mut() else {
                 return Poll::Ready(Err(gone()));
             };
-            let mut chunk = [0u8; FIRST_READ];
+            // Not zeroed: the read fills what it says it filled.
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
             let room = (self.max_bytes - self.stash.len()).min(FIRST_READ);
-            let mut buf = ReadBuf::new(&mut chunk[..room]);
+            let mut buf = ReadBuf::uninit(&mut chunk[..room]);
             match Pin::new(io).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(false)),
                 Poll::Ready(Ok(())) => self.stash.extend_from_slice(buf.filled()),
@@ -227,7 +228,15 @@ pub(crate) enum Waited {
 /// Whether `b` holds the end of a request header (an empty line; a bare
 /// LF is taken as a line end, as the parser does).
 fn header_end(b: &[u8]) -> bool {
-    b.windows(2).any(|w| w == b"\n\n") || b.windows(3).any(|w| w == b"\n\r\n")
+    // One pass: each LF followed by LF or by CR LF.
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'\n'
+            && match b.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => b.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 impl Drop for Guarded {
