@@ -2,7 +2,14 @@
 # End-to-end benchmark: CPU cost per proxied request, mor-gateway vs nginx.
 #
 #   benches/e2e.sh [--duration S] [--connections N] [--rounds R] [--redis] [--mariadb]
+#                  [--only good|badhash|alias|light] [--no-memory]
 #                  [--variant LABEL=BINARY[,toml-line;toml-line...]]...
+#
+# --only measures one load (nginx+lua's and each variant's), so that more
+# rounds fit in the same time: a focused A/B, e.g.
+#   benches/e2e.sh --only good --rounds 5 --no-memory \
+#     --variant before=/tmp/old/mor-gateway --variant now=target/release/mor-gateway
+# --no-memory skips the RSS measurement with 10,000 connections.
 #
 # Without --variant the release build is measured as "gw". Each variant is
 # its own gateway process (BINARY, plus extra top-level config lines), e.g.
@@ -46,6 +53,8 @@ ROUNDS=3
 VARIANTS=()
 REDIS=""
 MARIADB=""
+ONLY=""
+NO_MEMORY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --mariadb) MARIADB=1; shift ;;
@@ -54,6 +63,8 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS="$2"; shift 2 ;;
     --variant) VARIANTS+=("$2"); shift 2 ;;
     --redis) REDIS=1; shift ;;
+    --only) ONLY="$2"; shift 2 ;;
+    --no-memory) NO_MEMORY=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -122,9 +133,11 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # Every measurement is one line of $W/rows: round|name|reqs|rps|p50_ms|p99_ms|non2xx|us|redis_us
 : > "$W/rows"
-# run ROUND NAME PORT SCRIPT PID(or -) [CONNECTIONS]
+# run ROUND NAME PORT SCRIPT PID(or -) [CONNECTIONS]; with --only, only the
+# targets of that load (NAME ending in -LOAD) run.
 run() {
   local round=$1 name=$2 port=$3 script=$4 pid=$5 CONNS=${6:-$CONNS}
+  if [ -n "$ONLY" ] && [[ "$name" != *-"$ONLY" ]]; then return 0; fi
   # warm-up (keep-alive pools, page faults)
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s -s "$W/$script.lua" "http://127.0.0.1:$port" >/dev/null
   local t0=0; [ "$pid" != "-" ] && t0=$(cpu_ticks "$pid")
@@ -220,12 +233,14 @@ for s in socks:
     s.close()
 PY
 }
-echo "nginx-lua|-|$(rss_kib "$LUA_PID")|$(conn_rss "$LUA" "$LUA_PID")" > "$W/mem"
+: > "$W/mem"
+[ -z "$NO_MEMORY" ] && echo "nginx-lua|-|$(rss_kib "$LUA_PID")|$(conn_rss "$LUA" "$LUA_PID")" > "$W/mem"
 for label in "${LABELS[@]}"; do
   pid=${GW_PIDS[$label]}
   curl -s "http://127.0.0.1:${GW_MET[$label]}/metrics" | grep -E '^mor_gateway_requests_total' | grep -v ' 0$' | sed "s/^/  $label: /" >> "$W/metrics.txt" || true
   idle=$(rss_kib "$pid")
-  conn=$(conn_rss "${GW_PORT[$label]}" "$pid")
+  conn=-
+  [ -z "$NO_MEMORY" ] && conn=$(conn_rss "${GW_PORT[$label]}" "$pid")
   start=$(awk -F'|' -v l="$label" '$1==l {print $2}' "$W/start_rss")
   echo "$label|$start|$idle|$conn" >> "$W/mem"
   kill "$pid"; wait "$pid" 2>/dev/null || true
