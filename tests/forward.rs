@@ -168,18 +168,30 @@ fn tcp_checked(up: &[SocketAddr], tables: &str) -> String {
     body_for(up, "", tables).replace("[upstream]\n", "[upstream]\nhealth_check = \"tcp\"\n")
 }
 
+/// A gateway (default tables) in front of a stand-in following `plan`, and
+/// a client connection to it; the stand-in's address and what it saw.
+fn gateway_before(plan: fn(usize, usize) -> Act) -> (Gw, TcpStream, SocketAddr, Seen) {
+    let (up, seen) = stand_in(plan);
+    let gw = start_gateway(&tcp_checked(&[up], ""));
+    let c = connect(&gw);
+    (gw, c, up, seen)
+}
+
+/// A verified POST on `c`, answered with MOR's page.
+fn answered(c: &mut TcpStream) -> Resp {
+    let r = call(c, &verified_call(true));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.text(), ANSWER);
+    r
+}
+
 #[test]
 fn informational_answers_before_mors_are_skipped() {
-    let (up, seen) = stand_in(|_, _| Act::Informational);
-    let gw = start_gateway(&tcp_checked(&[up], ""));
-    let mut c = connect(&gw);
+    let (_gw, mut c, _, seen) = gateway_before(|_, _| Act::Informational);
     // Twice on one client connection (and, kept alive, one upstream
     // connection): each answer is MOR's final one, whole.
     for _ in 0..2 {
-        let r = call(&mut c, &verified_call(true));
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.text(), ANSWER);
-        assert_eq!(r.header("link"), None);
+        assert_eq!(answered(&mut c).header("link"), None);
     }
     let seen = requests(&seen);
     assert_eq!(seen.len(), 2, "{seen:?}");
@@ -312,15 +324,11 @@ fn pingora_is_pinned_to_the_version_the_owned_loops_mirror() {
 
 #[test]
 fn a_connection_mor_closed_while_idle_is_not_used_for_the_next_post() {
-    let (up, seen) = stand_in(|_, _| Act::AnswerThenClose);
-    let gw = start_gateway(&tcp_checked(&[up], ""));
-    let mut c = connect(&gw);
+    let (_gw, mut c, _, seen) = gateway_before(|_, _| Act::AnswerThenClose);
     for _ in 0..3 {
-        let r = call(&mut c, &verified_call(true));
         // A POST is never sent twice: had the gateway used the closed
         // connection, this would be a 502.
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.text(), ANSWER);
+        answered(&mut c);
         std::thread::sleep(Duration::from_millis(400));
     }
     let seen = requests(&seen);
@@ -349,12 +357,9 @@ fn data_segments_in(port: u16) -> Vec<u64> {
 
 #[test]
 fn a_request_with_a_body_reaches_mor_in_one_segment() {
-    let (up, seen) = stand_in(|_, _| Act::Answer);
-    let gw = start_gateway(&tcp_checked(&[up], ""));
-    let mut c = connect(&gw);
+    let (_gw, mut c, up, seen) = gateway_before(|_, _| Act::Answer);
     for _ in 0..3 {
-        let r = call(&mut c, &verified_call(true));
-        assert_eq!(r.status, 200, "{r:?}");
+        answered(&mut c);
     }
     assert_eq!(requests(&seen).len(), 3);
     // One kept-alive connection to MOR, three POSTs with bodies on it: each
