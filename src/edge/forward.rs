@@ -172,9 +172,9 @@ async fn connect(shared: &Shared, st: &State, ctx: &mut Ctx) -> Result<Upstream>
         ctx.upstream = Some(addr);
         ctx.tried.push(addr);
         let peer = peer_for(addr, &st.settings.upstream);
-        // A pooled connection first; a new
-        // one's connect (TCP, TLS: kilobytes of future state) is boxed so
-        // that only that path carries it.
+        // A pooled connection first; a new one's connect (TCP, TLS:
+        // kilobytes of future state) is boxed so that only that path
+        // carries it.
         let got = match shared.pool.take(&peer) {
             Some(stream) => Ok((stream, true)),
             None => Box::pin(shared.connector.new_stream(&peer))

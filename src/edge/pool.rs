@@ -63,15 +63,14 @@ impl Pool {
         let key = peer.reuse_hash();
         let now = Instant::now();
         loop {
-            let idle = {
+            let mut idle = {
                 let mut h = lock(&self.held);
                 let idle = h.by_peer.get_mut(&key)?.pop()?;
                 h.count -= 1;
                 idle
             };
-            let Idle { mut stream, until } = idle;
-            if until.is_none_or(|u| now < u) && usable(&mut stream) {
-                return Some(stream);
+            if !idle.expired(now) && usable(&mut idle.stream) {
+                return Some(idle.stream);
             }
             // Dropped here, outside the lock: the socket is closed.
         }
