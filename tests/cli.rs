@@ -273,7 +273,14 @@ fn sign_with_a_config_prints_a_line_that_gateway_serves_and_none_it_refuses() {
         gw.addr,
         post_form("/billing/api/user_details_get", body).as_bytes(),
     );
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The gateway's log says why, should MOR's answer not come.
+    assert_eq!(
+        r.status,
+        200,
+        "{}\n--- gateway log ---\n{}",
+        r.text(),
+        std::fs::read_to_string(gw.dir.join("stderr.log")).unwrap_or_default()
+    );
     assert!(
         r.text().contains("<username>client123</username>"),
         "{}",
@@ -549,13 +556,12 @@ fn run_on_a_busy_port_names_the_key() {
 fn demo_runs_the_simulator_as_a_process_and_its_curl_lines_work() {
     use common::{send, Proc};
     use std::io::BufRead;
-    // Three free ports in a row: the gateway, the simulator, metrics.
-    let port = (0..50)
-        .map(|_| common::free_port())
-        .find(|&p| {
-            p < 65000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-        })
-        .unwrap();
+    // Three free ports in a row: the gateway, the simulator, metrics, all
+    // three handed out by free_port. (Taken as p + 1 by hand, a port could
+    // also go to a concurrent test's simulator: that one failed to bind,
+    // the test's gateway found the demo's simulator listening there and
+    // got a 502 when the demo stopped; seen once in CI.)
+    let port = common::free_ports_in_a_row(3);
     let mut child = Command::new(BIN)
         .args(["demo", "--port", &port.to_string(), "--sim", SIM_BIN])
         .stdout(std::process::Stdio::piped())

@@ -100,6 +100,18 @@ pub fn free_port() -> u16 {
     panic!("no free port in {PORTS:?}");
 }
 
+/// The first of `n` consecutive ports, each handed out by [`free_port`]
+/// (so none of them is given to another test of this process, as a port
+/// picked as `p + 1` by hand could be).
+pub fn free_ports_in_a_row(n: u16) -> u16 {
+    loop {
+        let first = free_port();
+        if (1..n).all(|i| free_port() == first + i) {
+            return first;
+        }
+    }
+}
+
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
