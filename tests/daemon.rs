@@ -1,7 +1,7 @@
 //! Running as a sysadmin's daemon: the access log rotated by SIGUSR1 under
 //! load without losing a line, reconfigured on reload, SIGUSR2 drains,
 //! signals during start-up harmless,
-//! stderr without colour codes or pingora's pool-race noise.
+//! stderr without colour codes or connection-pool noise.
 
 #![allow(
     clippy::unwrap_used,
@@ -237,21 +237,22 @@ fn keepalive_client(a: SocketAddr, n: usize) {
     }
 }
 
-/// A gateway with two worker threads (the harness's have one): pingora's
-/// pool races need two.
+/// A gateway with two worker threads (the harness's have one): pool races
+/// need two.
 fn start_two_thread_gateway(sa: SocketAddr) -> Gw {
     start_gateway(&body_for(&[sa], "threads = 2", ""))
 }
 
+/// Keep-alive traffic from four clients on two worker threads logs nothing
+/// above INFO, in plain text. With pingora's connection pool this load
+/// raced in it every round (an idle connection taken while its watcher held
+/// it: an ERROR line, kept out of stderr and counted); the gateway's own
+/// pool has no watcher to race with, so nothing is even left to hide.
 #[test]
 fn keepalive_traffic_leaves_no_error_line_and_no_colour() {
     let (_sim, sa) = start_sim(KEY, &["--threads", "2"]);
     let gw = start_two_thread_gateway(sa);
-    // Rounds of 4 x 250 keep-alive calls until pingora's pool race has
-    // happened (it does within the first round or two here), at most 8.
-    let mut rounds = 0;
-    while rounds < 8 {
-        rounds += 1;
+    for _ in 0..2 {
         let clients: Vec<_> = (0..4)
             .map(|_| {
                 let a = gw.addr;
@@ -261,11 +262,7 @@ fn keepalive_traffic_leaves_no_error_line_and_no_colour() {
         for c in clients {
             c.join().unwrap();
         }
-        if metric(&gw, "mor_gateway_log_suppressed_total") > 0.0 {
-            break;
-        }
     }
-    let suppressed = metric(&gw, "mor_gateway_log_suppressed_total");
     let err = stderr_of(&gw);
     assert!(
         !err.lines()
@@ -274,13 +271,10 @@ fn keepalive_traffic_leaves_no_error_line_and_no_colour() {
     );
     assert!(!err.contains('\u{1b}'), "colour codes in a file:\n{err:?}");
     assert!(err.contains("INFO"), "the log itself works: {err}");
-    assert!(
-        suppressed > 0.0,
-        "pingora's pool race never happened in {rounds} rounds: the test proved nothing"
-    );
-    eprintln!(
-        "{} keep-alive calls, {suppressed} pool-race lines kept out of stderr",
-        rounds * 1000
+    assert_eq!(
+        metric(&gw, "mor_gateway_log_suppressed_total"),
+        0.0,
+        "a pool race was hidden: {err}"
     );
 }
 

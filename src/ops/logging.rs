@@ -38,7 +38,8 @@ pub const LB_FLIP_PREFIX: &str = "probe of MOR server ";
 /// - races of its upstream connection pool that end in a new connection,
 ///   not in an error: an idle connection taken while its idle watcher still
 ///   holds it; the pool's LRU evicting a connection its group already
-///   dropped;
+///   dropped (calls use the gateway's own pool, `edge::pool`; pingora's
+///   still holds the health probes' connections);
 /// - the load balancer's line on a health flip, said again in words by
 ///   the probe;
 /// - the retries of a zero-downtime upgrade while the old and the new
