@@ -284,17 +284,8 @@ mod tests {
     /// while it is served). Printed (`--nocapture`) for benches/results.md.
     #[tokio::test]
     async fn a_waiting_connection_holds_small_futures() {
-        let text = "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"K\"\n";
-        let env = std::collections::HashMap::from([("K", "k")]);
-        let settings = Arc::new(crate::config::Settings::from_toml(text, None, &env).unwrap());
-        let shared = Arc::new(
-            Shared::new(
-                settings,
-                Arc::new(crate::ops::metrics::Metrics::new()),
-                crate::ops::accesslog::AccessLog::open(crate::config::LogMode::Off, None).unwrap(),
-            )
-            .unwrap(),
-        );
+        let shared = crate::edge::testing::shared();
+        let client = shared.state.load().settings.client.clone();
         let conf = Arc::new(pingora::server::configuration::ServerConf::default());
         let proxy = pingora::proxy::http_proxy(
             &conf,
@@ -319,9 +310,6 @@ mod tests {
             proxied: false,
         };
         let conn = Arc::new(conn);
-        let client = crate::config::Settings::from_toml(text, None, &env)
-            .unwrap()
-            .client;
         let guarded = Box::new(Guarded::new(stream(), conn.clone(), &client));
         let looped = super::super::http1::keepalive_loop(
             &c.inner,

@@ -538,18 +538,7 @@ Accept: */*\r\nUser-Agent: t\r\n\r\nu=a";
     #[tokio::test]
     async fn a_calls_futures_leave_rare_paths_boxed() {
         use pingora::proxy::ProxyHttp;
-        let text = "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"K\"\n";
-        let env = std::collections::HashMap::from([("K", "k")]);
-        let settings =
-            std::sync::Arc::new(crate::config::Settings::from_toml(text, None, &env).unwrap());
-        let shared = std::sync::Arc::new(
-            Shared::new(
-                settings,
-                std::sync::Arc::new(crate::ops::metrics::Metrics::new()),
-                crate::ops::accesslog::AccessLog::open(crate::config::LogMode::Off, None).unwrap(),
-            )
-            .unwrap(),
-        );
+        let shared = crate::edge::testing::shared();
         let mut session = session_of(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
         let mut ctx = Ctx::new();
         let st = shared.state.load_full();

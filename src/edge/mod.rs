@@ -44,7 +44,27 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Glue-test helpers: real pingora sessions over a mock client.
 #[cfg(test)]
 pub(crate) mod testing {
+    use std::sync::Arc;
+
     use pingora::proxy::Session;
+
+    use super::state::Shared;
+
+    /// The state a gateway with the least config (one MOR server, an admin
+    /// key) shares between its requests.
+    pub(crate) fn shared() -> Arc<Shared> {
+        let text = "listen = [\"127.0.0.1:0\"]\n[upstream]\nservers = [\"127.0.0.1:1\"]\n[secrets]\nadmin_key_env = \"K\"\n";
+        let env = std::collections::HashMap::from([("K", "k")]);
+        let settings = Arc::new(crate::config::Settings::from_toml(text, None, &env).unwrap());
+        Arc::new(
+            Shared::new(
+                settings,
+                Arc::new(crate::ops::metrics::Metrics::new()),
+                crate::ops::accesslog::AccessLog::open(crate::config::LogMode::Off, None).unwrap(),
+            )
+            .unwrap(),
+        )
+    }
 
     /// A pingora session that has read the request `raw` from a mock client.
     pub(crate) async fn session_of(raw: &[u8]) -> Session {
