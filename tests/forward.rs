@@ -42,7 +42,20 @@ enum Act {
     /// The answer, then the connection closed 100 ms later (MOR's own
     /// keep-alive timeout passing while the gateway holds it idle).
     AnswerThenClose,
+    /// The answer chunked, a wrong Content-Length beside the coding.
+    Chunked,
+    /// The answer without a length, then the connection closed.
+    UntilClose,
+    /// The answer as HTTP/1.0 (the connection stays open).
+    Http10,
+    /// The answer, then bytes nobody asked for.
+    Overread,
+    /// Two Content-Length values that disagree.
+    BadLength,
 }
+
+/// What the stand-in does with request `.1` on connection `.0`.
+type Plan = fn(usize, usize) -> Act;
 
 /// One request as the stand-in received it: the connection's number and
 /// its request line.
@@ -53,7 +66,7 @@ type Seen = Arc<Mutex<Vec<(usize, String)>>>;
 /// (health checks connect and send nothing: they get no number; the
 /// gateways here use the TCP check, so that MOR's HTTP probe is not counted
 /// as a call).
-fn stand_in(plan: fn(usize, usize) -> Act) -> (SocketAddr, Seen) {
+fn stand_in(plan: Plan) -> (SocketAddr, Seen) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let a = l.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -69,7 +82,7 @@ fn stand_in(plan: fn(usize, usize) -> Act) -> (SocketAddr, Seen) {
     (a, seen)
 }
 
-fn serve(mut conn: TcpStream, numbers: &AtomicUsize, plan: fn(usize, usize) -> Act, seen: &Seen) {
+fn serve(mut conn: TcpStream, numbers: &AtomicUsize, plan: Plan, seen: &Seen) {
     let mut n = None;
     for i in 0.. {
         let mut head = Vec::new();
@@ -108,6 +121,24 @@ fn serve(mut conn: TcpStream, numbers: &AtomicUsize, plan: fn(usize, usize) -> A
             }
             Act::Answer | Act::AnswerThenClose => answer,
             Act::Close => return,
+            Act::Chunked => {
+                let (a, b) = ANSWER.split_at(10);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: 999\r\nTransfer-Encoding: chunked\r\n\r\n{:x};x=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nX-Trailer: t\r\n\r\n",
+                    a.len(),
+                    b.len()
+                )
+            }
+            Act::UntilClose => {
+                let _ = conn.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\n\r\n{ANSWER}")
+                        .as_bytes(),
+                );
+                return;
+            }
+            Act::Http10 => answer.replacen("HTTP/1.1", "HTTP/1.0", 1),
+            Act::Overread => format!("{answer}HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nJUNK"),
+            Act::BadLength => answer.replacen("Content-Length: ", "Content-Length: 5, ", 1),
         };
         if conn.write_all(out.as_bytes()).is_err() {
             return;
@@ -170,7 +201,7 @@ fn tcp_checked(up: &[SocketAddr], tables: &str) -> String {
 
 /// A gateway (default tables) in front of a stand-in following `plan`, and
 /// a client connection to it; the stand-in's address and what it saw.
-fn gateway_before(plan: fn(usize, usize) -> Act) -> (Gw, TcpStream, SocketAddr, Seen) {
+fn gateway_before(plan: Plan) -> (Gw, TcpStream, SocketAddr, Seen) {
     let (up, seen) = stand_in(plan);
     let gw = start_gateway(&tcp_checked(&[up], ""));
     let c = connect(&gw);
@@ -206,6 +237,46 @@ fn switching_protocols_is_refused_not_relayed() {
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(r.header("upgrade"), None);
     assert!(r.text().contains("<error>"), "{}", r.text());
+    assert_eq!(requests(&seen).len(), 1);
+}
+
+/// MOR's answer framed each way HTTP allows reaches the client whole; its
+/// connection is used again only when HTTP says MOR keeps it and MOR sent
+/// nothing past the answer (else the next call would read those bytes as
+/// its answer). An answer whose length cannot be read is MOR's fault: a
+/// 502, nothing of it relayed.
+#[test]
+fn answers_of_every_framing_are_relayed_whole_and_kept_only_when_http_allows() {
+    let cases: [(Plan, bool, &str); 5] = [
+        (|_, _| Act::Answer, true, "length"),
+        (|_, _| Act::Chunked, true, "chunked"),
+        (|_, _| Act::UntilClose, false, "until close"),
+        (|_, _| Act::Http10, false, "HTTP/1.0"),
+        (|_, _| Act::Overread, false, "bytes past the answer"),
+    ];
+    for (plan, kept, name) in cases {
+        let (up, seen) = stand_in(plan);
+        let gw = start_gateway(&tcp_checked(&[up], ""));
+        for _ in 0..2 {
+            let r = gw.send(&verified_call(false));
+            assert_eq!(r.status, 200, "{name}: {r:?}");
+            assert_eq!(r.text(), ANSWER, "{name}");
+            // A length relayed is the body's own (never the 999 sent
+            // beside a coding).
+            if let Some(n) = r.header("content-length") {
+                assert_eq!(n, ANSWER.len().to_string(), "{name}");
+            }
+        }
+        let seen = requests(&seen);
+        assert_eq!(seen.len(), 2, "{name}: {seen:?}");
+        assert_eq!(seen[0].0 == seen[1].0, kept, "{name}: {seen:?}");
+    }
+    let (up, seen) = stand_in(|_, _| Act::BadLength);
+    let gw = start_gateway(&tcp_checked(&[up], ""));
+    let r = gw.send(&verified_call(false));
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(!r.text().contains(ANSWER), "{r:?}");
+    assert!(r.text().contains("<error>"), "{r:?}");
     assert_eq!(requests(&seen).len(), 1);
 }
 

@@ -2,6 +2,7 @@
 //! I/O. [`decision`] is its entry point; the rest are its parts.
 
 pub mod access;
+pub mod answer;
 pub mod catalog;
 pub mod client;
 pub mod decision;

@@ -11,14 +11,12 @@
 //! `ProxyHttp::error_while_proxy`'s `decide_reuse`) and `src/proxy_h1.rs`
 //! (`proxy_to_h1_upstream`: request header, body, response header, body).
 //! Kept: keep-alive (connections kept in [`super::pool`] instead of
-//! pingora's pool; the HTTP/1 client session is made here on the stream,
-//! so that a request with a body goes out in one write where pingora's
-//! client flushes the header first; pingora's
-//! `Connector::release_http_session` is followed on the way back); one
-//! more try on a
-//! new connection for a GET or HEAD when MOR closed a reused one before
-//! answering (pingora's `RetryType::ReusedOnly`); informational answers
-//! read past (pingora's client returns each 1xx header on its own).
+//! pingora's pool); one more try on a new connection for a GET or HEAD
+//! when MOR closed a reused one before answering (pingora's
+//! `RetryType::ReusedOnly`); informational answers read past. The HTTP/1
+//! exchange itself is [`super::mor_http`]'s, in place of pingora's client:
+//! the request, written here from the verified view, goes out in one
+//! write.
 //! Left out on purpose: informational answers are not relayed to the
 //! client (skipped; 101 refused: no tunnels); no retry of a POST, of a
 //! timeout or after any byte of the answer; no HTTP/2 or custom upstream
@@ -30,15 +28,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::ResponseHeader;
 use pingora::prelude::*;
-use pingora::protocols::http::client::HttpSession;
-use pingora::protocols::http::v1::client::{http_req_header_to_wire, HttpSession as Http1Session};
 use pingora::protocols::Stream;
 use pingora::{Error, ErrorType, RetryType};
-use tokio::io::AsyncWriteExt;
 
 use super::context::Ctx;
+use super::mor_http::MorHttp;
 use super::state::{Shared, State};
 use super::upstreams::{local_exhaustion, peer_for, Call};
 use crate::config::ForwardedFor;
@@ -95,18 +91,37 @@ const PASSED: &[header::HeaderName] = &[
 /// Also passed on paths forwarded without a hash check (REST v2, web UI).
 const PASSED_THROUGH: &[header::HeaderName] = &[header::AUTHORIZATION, header::COOKIE];
 
-/// The request sent upstream, rebuilt from the verified view: the method,
-/// the canonical path and query, the body's Content-Type exactly as it was
-/// verified and its real length, the allow-listed headers, and the gateway's
-/// own client-address headers.
-fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<RequestHeader> {
+/// Appends the header line `name: value`, the name in title case
+/// (`X-Forwarded-For`: as clients write it; HTTP names are
+/// case-insensitive).
+fn put_header(w: &mut Vec<u8>, name: &str, value: &[u8]) {
+    let mut up = true;
+    for b in name.bytes() {
+        w.push(if up { b.to_ascii_uppercase() } else { b });
+        up = b == b'-';
+    }
+    w.extend_from_slice(b": ");
+    w.extend_from_slice(value);
+    w.extend_from_slice(b"\r\n");
+}
+
+/// The request sent upstream, written out whole (header and `body`),
+/// rebuilt from the verified view: the method, the canonical path and
+/// query, the body's Content-Type exactly as it was verified and its real
+/// length, the allow-listed headers, and the gateway's own client-address
+/// headers. Every name and value was validated when the client's request
+/// was parsed (no line breaks); the path is the verdict's.
+fn upstream_request(session: &Session, ctx: &Ctx, body: &[u8]) -> Result<Vec<u8>> {
     let client = session.req_header();
     let f = ctx
         .forward
         .as_ref()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "no verdict"))?;
-    let mut req = RequestHeader::build(client.method.clone(), b"/", Some(12))?;
-    req.set_uri(http::Uri::from(f.path_and_query.clone()));
+    let mut w = Vec::with_capacity(512 + body.len());
+    w.extend_from_slice(client.method.as_str().as_bytes());
+    w.push(b' ');
+    w.extend_from_slice(f.path_and_query.as_str().as_bytes());
+    w.extend_from_slice(b" HTTP/1.1\r\n");
     let through = f.signer == Signer::PassThrough;
     let extra = ctx
         .state
@@ -120,11 +135,11 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
     for name in names {
         // Framing checks left at most one Host and one Content-Type.
         for v in client.headers.get_all(name) {
-            req.append_header(name.clone(), v.clone())?;
+            put_header(&mut w, name.as_str(), v.as_bytes());
         }
     }
-    if body_len > 0 || client.method == http::Method::POST {
-        req.insert_header(header::CONTENT_LENGTH, body_len.to_string())?;
+    if !body.is_empty() || client.method == http::Method::POST {
+        put_header(&mut w, "content-length", body.len().to_string().as_bytes());
     }
     let ip = ctx.ip.map(|i| i.to_string()).unwrap_or_default();
     let append = ctx
@@ -136,21 +151,22 @@ fn upstream_request(session: &Session, ctx: &Ctx, body_len: usize) -> Result<Req
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
         .filter(|p| append && !p.trim().is_empty());
-    let xff = match prev {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
-    };
-    req.insert_header("X-Forwarded-For", xff)?;
-    req.insert_header("X-Real-IP", ip)?;
-    if !ctx.request_id.is_empty() {
-        req.insert_header(request_id::HEADER, ctx.request_id.as_str())?;
+    match prev {
+        Some(prev) => put_header(
+            &mut w,
+            "x-forwarded-for",
+            format!("{prev}, {ip}").as_bytes(),
+        ),
+        None => put_header(&mut w, "x-forwarded-for", ip.as_bytes()),
     }
-    Ok(req)
+    put_header(&mut w, "x-real-ip", ip.as_bytes());
+    if !ctx.request_id.is_empty() {
+        put_header(&mut w, request_id::HEADER, ctx.request_id.as_bytes());
+    }
+    w.extend_from_slice(b"\r\n");
+    w.extend_from_slice(body);
+    Ok(w)
 }
-
-/// Informational answers (1xx but 101) skipped before MOR's final answer;
-/// one more is MOR's fault (a server that never ends its 1xx stream).
-const MAX_INFORMATIONAL: usize = 8;
 
 /// A connection to one MOR server, pooled (`reused`) or new, before the
 /// request is sent on it.
@@ -214,62 +230,6 @@ async fn fresh(shared: &Shared, ctx: &Ctx, peer: &HttpPeer) -> Result<Stream> {
         })
 }
 
-/// Writes `req` with `body` on `stream` and returns the HTTP/1 session that
-/// reads MOR's answer (with the peer's read and write timeouts). A request
-/// with a body goes out in one write, header and body together (one
-/// segment on the wire, as nginx sends it; pingora's client flushes the
-/// header on its own first); one without a body, or a HEAD (whose answer
-/// pingora's reader frames by the request it wrote), is written by
-/// pingora's client.
-async fn send(
-    mut stream: Stream,
-    peer: &HttpPeer,
-    req: RequestHeader,
-    body: &Bytes,
-) -> Result<HttpSession> {
-    if body.is_empty() || req.method == http::Method::HEAD {
-        // Boxed: pingora's writers' state is carried only on this path.
-        return Box::pin(async move {
-            let mut s = session(stream, peer);
-            s.write_request_header(Box::new(req)).await?;
-            s.write_request_body(body.clone(), true).await?;
-            s.finish_request_body().await?;
-            Ok(s)
-        })
-        .await;
-    }
-    let mut wire = http_req_header_to_wire(&req)
-        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "request line not writable"))?;
-    wire.extend_from_slice(body);
-    let write = async {
-        stream.write_all(&wire).await?;
-        stream.flush().await
-    };
-    let written = match peer.options.write_timeout {
-        Some(t) => tokio::time::timeout(t, write)
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-        None => write.await,
-    };
-    written.map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut => Error::because(
-            ErrorType::WriteTimedout,
-            "while writing the request (timeout)",
-            e,
-        ),
-        _ => Error::because(ErrorType::WriteError, "while writing the request", e),
-    })?;
-    Ok(session(stream, peer))
-}
-
-/// An HTTP/1 client session on `stream` with `peer`'s options and timeouts.
-fn session(stream: Stream, peer: &HttpPeer) -> HttpSession {
-    let mut s = HttpSession::H1(Http1Session::new_with_options(stream, peer));
-    s.set_read_timeout(peer.options.read_timeout);
-    s.set_write_timeout(peer.options.write_timeout);
-    s
-}
-
 /// True when `e` shows that MOR closed a kept-alive connection before it
 /// read the request (pingora's `RetryType::ReusedOnly`: end of stream or an
 /// OS error while waiting for the answer's header; or the request's write
@@ -282,43 +242,19 @@ fn stale(e: &Error, reused: bool, method: &http::Method) -> bool {
         && (e.retry == RetryType::ReusedOnly || e.etype == ErrorType::WriteError)
 }
 
-/// Reads MOR's final answer header: informational answers (100 Continue,
-/// 103 Early Hints, any 1xx but 101) are skipped; 101 is refused: the
-/// gateway never turns a connection into an unverified tunnel.
-async fn answer(up: &mut HttpSession) -> Result<ResponseHeader> {
-    for _ in 0..=MAX_INFORMATIONAL {
-        up.read_response_header().await?;
-        let resp = up
-            .response_header()
-            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no upstream header"))?;
-        match resp.status.as_u16() {
-            101 => {
-                return Err(Error::explain(
-                    ErrorType::InvalidHTTPHeader,
-                    "MOR answered 101 Switching Protocols",
-                ))
-            }
-            100..=199 => continue,
-            _ => return Ok(resp.clone()),
-        }
-    }
-    Err(Error::explain(
-        ErrorType::InvalidHTTPHeader,
-        "MOR sent informational answers without end",
-    ))
-}
-
-/// Sends the request on `stream` and reads MOR's final answer header
-/// ([`send`], [`answer`]).
+/// Sends the request (`wire`) on `stream` and reads MOR's final answer
+/// header (`head`: the request is a HEAD, its answer has no body), with
+/// `peer`'s timeouts.
 async fn exchange(
     stream: Stream,
     peer: &HttpPeer,
-    req: RequestHeader,
-    body: &Bytes,
-) -> Result<(HttpSession, ResponseHeader)> {
-    let mut s = send(stream, peer, req, body).await?;
-    let resp = answer(&mut s).await?;
-    Ok((s, resp))
+    wire: &[u8],
+    head: bool,
+) -> Result<(MorHttp, ResponseHeader)> {
+    let mut up = MorHttp::new(stream, peer.options.read_timeout);
+    up.send(wire, peer.options.write_timeout).await?;
+    let resp = up.answer(head).await?;
+    Ok((up, resp))
 }
 
 /// Streams MOR's answer (`resp`, then the body) to the client, each chunk
@@ -329,7 +265,7 @@ async fn relay(
     shared: &Shared,
     session: &mut Session,
     ctx: &mut Ctx,
-    up: &mut HttpSession,
+    up: &mut MorHttp,
     resp: ResponseHeader,
     mut peek: Option<&mut Peek>,
 ) -> Result<()> {
@@ -338,7 +274,7 @@ async fn relay(
         .await
         .map_err(|e| client_fault(ctx, e))?;
     loop {
-        match up.read_response_body().await {
+        match up.body().await {
             Ok(Some(chunk)) => {
                 if let Some(p) = peek.as_deref_mut() {
                     p.add(&chunk);
@@ -406,14 +342,15 @@ pub async fn forward(
         reused,
     } = connect(shared, &st, ctx).await?;
     let sent = Instant::now();
-    let req = upstream_request(session, ctx, body.len())?;
-    let mut answered = exchange(stream, &peer, req, &body).await;
+    let wire = upstream_request(session, ctx, &body)?;
+    let method = &session.req_header().method;
+    let head = method == http::Method::HEAD;
+    let mut answered = exchange(stream, &peer, &wire, head).await;
     if let Err(e) = &answered {
-        if stale(e, reused, &session.req_header().method) {
+        if stale(e, reused, method) {
             tracing::debug!("MOR closed a kept-alive connection: sent again on a new one: {e}");
             let stream = fresh(shared, ctx, &peer).await?;
-            let req = upstream_request(session, ctx, body.len())?;
-            answered = exchange(stream, &peer, req, &body).await;
+            answered = exchange(stream, &peer, &wire, head).await;
         }
     }
     let (mut up, mut resp) = answered.inspect_err(|e| count_error(shared, ctx, e, false))?;
@@ -439,11 +376,8 @@ pub async fn forward(
     }
     // Back to the pool when MOR keeps it open and its answer was read whole
     // (as pingora's `Connector::release_http_session`).
-    if let HttpSession::H1(mut h1) = up {
-        h1.respect_keepalive();
-        if let Some(stream) = h1.reuse().await {
-            shared.pool.give(&peer, stream, peer.options.idle_timeout);
-        }
+    if let Some(stream) = up.reusable() {
+        shared.pool.give(&peer, stream, peer.options.idle_timeout);
     }
     Ok(())
 }
@@ -474,10 +408,31 @@ mod tests {
         ctx
     }
 
-    fn names(req: &RequestHeader) -> Vec<String> {
-        let mut v: Vec<String> = req.headers.keys().map(|k| k.as_str().to_string()).collect();
-        v.sort();
-        v
+    /// The request MOR receives, parsed: method, target, header lines
+    /// (names lowercased, sorted by name), body.
+    fn parsed(wire: &[u8]) -> (String, String, Vec<(String, String)>, Vec<u8>) {
+        let mut lines = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut lines);
+        let httparse::Status::Complete(len) = req.parse(wire).unwrap() else {
+            panic!("a partial request")
+        };
+        let mut headers: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        headers.sort();
+        (
+            req.method.unwrap().to_string(),
+            req.path.unwrap().to_string(),
+            headers,
+            wire[len..].to_vec(),
+        )
     }
 
     #[tokio::test]
@@ -489,43 +444,52 @@ Client-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: s=1\r\nAuthorization: 
 Accept: */*\r\nUser-Agent: t\r\n\r\nu=a";
         let session = session_of(raw).await;
         let ctx = verified("/billing/api/user_details_get?u=admin", Signer::Admin);
-        let req = upstream_request(&session, &ctx, 3).unwrap();
+        let wire = upstream_request(&session, &ctx, b"u=a").unwrap();
+        // Names are written in title case.
+        assert!(wire
+            .starts_with(b"POST /billing/api/user_details_get?u=admin HTTP/1.1\r\nHost: mor\r\n"));
+        let (method, target, headers, body) = parsed(&wire);
         // The verified path (the alias rewritten), not the client's.
-        assert_eq!(req.uri.to_string(), "/billing/api/user_details_get?u=admin");
-        assert_eq!(req.method, http::Method::POST);
+        assert_eq!(target, "/billing/api/user_details_get?u=admin");
+        assert_eq!(method, "POST");
+        let h = |n: &str, v: &str| (n.to_string(), v.to_string());
         assert_eq!(
-            names(&req),
+            headers,
             [
-                "accept",
-                "content-length",
-                "content-type",
-                "host",
-                "user-agent",
-                "x-forwarded-for",
-                "x-real-ip"
+                h("accept", "*/*"),
+                h("content-length", "3"),
+                h("content-type", "application/x-www-form-urlencoded"),
+                h("host", "mor"),
+                h("user-agent", "t"),
+                // The gateway's reading of the client, not the client's claim.
+                h("x-forwarded-for", "198.51.100.7"),
+                h("x-real-ip", "198.51.100.7"),
             ]
         );
-        let h = |n: &str| req.headers.get(n).unwrap().to_str().unwrap().to_string();
-        assert_eq!(h("content-length"), "3");
-        assert_eq!(h("content-type"), "application/x-www-form-urlencoded");
-        // The gateway's reading of the client, not the client's claim.
-        assert_eq!(h("x-forwarded-for"), "198.51.100.7");
-        assert_eq!(h("x-real-ip"), "198.51.100.7");
+        assert_eq!(body, b"u=a");
 
         // Paths forwarded without a hash check keep the client's credentials.
         let ctx = verified("/billing/api/v2/x", Signer::PassThrough);
-        let req = upstream_request(&session, &ctx, 0).unwrap();
-        assert!(req.headers.get("cookie").is_some() && req.headers.get("authorization").is_some());
+        let (_, _, headers, body) = parsed(&upstream_request(&session, &ctx, b"").unwrap());
+        let has = |n: &str| headers.iter().any(|(k, _)| k == n);
+        assert!(has("cookie") && has("authorization"));
         // A POST always says its length, even 0.
-        assert_eq!(req.headers.get("content-length").unwrap(), "0");
+        assert!(headers.contains(&h("content-length", "0")));
+        assert!(body.is_empty());
     }
 
     #[tokio::test]
     async fn a_get_without_a_body_gets_no_length() {
         let session = session_of(b"GET /billing/api/x?u=a HTTP/1.1\r\nHost: mor\r\n\r\n").await;
-        let req =
-            upstream_request(&session, &verified("/billing/api/x?u=a", Signer::Admin), 0).unwrap();
-        assert!(req.headers.get("content-length").is_none());
+        let wire = upstream_request(
+            &session,
+            &verified("/billing/api/x?u=a", Signer::Admin),
+            b"",
+        )
+        .unwrap();
+        let (_, _, headers, _) = parsed(&wire);
+        assert!(!headers.iter().any(|(k, _)| k == "content-length"));
+        assert!(wire.ends_with(b"\r\n\r\n"));
     }
 
     /// A call's futures carry the paths every call takes, not the rare

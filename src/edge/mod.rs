@@ -4,7 +4,7 @@
 //! → [`http1`] (the keep-alive loop, over a [`guarded`] stream that shares
 //! the [`phase`] marker) → [`proxy`] (the `ProxyHttp` hooks, one [`context`]
 //! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`],
-//! kept-alive connections in the [`pool`]).
+//! the HTTP/1 exchange in [`mor_http`], kept-alive connections in the [`pool`]).
 //! [`state`] holds what every request shares; [`cut`] is why a connection
 //! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.
 //! The core's limit questions: [`local_limits`] (governor) or
@@ -23,6 +23,7 @@ pub mod local_limits;
 pub mod lockout_admin;
 pub mod mirror;
 pub mod mor_db;
+pub mod mor_http;
 pub mod phase;
 pub mod pool;
 pub mod proxy;
