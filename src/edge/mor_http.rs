@@ -11,6 +11,7 @@
 //! read whole, MOR keeps it and sent nothing past it (as pingora's
 //! `respect_keepalive` and `reuse`).
 
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -103,12 +104,14 @@ fn invalid(why: impl Into<pingora::ImmutStr>) -> Box<Error> {
 /// header to relay and its framing; `None` when more bytes are needed.
 /// The names and values keep the bytes MOR sent (no copy).
 fn parse(buf: &mut BytesMut, head: bool) -> Result<Option<(ResponseHeader, Framed)>> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut lines);
+    // Uninitialised: httparse writes only the lines it finds (no 8 KiB
+    // cleared per answer).
+    let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
     let mut config = httparse::ParserConfig::default();
     config.allow_spaces_after_header_name_in_responses(true);
     config.allow_obsolete_multiline_headers_in_responses(true);
-    let len = match config.parse_response(&mut resp, buf) {
+    let len = match config.parse_response_with_uninit_headers(&mut resp, buf, &mut lines) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < HEADER_MAX => return Ok(None),
         Ok(httparse::Status::Partial) => {
@@ -136,15 +139,17 @@ fn parse(buf: &mut BytesMut, head: bool) -> Result<Option<(ResponseHeader, Frame
     header.set_reason_phrase(resp.reason)?;
     // Where each name and value lies in the header's bytes.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (name, name + h.name.len(), value, value + h.value.len());
-    }
+    let spans: Vec<(usize, usize, usize, usize)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            (name, name + h.name.len(), value, value + h.value.len())
+        })
+        .collect();
     let raw = buf.split_to(len).freeze();
-    for &(n0, n1, v0, v1) in &spans[..count] {
+    for (n0, n1, v0, v1) in spans {
         let value = pingora::http::header_value_from_raw(raw.slice(v0..v1));
         header.append_header(raw.slice(n0..n1), value)?;
     }
