@@ -51,7 +51,14 @@ impl IdSource {
     /// The next id.
     pub fn make(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{n:016x}", self.prefix)
+        // 32 lowercase hex digits, without the formatting machinery.
+        let mut digits = [0u8; 32];
+        let raw = (u128::from(self.prefix) << 64 | u128::from(n)).to_be_bytes();
+        let mut id = String::with_capacity(32);
+        if hex::encode_to_slice(raw, &mut digits).is_ok() {
+            id.extend(digits.iter().map(|&b| char::from(b)));
+        }
+        id
     }
 
     /// The id of a call: the client's if sane, else a new one.
@@ -96,5 +103,8 @@ mod tests {
         assert_ne!(a1, a2);
         assert_ne!(a1, b1, "each process draws its own prefix");
         assert!(a1.bytes().all(|c| c.is_ascii_hexdigit()));
+        // The prefix, then the count: 16 lowercase digits each.
+        assert_eq!(a1, format!("{:016x}{:016x}", a.prefix, 0));
+        assert_eq!(a2, format!("{:016x}{:016x}", a.prefix, 1));
     }
 }

@@ -33,6 +33,9 @@ const MAX_HEADERS: usize = 256;
 /// Bytes of one answer header read at most.
 const HEADER_MAX: usize = 64 * 1024;
 
+/// Header lines the gateway and pingora may add to an answer.
+const ADDED: usize = 6;
+
 /// The buffer an exchange starts with: a whole MOR answer to most calls.
 const FIRST_BUF: usize = 4 * 1024;
 
@@ -130,7 +133,10 @@ fn parse(buf: &mut BytesMut, head: bool) -> Result<Option<(ResponseHeader, Frame
         resp.headers.iter().map(|h| (h.name.as_bytes(), h.value)),
     )
     .map_err(|e| invalid(e.to_string()))?;
-    let mut header = ResponseHeader::build(code, Some(resp.headers.len()))?;
+    // Room for what is added before it is relayed (the request id, the
+    // RateLimit headers, pingora's Date and Connection): the map is not
+    // grown per answer.
+    let mut header = ResponseHeader::build(code, Some(resp.headers.len() + ADDED))?;
     header.set_version(if http11 {
         http::Version::HTTP_11
     } else {
