@@ -28,7 +28,6 @@ use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::caps::{Counts, Linger, LINGER_PER_ADDRESS, LINGER_TOTAL};
@@ -225,7 +224,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         let conn = Arc::new(Conn {
             phase: AtomicU8::new(HEADER),
             cut: AtomicU8::new(0),
-            notify: Notify::new(),
             salvage: Mutex::new(None),
             line: Mutex::new(LineScan::default()),
             proxied,
@@ -304,7 +302,6 @@ mod tests {
         let conn = Conn {
             phase: AtomicU8::new(HEADER),
             cut: AtomicU8::new(0),
-            notify: Notify::new(),
             salvage: Mutex::new(None),
             line: Mutex::new(LineScan::default()),
             proxied: false,

@@ -178,11 +178,10 @@ impl Guarded {
         }
     }
 
-    /// Records the cut and wakes the connection loop, which drops the
-    /// request; the read never completes.
+    /// Records the cut, which the connection loop finds as this poll
+    /// returns and then drops the request; the read never completes.
     fn cut(&self, why: Cut) -> Poll<std::io::Result<()>> {
         self.conn.cut.store(why.code(), Ordering::Release);
-        self.conn.notify.notify_one();
         Poll::Pending
     }
 

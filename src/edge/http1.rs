@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 
 use std::time::Duration;
 
@@ -35,7 +36,7 @@ const FIRST_REQUEST_KEEPALIVE: u64 = 60;
 /// applied to the next session. Left out on purpose: the h2c preface peek
 /// and HTTP/2 (the gateway offers HTTP/1 only; an h2 or custom ALPN goes to
 /// pingora's own `process_new`, see `Connections::serve`) and
-/// `force_custom` sessions. Added: the race with the connection's cut
+/// `force_custom` sessions. Added: the check for the connection's cut
 /// (header deadline or size), the request-line reset between requests, and
 /// the wait for each request's header before its session is built
 /// ([`Guarded::wait_header`], `idle` = `client.keepalive_timeout` between
@@ -53,9 +54,6 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
 ) -> Option<Cut> {
     let mut persistent: Option<HttpPersistentSettings> = None;
     let mut first = true;
-    // One waiter for the whole connection (not one per request).
-    let cut = conn.notify.notified();
-    tokio::pin!(cut);
     loop {
         let stopping = *shutdown.borrow();
         // A pipelined request already read with the previous one is parsed
@@ -71,7 +69,6 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
             let mut watch = shutdown.clone();
             let waited = tokio::select! {
                 biased;
-                () = &mut cut => return Cut::from_code(conn.cut.load(Ordering::Acquire)),
                 // Shutting down: a connection between requests is closed.
                 _ = watch.changed(), if !stopping && !first => return None,
                 w = stream.wait_header((!first).then_some(idle)) => w,
@@ -84,14 +81,22 @@ pub(crate) async fn keepalive_loop<A: HttpServerApp + Send + Sync + 'static>(
         }
         // Only the boxed future is kept across the wait (not the 680-byte
         // session it was built from).
-        let served = serve_one(app, stream, first, stopping, persistent.take(), shutdown);
+        let mut served = serve_one(app, stream, first, stopping, persistent.take(), shutdown);
         first = false;
-        let reused = tokio::select! {
-            biased;
-            () = &mut cut => {
-                return Cut::from_code(conn.cut.load(Ordering::Acquire));
-            }
-            r = served => r,
+        // A cut is made by the guarded stream inside a poll of the request
+        // (its reads return Pending from then on): checked after each poll
+        // that did not finish it, no waiter to register.
+        let reused = std::future::poll_fn(|cx| match served.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Ok(r)),
+            Poll::Pending => match Cut::from_code(conn.cut.load(Ordering::Acquire)) {
+                Some(why) => Poll::Ready(Err(why)),
+                None => Poll::Pending,
+            },
+        })
+        .await;
+        let reused = match reused {
+            Ok(r) => r,
+            Err(why) => return Some(why),
         };
         let (next, settings) = reused?.consume();
         // The guarded stream comes back as it went in.

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pingora::protocols::Stream;
-use tokio::sync::Notify;
 
 use super::lock;
 use crate::core::framing::LineScan;
@@ -25,10 +24,9 @@ pub(crate) struct Conn {
     /// (a header is being read: capped and timed), `BODY` (the header is
     /// complete: reads are not watched).
     pub(crate) phase: AtomicU8,
-    /// Set (a [`super::cut::Cut::code`]) when the header broke a limit.
+    /// Set (a [`super::cut::Cut::code`]) when the header broke a limit;
+    /// the HTTP/1 loop reads it after each poll of the request.
     pub(crate) cut: AtomicU8,
-    /// Wakes the connection loop when `cut` is set.
-    pub(crate) notify: Notify,
     /// The socket of a cut connection, given back by the dropped [`super::guarded::Guarded`].
     pub(crate) salvage: Mutex<Option<Stream>>,
     /// The request line of the request being read, as it arrived (pingora
