@@ -3,7 +3,7 @@
 //! "last one wins" is refused when the values differ, so the gateway never
 //! verifies one value while MOR acts on another.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -94,7 +94,9 @@ impl Value {
 /// The merged parameter view.
 #[derive(Debug, Default, Clone)]
 pub struct Params {
-    map: HashMap<String, Value>,
+    /// Ordered by name: no hashing per lookup, one node for a call's few
+    /// names, O(log n) up to [`MAX_PARAMS`].
+    map: BTreeMap<String, Value>,
 }
 
 impl Params {
@@ -107,13 +109,18 @@ impl Params {
     /// (body, then query, then path): a later value with the same text
     /// replaces the earlier one (a JSON `1` under a query `"1"` becomes the
     /// string, as in Rails); a different text is a conflict.
-    pub fn insert(&mut self, name: &str, value: Value) -> Result<(), ParamError> {
-        if name.is_empty() {
+    pub fn insert(
+        &mut self,
+        name: impl Into<String> + AsRef<str>,
+        value: Value,
+    ) -> Result<(), ParamError> {
+        let key = name.as_ref();
+        if key.is_empty() {
             return Err(ParamError::EmptyName);
         }
-        if let Some(old) = self.map.get_mut(name) {
+        if let Some(old) = self.map.get_mut(key) {
             if !old.same_text(&value) {
-                return Err(ParamError::Conflict(name.to_string()));
+                return Err(ParamError::Conflict(key.to_string()));
             }
             *old = value;
             return Ok(());
@@ -121,7 +128,7 @@ impl Params {
         if self.map.len() >= MAX_PARAMS {
             return Err(ParamError::TooMany);
         }
-        self.map.insert(name.to_string(), value);
+        self.map.insert(name.into(), value);
         Ok(())
     }
 
@@ -140,7 +147,7 @@ impl Params {
         }
     }
 
-    /// Every name with its value, in no particular order.
+    /// Every name with its value, in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
@@ -198,11 +205,11 @@ impl Params {
                         structured.push((base.to_string(), format!("{}={val}", &key[i..])));
                     }
                 }
-                None => self.insert(&key, Value::Str(val))?,
+                None => self.insert(key, Value::Str(val))?,
             }
         }
         for (base, text) in structured {
-            self.insert(&base, Value::Structured(text))?;
+            self.insert(base, Value::Structured(text))?;
         }
         Ok(())
     }
@@ -224,7 +231,7 @@ impl Params {
                     Value::Structured(other.to_string())
                 }
             };
-            self.insert(&k, value)?;
+            self.insert(k, value)?;
         }
         Ok(())
     }
@@ -309,7 +316,7 @@ impl Params {
                 Some(f) => Value::Structured(format!("file:{f}:{}", content.len())),
                 None => Value::Str(String::from_utf8(content.to_vec()).map_err(|_| BAD)?),
             };
-            self.insert(&name, value)?;
+            self.insert(name, value)?;
         }
     }
 
