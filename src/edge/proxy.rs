@@ -87,7 +87,16 @@ impl Gateway {
             .state
             .as_ref()
             .map_or(ReplyMode::Mor, |s| s.settings.reply_mode);
-        write_refusal(session, mode, ctx.info.envelope, &r, &ctx.request_id).await?;
+        // Boxed: pingora's writers' state (a kilobyte) is carried only by
+        // a refusal, not by every call's `request_filter`.
+        Box::pin(write_refusal(
+            session,
+            mode,
+            ctx.info.envelope,
+            &r,
+            &ctx.request_id,
+        ))
+        .await?;
         Ok(r.reason.status(mode))
     }
 }
