@@ -190,7 +190,7 @@ impl MorHttp {
             self.stream.flush().await
         };
         let written = match timeout {
-            Some(t) => tokio::time::timeout(t, write)
+            Some(t) => pingora::time::timeout(t, write)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
             None => write.await,
@@ -210,6 +210,10 @@ impl MorHttp {
     }
 
     /// Reads more of MOR's answer into the buffer; 0 at its end of stream.
+    /// The timeouts here are pingora's (as its client's): a read that is
+    /// ready at once arms no timer, and one that waits shares a coarse
+    /// timer with the other waits, where a tokio timer per read wakes the
+    /// runtime's driver (a system call) each time it is armed.
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.buf.capacity() == 0 {
             self.buf.reserve(FIRST_BUF);
@@ -218,7 +222,7 @@ impl MorHttp {
         }
         let read = self.stream.read_buf(&mut self.buf);
         match self.read_timeout {
-            Some(t) => tokio::time::timeout(t, read)
+            Some(t) => pingora::time::timeout(t, read)
                 .await
                 .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
             None => read.await,
