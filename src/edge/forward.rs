@@ -493,12 +493,13 @@ Accept: */*\r\nUser-Agent: t\r\n\r\nu=a";
     }
 
     /// A call's futures carry the paths every call takes, not the rare
-    /// ones' state (a new connection's connect, pingora's request writers,
-    /// the Redis exchange are boxed on their own paths; the forward is
+    /// ones' state (a new connection's connect, the Redis exchange, a
+    /// refusal's writers are boxed on their own paths; the forward is
     /// boxed apart from `request_filter`, so a refusal does not carry it):
     /// each call builds and copies less. Debug-build sizes, printed
     /// (`--nocapture`) for benches/results.md; forward 5,040 B, connect
-    /// 2,736 B before.
+    /// 2,736 B before; with the own exchange with MOR and a refusal's
+    /// writers boxed, forward 2,792 B, request_filter 2,224 B.
     #[tokio::test]
     async fn a_calls_futures_leave_rare_paths_boxed() {
         use pingora::proxy::ProxyHttp;
@@ -520,8 +521,8 @@ Accept: */*\r\nUser-Agent: t\r\n\r\nu=a";
         println!(
             "future sizes: request_filter {filter} B, forward {forward} B, connect {connect} B"
         );
-        assert!(forward <= 4096, "{forward}");
+        assert!(forward <= 3072, "{forward}");
         assert!(connect <= 1024, "{connect}");
-        assert!(filter <= 4096, "{filter}");
+        assert!(filter <= 2560, "{filter}");
     }
 }
