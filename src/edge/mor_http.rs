@@ -268,9 +268,10 @@ impl MorHttp {
             .framed
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no answer header read"))?;
         loop {
-            let piece = match framed.body {
-                Body::Empty => None,
-                Body::Length(_) if self.left == 0 => None,
+            // Whether the body needs more bytes (false: it has ended).
+            let more = match framed.body {
+                Body::Empty => false,
+                Body::Length(_) if self.left == 0 => false,
                 Body::Length(_) if !self.buf.is_empty() => {
                     let n = usize::try_from(self.left)
                         .unwrap_or(usize::MAX)
@@ -279,7 +280,7 @@ impl MorHttp {
                     return Ok(Some(self.buf.split_to(n).freeze()));
                 }
                 Body::Chunked => match self.chunks.step(&self.buf) {
-                    Ok(Step::More) => Some(()),
+                    Ok(Step::More) => true,
                     Ok(Step::Skip(n)) => {
                         self.buf.advance(n);
                         continue;
@@ -287,20 +288,21 @@ impl MorHttp {
                     Ok(Step::Data(n)) => return Ok(Some(self.buf.split_to(n).freeze())),
                     Ok(Step::Done(n)) => {
                         self.buf.advance(n);
-                        None
+                        false
                     }
                     Err(e) => return Err(invalid(e.to_string())),
                 },
                 Body::UntilClose if !self.buf.is_empty() => {
                     return Ok(Some(self.buf.split().freeze()));
                 }
-                Body::Length(_) | Body::UntilClose => Some(()),
+                Body::Length(_) | Body::UntilClose => true,
             };
-            if piece.is_none() {
+            if !more {
                 self.ended = true;
                 return Ok(None);
             }
             match self.fill().await {
+                // The end of a body that runs until MOR closes.
                 Ok(0) if framed.body == Body::UntilClose => {
                     self.ended = true;
                     return Ok(None);
