@@ -5,7 +5,10 @@
 //! that MOR closes when the next request arrives is retried once on a fresh
 //! connection for a GET, never for a POST, and one MOR closed while it
 //! was idle is not used; a request reaches MOR in one segment, header and
-//! body together.
+//! body together; MOR's answer framed by length, chunked, until close or as
+//! HTTP/1.0 reaches the client whole, and its connection is used again
+//! only when HTTP keeps it and MOR sent nothing past the answer (the
+//! exchange is src/edge/mor_http.rs).
 
 #![allow(
     clippy::unwrap_used,
