@@ -60,18 +60,6 @@ fn is_digits(v: &[u8]) -> bool {
     !v.is_empty() && v.iter().all(u8::is_ascii_digit)
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end.max(start)]
-}
-
 /// What [`check`] needs of the request line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Line<'a> {
@@ -111,7 +99,7 @@ where
     let mut upgrade = false;
     let mut body = false;
     for (name, value) in headers {
-        let value = trim(value);
+        let value = value.trim_ascii();
         if name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
             if lengths > 1 || !is_digits(value) {
@@ -140,7 +128,7 @@ where
             upgrade = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|&b| b == b',') {
-                let t = String::from_utf8_lossy(trim(token)).to_ascii_lowercase();
+                let t = String::from_utf8_lossy(token.trim_ascii()).to_ascii_lowercase();
                 if t == "upgrade" || t == "http2-settings" {
                     upgrade = true;
                 } else if PROTECTED.contains(&t.as_str()) {
