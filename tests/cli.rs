@@ -9,7 +9,7 @@
 )]
 
 mod common;
-use common::{temp_dir, BIN, SIM_BIN};
+use common::{temp_dir, temp_file, TempFile, BIN, SIM_BIN};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -29,10 +29,8 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn config(body: &str) -> std::path::PathBuf {
-    let p = temp_dir().join("g.toml");
-    std::fs::write(&p, body).unwrap();
-    p
+fn config(body: &str) -> TempFile {
+    temp_file("g.toml", body)
 }
 
 const GOOD: &str = "listen = [\"127.0.0.1:8080\"]\n[upstream]\nservers = [\"127.0.0.1:8081\"]\n[secrets]\nadmin_key_env = \"CLI_KEY\"\n";
@@ -437,7 +435,7 @@ fn check_creates_no_access_log_and_still_finds_a_bad_one() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "line\n");
     for (path, says) in [
         (dir.join("nodir/access.log"), "nodir"),
-        (dir.clone(), "is a directory"),
+        (dir.to_path_buf(), "is a directory"),
         (log.join("x.log"), "not a directory"),
     ] {
         let o = check(&with_log(&path));

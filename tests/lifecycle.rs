@@ -276,7 +276,8 @@ fn drain_keeps_serving_while_readyz_says_503() {
 fn reload_and_zero_downtime_upgrade_under_load() {
     let (_sim, sa) = start_sim(KEY, &[]);
     // Grace for the old process's calls; the hand-off socket in a test dir.
-    let sock = temp_dir().join("upgrade.sock");
+    let sock_dir = temp_dir();
+    let sock = sock_dir.join("upgrade.sock");
     let top = format!(
         "shutdown_grace = \"2s\"\nupgrade_sock = \"{}\"",
         sock.display()

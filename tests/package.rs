@@ -109,8 +109,7 @@ fn the_shipped_config_checks_with_the_secret_in_the_environment() {
     // made by the package (postinst, LogsDirectory=), so the source tree's
     // copy is checked with the log in a temporary directory.
     let shipped = std::fs::read_to_string(Path::new(ROOT).join("deploy/etc/gateway.toml")).unwrap();
-    let dir = std::env::temp_dir().join(format!("morgw-package-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir();
     let config = dir.join("gateway.toml");
     let log = dir.join("access.log");
     assert!(shipped.contains("/var/log/mor-gateway/access.log"));

@@ -380,9 +380,7 @@ fn dashboard_and_alert_rules_against_a_live_gateway() {
         prom.dir.join("prometheus.log").display(),
         failures.join("\n\n")
     );
-    let dir = prom.dir.clone();
-    drop(prom); // passed: stop Prometheus, drop its TSDB (a failure keeps both)
-    let _ = std::fs::remove_dir_all(dir);
+    drop(prom); // passed: stop Prometheus, drop its TSDB (a failure keeps it)
     assert!(took < BUDGET, "took {took:?}");
 }
 
@@ -529,7 +527,7 @@ fn prometheus_binary() -> Option<PathBuf> {
 struct Prom {
     proc: Proc,
     addr: SocketAddr,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl Prom {

@@ -20,8 +20,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A gateway with an HTTPS listener: (gateway, its TLS address, CA file).
-fn https_gateway(sa: SocketAddr, tls_extra: &str, tables: &str) -> (Gw, SocketAddr, PathBuf) {
+/// A gateway with an HTTPS listener: (gateway, its TLS address, CA file,
+/// the directory holding the certificates).
+fn https_gateway(
+    sa: SocketAddr,
+    tls_extra: &str,
+    tables: &str,
+) -> (Gw, SocketAddr, PathBuf, TempDir) {
     let dir = temp_dir();
     let (ca, pem, key) = certs(&dir, "ca", "gw", "gw");
     let tls_addr = addr(free_port());
@@ -32,7 +37,7 @@ fn https_gateway(sa: SocketAddr, tls_extra: &str, tables: &str) -> (Gw, SocketAd
     );
     let gw = start_gateway(&body_for(&[sa], "", &t));
     wait_listening(tls_addr, "TLS listener");
-    (gw, tls_addr, ca)
+    (gw, tls_addr, ca, dir)
 }
 
 /// One metric sample from the exposition (0 when absent).
@@ -81,7 +86,7 @@ fn log_lines(gw: &Gw, levels: &[&str]) -> Vec<String> {
 #[test]
 fn silent_https_connections_are_capped_before_their_handshake() {
     let (_sim, sa) = start_sim(KEY, &[]);
-    let (gw, tls_addr, ca) = https_gateway(sa, "handshake_timeout = \"3s\"", "");
+    let (gw, tls_addr, ca, _certs) = https_gateway(sa, "handshake_timeout = \"3s\"", "");
     wait_metric(&gw, "mor_gateway_connections_open", 0.0);
     // 2000 connections from one address that never send a byte.
     let silent: Vec<TcpStream> = (0..2000)
@@ -133,7 +138,7 @@ const PARTIAL_HELLO: &[u8] = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
 #[test]
 fn failed_handshakes_are_counted_by_reason_and_not_logged_each() {
     let (_sim, sa) = start_sim(KEY, &[]);
-    let (gw, tls_addr, ca) = https_gateway(
+    let (gw, tls_addr, ca, _certs) = https_gateway(
         sa,
         "handshake_timeout = \"1s\"\nmax_handshakes_per_address = 200",
         "[client]\nmax_connections_per_address = 200\n",

@@ -128,18 +128,73 @@ pub fn wait_listening(a: SocketAddr, what: &str) {
     panic!("{what} did not start listening on {a}");
 }
 
-static DIRS: AtomicUsize = AtomicUsize::new(0);
+/// A test's temporary directory (tempfile's, under the system's temp dir),
+/// removed with everything in it when dropped; kept when the test panics,
+/// so that a failure's logs and configs can be read.
+pub struct TempDir(Option<tempfile::TempDir>);
 
-/// A fresh temporary directory for one test.
-pub fn temp_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "morgw-test-{}-{}",
-        std::process::id(),
-        DIRS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        match &self.0 {
+            Some(d) => d.path(),
+            None => Path::new(""),
+        }
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        Path::as_os_str(self)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("kept for reading: {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// A fresh temporary directory for one test, removed when dropped.
+pub fn temp_dir() -> TempDir {
+    TempDir(Some(
+        tempfile::Builder::new()
+            .prefix("morgw-test-")
+            .tempdir()
+            .expect("temp dir"),
+    ))
+}
+
+/// A file written into a fresh temporary directory, both removed when
+/// dropped.
+pub struct TempFile {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Writes `contents` to `name` in a fresh temporary directory.
+pub fn temp_file(name: &str, contents: &str) -> TempFile {
+    let dir = temp_dir();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write temp file");
+    TempFile { _dir: dir, path }
 }
 
 /// Starts the simulator with the admin key `key` (and extra CLI args).
@@ -168,7 +223,7 @@ pub struct Gw {
     pub proc: Proc,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
-    pub dir: PathBuf,
+    pub dir: TempDir,
     pub config: PathBuf,
 }
 
@@ -574,12 +629,40 @@ pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
 /// secret: it must reach no log).
 pub const DB_PASSWORD: &str = "db-pw-s3cr3t";
 
-/// A data directory with MariaDB's system tables, made once per test binary
-/// (mariadb-install-db takes seconds); each server copies it.
+/// A data directory with MariaDB's system tables (mariadb-install-db takes
+/// seconds): made once per mariadbd version in cargo's temporary directory
+/// for tests (target/tmp), and reused by later runs; each server copies it.
 fn mariadb_template() -> &'static PathBuf {
     static T: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     T.get_or_init(|| {
-        let d = temp_dir().join("mariadb-template");
+        let version = Command::new("mariadbd")
+            .arg("--version")
+            .output()
+            .expect("mariadbd (Debian package mariadb-server; .ci/run installs it)");
+        let tag: String = String::from_utf8_lossy(&version.stdout)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(100)
+            .collect();
+        let tag = tag.trim_matches('-');
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let d = root.join(format!("mariadb-template-{tag}"));
+        if d.join("mysql").is_dir() {
+            return d;
+        }
+        // Made aside and renamed into place, so that a test binary running
+        // beside this one never copies a half-made template.
+        let fresh = tempfile::Builder::new()
+            .prefix("mariadb-template-")
+            .tempdir_in(root)
+            .expect("temp dir for the MariaDB template");
+        let data = fresh.path().join("data");
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -590,7 +673,7 @@ fn mariadb_template() -> &'static PathBuf {
                 "--innodb-buffer-pool-size=16M",
                 "--skip-log-bin",
             ])
-            .arg(format!("--datadir={}", d.display()))
+            .arg(format!("--datadir={}", data.display()))
             .output()
             .expect("mariadb-install-db (Debian package mariadb-server; .ci/run installs it)");
         assert!(
@@ -598,6 +681,15 @@ fn mariadb_template() -> &'static PathBuf {
             "mariadb-install-db: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Another process that renamed its own first wins; this one's goes
+        // with `fresh`.
+        if std::fs::rename(&data, &d).is_err() {
+            assert!(
+                d.join("mysql").is_dir(),
+                "MariaDB template at {}",
+                d.display()
+            );
+        }
         d
     })
 }
@@ -607,7 +699,7 @@ fn mariadb_template() -> &'static PathBuf {
 pub struct Mariadb {
     pub proc: Option<Proc>,
     pub port: u16,
-    pub dir: PathBuf,
+    pub dir: TempDir,
 }
 
 impl Mariadb {
@@ -750,10 +842,10 @@ GRANT ALL ON mor.* TO 'mor'@'127.0.0.1';
     }
 }
 
+/// The server is stopped; its directory goes with `dir`.
 impl Drop for Mariadb {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
