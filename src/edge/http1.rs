@@ -133,50 +133,42 @@ fn serve_one<'a, A: HttpServerApp + Send + Sync + 'static>(
 }
 
 /// Whether `p` carries bytes of a pipelined next request. pingora keeps them
-/// private; its derived `Debug` names the field, and this reads that (no
-/// allocation: the text is matched as it is written). Checked by a test, so
-/// a pingora upgrade that changes the form fails it.
+/// private; its derived `Debug` writes the field's name as one piece, then
+/// `: `, then `None` or `Some`, and this reads those pieces as they are
+/// written (no allocation) and stops the formatting at the answer: the rest
+/// (the prefix's bytes, escaped one by one) is never formatted. Checked by a
+/// test, so a pingora or std upgrade that changes the form fails it; should
+/// the field's name not be seen at all, the answer is "yes", which only
+/// skips the wait for the next request's first byte (pingora reads it, with
+/// its keep-alive timeout), where a wrong "no" would leave a pipelined
+/// request waiting for bytes the client has already sent.
 fn pipelined_prefix(p: &HttpPersistentSettings) -> bool {
-    const NEEDLE: &[u8] = b"pipelined_prefix: Some(";
-    /// The last bytes written, in a ring; compared only at a `(`.
+    const FIELD: &str = "pipelined_prefix";
+    /// Whether the last piece was the field's name, and the answer.
     struct Find {
-        ring: [u8; NEEDLE.len()],
-        at: usize,
-        seen: usize,
-        found: bool,
+        after_name: bool,
+        answer: Option<bool>,
     }
     impl std::fmt::Write for Find {
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for b in s.bytes() {
-                self.ring[self.at] = b;
-                self.at += 1;
-                if self.at == NEEDLE.len() {
-                    self.at = 0;
-                }
-                self.seen += 1;
-                if b == b'('
-                    && self.seen >= NEEDLE.len()
-                    && NEEDLE
-                        .iter()
-                        .enumerate()
-                        .all(|(i, n)| self.ring[(self.at + i) % NEEDLE.len()] == *n)
-                {
-                    self.found = true;
-                    // Stop formatting: the answer is known.
-                    return Err(std::fmt::Error);
-                }
+            if !self.after_name {
+                self.after_name = s == FIELD;
+                return Ok(());
             }
-            Ok(())
+            if s == ": " {
+                return Ok(());
+            }
+            self.answer = Some(s != "None");
+            // Stop formatting: the answer is known.
+            Err(std::fmt::Error)
         }
     }
     let mut f = Find {
-        ring: [0; NEEDLE.len()],
-        at: 0,
-        seen: 0,
-        found: false,
+        after_name: false,
+        answer: None,
     };
     let _ = std::fmt::write(&mut f, format_args!("{p:?}"));
-    f.found
+    f.answer.unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -194,6 +186,7 @@ mod tests {
         session.set_keepalive(Some(75));
         let mut p = HttpPersistentSettings::for_session(&session);
         assert!(format!("{p:?}").contains("Some(75)"), "{p:?}");
+        assert!(format!("{p:?}").contains("pipelined_prefix: None"), "{p:?}");
         assert!(!pipelined_prefix(&p));
         p.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
         assert!(pipelined_prefix(&p));
