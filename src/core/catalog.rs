@@ -3,7 +3,9 @@
 //! answered without a hash), canonical names, legacy aliases, error envelopes.
 //! `config/catalog.toml` documents the format.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use fnv::{FnvHashMap, FnvHashSet};
 
 use serde::Deserialize;
 
@@ -272,13 +274,17 @@ pub struct Catalog {
     product: Product,
     version: MorVersion,
     methods: Vec<Method>,
+    // The maps below are looked up once or more per call with names a
+    // client chose, and hold only the catalogue's own names: hashed with
+    // FNV (short keys, no per-map seed needed: a client inserts nothing, so
+    // it cannot flood a map with colliding keys), not SipHash.
     /// name or alias -> (index, is an alias)
-    index: HashMap<String, (usize, bool)>,
+    index: FnvHashMap<String, (usize, bool)>,
     global_order: Vec<String>,
     /// Position of each hashable name in the global order.
-    position: HashMap<String, usize>,
-    never_hashed: HashSet<String>,
-    filters: HashMap<String, Filter>,
+    position: FnvHashMap<String, usize>,
+    never_hashed: FnvHashSet<String>,
+    filters: FnvHashMap<String, Filter>,
 }
 
 /// True for names MOR routes can carry: lower-case letters, digits, `_`.
@@ -364,11 +370,11 @@ impl Catalog {
             product,
             version,
             methods: Vec::new(),
-            index: HashMap::new(),
+            index: FnvHashMap::default(),
             global_order: Vec::new(),
-            position: HashMap::new(),
-            never_hashed: HashSet::new(),
-            filters: HashMap::new(),
+            position: FnvHashMap::default(),
+            never_hashed: FnvHashSet::default(),
+            filters: FnvHashMap::default(),
         };
         cat.extend(text)?;
         if cat.global_order.is_empty() {
