@@ -307,7 +307,12 @@ pub fn classify(status: u16, body: &[u8]) -> MorAnswer {
         return MorAnswer::HttpError;
     }
     let body = &body[..body.len().min(PEEK_BYTES)];
-    let text = String::from_utf8_lossy(body);
+    // Valid UTF-8 (the usual answer) is checked by std's fast path; the
+    // lossy walk only for the rest.
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => std::borrow::Cow::Borrowed(t),
+        Err(_) => String::from_utf8_lossy(body),
+    };
     let trimmed = text.trim_start_matches('\u{feff}').trim();
     if !trimmed.starts_with('<') {
         // Plain text: the balance actions' numbers, or their two errors.
