@@ -227,14 +227,12 @@ pub(crate) enum Waited {
 /// Whether `b` holds the end of a request header (an empty line; a bare
 /// LF is taken as a line end, as the parser does).
 fn header_end(b: &[u8]) -> bool {
-    // One pass: each LF followed by LF or by CR LF.
-    b.iter().enumerate().any(|(i, &c)| {
-        c == b'\n'
-            && match b.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => b.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
+    // Each LF (found by memchr, a word or vector at a time) followed by LF
+    // or by CR LF.
+    memchr::memchr_iter(b'\n', b).any(|i| match b.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => b.get(i + 2) == Some(&b'\n'),
+        _ => false,
     })
 }
 
