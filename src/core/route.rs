@@ -60,25 +60,30 @@ pub struct ApiPath {
     pub format: Option<String>,
 }
 
-fn decode_segment(raw: &str) -> Result<String, RouteError> {
-    let b = raw.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let h = b.get(i + 1).and_then(|c| (*c as char).to_digit(16));
-            let l = b.get(i + 2).and_then(|c| (*c as char).to_digit(16));
-            match (h, l) {
-                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
-                _ => return Err(RouteError::BadEscape),
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, RouteError> {
+    // A segment without an escape (the usual one) is its own text.
+    let s = if raw.contains('%') {
+        let b = raw.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' {
+                let h = b.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+                let l = b.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+                match (h, l) {
+                    (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                    _ => return Err(RouteError::BadEscape),
+                }
+                i += 3;
+            } else {
+                out.push(b[i]);
+                i += 1;
             }
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
         }
-    }
-    let s = String::from_utf8(out).map_err(|_| RouteError::BadEscape)?;
+        Cow::Owned(String::from_utf8(out).map_err(|_| RouteError::BadEscape)?)
+    } else {
+        Cow::Borrowed(raw)
+    };
     if s.chars().any(|c| c == '/' || c == '\\' || c.is_control()) {
         return Err(RouteError::EncodedSeparator);
     }
@@ -107,15 +112,18 @@ pub fn route(path: &str, prefix: &str) -> Result<PathKind, RouteError> {
     if !path.starts_with('/') {
         return Err(RouteError::NotAbsolute);
     }
+    // Every segment is decoded (and its error returned) before the prefix
+    // is compared.
     let mut segs = Vec::new();
     for raw in path.split('/').filter(|s| !s.is_empty()) {
         segs.push(decode_segment(raw)?);
     }
-    let pre: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
-    if segs.len() < pre.len() || segs.iter().zip(&pre).any(|(a, b)| a != b) {
+    let pre = prefix.split('/').filter(|s| !s.is_empty());
+    let pre_len = pre.clone().count();
+    if segs.len() < pre_len || segs.iter().zip(pre).any(|(a, b)| a != b) {
         return Ok(PathKind::Other);
     }
-    let rest = &segs[pre.len()..];
+    let rest = &segs[pre_len..];
     match rest {
         [] => Err(RouteError::NoMethod),
         [first, ..] if first == "v2" => Ok(PathKind::RestV2),
@@ -167,7 +175,7 @@ pub fn redact_path<'a>(path: &'a str, prefix: &str, catalog: &Catalog) -> Cow<'a
 /// True when a path segment names (leniently decoded, format dropped) an
 /// action whose id is a secret.
 pub fn secret_action(segment: &str, catalog: &Catalog) -> bool {
-    let name = decode_segment(segment).unwrap_or_else(|_| segment.to_string());
+    let name = decode_segment(segment).unwrap_or(Cow::Borrowed(segment));
     let name = name.split('.').next().unwrap_or("");
     catalog.lookup(name).is_some_and(|f| f.method.secret_id)
 }
