@@ -28,7 +28,7 @@ free_ports() { python3 -c 'import socket,sys
 ss=[socket.socket() for _ in range(int(sys.argv[1]))]
 for s in ss: s.bind(("127.0.0.1",0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq "${WAIT_TRIES:-200}"); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 
 # need_deb PKG... : installs the Debian packages not installed yet.
 need_deb() {
@@ -41,7 +41,10 @@ need_deb() {
 }
 
 # Each start_* below starts a process in the background and sets LAST_PID
-# (also in PIDS, stopped at exit).
+# (also in PIDS, stopped at exit). start_nginx_lua and start_gw run their
+# proxy under the command in the array WRAP when it is set (instructions.sh:
+# valgrind); the process keeps its pid.
+WRAP=()
 
 # start_upstream PORT CPU : MOR's stand-in for the loads, nginx answering a
 # MOR-like page to every request.
@@ -134,7 +137,7 @@ http {
   }
 }
 EOF
-  taskset -c "$4" nginx -p "$W/lua" -c "$W/lua/nginx.conf" & LAST_PID=$!; PIDS+=($LAST_PID)
+  taskset -c "$4" "${WRAP[@]}" nginx -p "$W/lua" -c "$W/lua/nginx.conf" & LAST_PID=$!; PIDS+=($LAST_PID)
 }
 
 # start_gw LABEL BINARY EXTRA-LINES : a gateway on CPU 0 in front of $UP
@@ -168,7 +171,7 @@ listen = "127.0.0.1:$MET"
 mode = "off"
 EOF
   } > "$W/gw-$label.toml"
-  BENCH_KEY=$KEY taskset -c 0 "$bin" run -c "$W/gw-$label.toml" 2>"$W/gw-$label.err" & GW_PID=$!; PIDS+=($GW_PID)
+  BENCH_KEY=$KEY taskset -c 0 "${WRAP[@]}" "$bin" run -c "$W/gw-$label.toml" 2>"$W/gw-$label.err" & GW_PID=$!; PIDS+=($GW_PID)
   wait_port "$GW"
   sleep 0.5
 }
@@ -222,4 +225,38 @@ CREATE VIEW mor.gateway_conflines AS SELECT id, name, value, owner_id FROM mor.c
 CREATE USER 'mor-gateway'@'127.0.0.1' IDENTIFIED BY '$BENCH_DB_PASSWORD';
 GRANT SELECT (id, username, usertype, owner_id, uniquehash) ON mor.users TO 'mor-gateway'@'127.0.0.1';
 GRANT SELECT ON mor.gateway_conflines TO 'mor-gateway'@'127.0.0.1';"
+}
+
+# calls PORT LOAD N : N sequential calls (LOAD good, badhash or alias: the
+# signed user_details_get of users 1-1000 with key $KEY, the same with a
+# wrong hash, the legacy alias) on one keep-alive connection, each answer
+# read whole and checked to be a 200.
+calls() {
+  python3 - "$1" "$2" "$3" "$KEY" <<'PY'
+import hashlib, socket, sys
+port, load, n, key = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+path = "/billing/api/user_details" if load == "alias" else "/billing/api/user_details_get"
+reqs = []
+for i in range(1, 1001):
+    h = hashlib.sha1(f"{i}{key}".encode()).hexdigest() if load != "badhash" else "0" * 40
+    body = f"u=user{i}&user_id={i}&hash={h}".encode()
+    reqs.append(b"POST %s HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
+s = socket.create_connection(("127.0.0.1", port))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for i in range(n):
+    s.sendall(reqs[i % len(reqs)])
+    buf = b""
+    while True:
+        buf += s.recv(65536)
+        head, sep, rest = buf.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        cl = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+        if cl and len(rest) >= int(cl[0].split(b":")[1]):
+            break
+        if not cl and rest.endswith(b"0\r\n\r\n"):   # chunked (nginx+lua's refusal)
+            break
+    assert buf.startswith(b"HTTP/1.1 200"), buf[:100]
+s.close()
+PY
 }

@@ -39,37 +39,6 @@ start_nginx_lua "$LUA" "$UP" "$KEY" 0; LUA_PID=$LAST_PID
 start_gw gw "$BIN" ""
 wait_port "$UP"; wait_port "$LUA"
 
-# calls PORT LOAD N : N sequential calls on one keep-alive connection.
-calls() {
-  python3 - "$1" "$2" "$3" "$KEY" <<'PY'
-import hashlib, socket, sys
-port, load, n, key = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-path = "/billing/api/user_details" if load == "alias" else "/billing/api/user_details_get"
-reqs = []
-for i in range(1, 1001):
-    h = hashlib.sha1(f"{i}{key}".encode()).hexdigest() if load != "badhash" else "0" * 40
-    body = f"u=user{i}&user_id={i}&hash={h}".encode()
-    reqs.append(b"POST %s HTTP/1.1\r\nHost: mor\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body))
-s = socket.create_connection(("127.0.0.1", port))
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-for i in range(n):
-    s.sendall(reqs[i % len(reqs)])
-    buf = b""
-    while True:
-        buf += s.recv(65536)
-        head, sep, rest = buf.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        cl = [l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
-        if cl and len(rest) >= int(cl[0].split(b":")[1]):
-            break
-        if not cl and rest.endswith(b"0\r\n\r\n"):   # chunked (nginx+lua's refusal)
-            break
-    assert buf.startswith(b"HTTP/1.1 200"), buf[:100]
-s.close()
-PY
-}
-
 # measure NAME PORT PID LOAD -> a row
 ROWS=()
 measure() {
