@@ -167,6 +167,23 @@ fn parse(buf: &mut BytesMut, head: bool) -> Result<Option<(ResponseHeader, Frame
     Ok(Some((header, framed)))
 }
 
+/// `io`, given `timeout` at most (none: no limit); running out is a
+/// `TimedOut` error. The timeouts are pingora's (as its client's): an I/O
+/// that is ready at once arms no timer, and one that waits shares a coarse
+/// timer with the other waits, where a tokio timer per read or write wakes
+/// the runtime's driver (a system call) each time it is armed.
+async fn within<T>(
+    timeout: Option<Duration>,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match timeout {
+        Some(t) => pingora::time::timeout(t, io)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+        None => io.await,
+    }
+}
+
 impl MorHttp {
     /// An exchange on `stream`; each read waits `read_timeout` at most.
     pub(crate) fn new(stream: Stream, read_timeout: Option<Duration>) -> Self {
@@ -189,13 +206,7 @@ impl MorHttp {
             self.stream.write_all(wire).await?;
             self.stream.flush().await
         };
-        let written = match timeout {
-            Some(t) => pingora::time::timeout(t, write)
-                .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-            None => write.await,
-        };
-        written.map_err(|e| {
+        within(timeout, write).await.map_err(|e| {
             let mut e = match e.kind() {
                 std::io::ErrorKind::TimedOut => Error::because(
                     ErrorType::WriteTimedout,
@@ -210,23 +221,13 @@ impl MorHttp {
     }
 
     /// Reads more of MOR's answer into the buffer; 0 at its end of stream.
-    /// The timeouts here are pingora's (as its client's): a read that is
-    /// ready at once arms no timer, and one that waits shares a coarse
-    /// timer with the other waits, where a tokio timer per read wakes the
-    /// runtime's driver (a system call) each time it is armed.
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.buf.capacity() == 0 {
             self.buf.reserve(FIRST_BUF);
         } else if self.buf.capacity() - self.buf.len() < FIRST_BUF / 4 {
             self.buf.reserve(GROW);
         }
-        let read = self.stream.read_buf(&mut self.buf);
-        match self.read_timeout {
-            Some(t) => pingora::time::timeout(t, read)
-                .await
-                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
-            None => read.await,
-        }
+        within(self.read_timeout, self.stream.read_buf(&mut self.buf)).await
     }
 
     /// Reads MOR's final answer header to a request (`head`: a HEAD):
