@@ -12,8 +12,8 @@ use crate::core::reply::Reason;
 use crate::edge::body::Reservation;
 use crate::edge::state::State;
 
-/// Per-request context: created by pingora for each request, filled in by
-/// `request_filter`, read by `logging`.
+/// Per-request context: created for each request by [`super::http1`],
+/// filled in by `request_filter`, read by `logging`.
 pub struct Ctx {
     /// When the request began (its header was read).
     pub(crate) start: Instant,

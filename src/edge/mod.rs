@@ -1,9 +1,10 @@
 //! The network edge: pingora glue around the decision core.
 //!
 //! A connection: [`connections`] (accept, [`caps`], PROXY protocol, [`tls`])
-//! → [`http1`] (the keep-alive loop, over a [`guarded`] stream that shares
-//! the [`phase`] marker) → [`proxy`] (the `ProxyHttp` hooks, one [`context`]
-//! per request, the head read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`],
+//! → [`http1`] (the keep-alive loop and each request's run through the
+//! hooks, over a [`guarded`] stream that shares the [`phase`] marker) →
+//! [`proxy`] (the `ProxyHttp` hooks, one [`context`] per request, the head
+//! read by [`request`], the [`body`]) → [`forward`] to MOR ([`upstreams`],
 //! the HTTP/1 exchange in [`mor_http`], kept-alive connections in the [`pool`]).
 //! [`state`] holds what every request shares; [`cut`] is why a connection
 //! ends early. MOR's directory: [`mor_db`] reads it, [`mirror`] keeps it.

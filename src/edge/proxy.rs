@@ -1,7 +1,9 @@
 //! The pingora `ProxyHttp` glue: reads the request (headers, then the whole
 //! body up to the limit), asks the decision core, then either answers at the
 //! edge or forwards to a MOR upstream through [`super::forward`], one path for
-//! every body size. Nothing reaches MOR before the verdict.
+//! every body size. Nothing reaches MOR before the verdict. The hooks run in
+//! [`super::http1`], on the one path they take (`request_filter` answers
+//! every request).
 
 use std::sync::Arc;
 
@@ -140,15 +142,9 @@ impl ProxyHttp for Gateway {
         Ctx::new()
     }
 
-    /// The header is complete: its deadline and size cap no longer apply
-    /// ([`super::guarded`]).
-    async fn early_request_filter(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        phase::header_complete();
-        Ok(())
-    }
-
     /// The whole request is handled here: refused, or forwarded by
-    /// [`super::forward::forward`]; pingora's own proxy phases never run.
+    /// [`super::forward::forward`]; pingora's own proxy phases never run
+    /// (the header is complete when this runs: [`super::http1`] marked it).
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.in_flight = Some(InFlight::enter(&self.shared.metrics.in_flight));
         // Pipelined requests are answered one after the other, in order

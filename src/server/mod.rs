@@ -191,13 +191,10 @@ pub fn run(plan: Plan) -> Result<(), ServerError> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    // pingora's HTTP proxy inside the connection caps and header limits.
-    let gateway = pingora::proxy::http_proxy(
-        &server.configuration,
-        Gateway {
-            shared: shared.clone(),
-        },
-    );
+    // The gateway's hooks inside the connection caps and header limits.
+    let gateway = Gateway {
+        shared: shared.clone(),
+    };
     // HTTPS: pingora listens as for plain TCP; the gateway runs the TLS
     // handshake itself once the connection holds its slots.
     let tls = match (&s.tls, &shared.certs) {
