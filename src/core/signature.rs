@@ -206,7 +206,7 @@ fn walk<'a>(
         return own_parts(&m.hash, params);
     }
     let exclude: &[String] = method.map_or(&[], |m| &m.exclude);
-    let mut found: Vec<(usize, Part<'a>)> = Vec::new();
+    let mut found: Vec<(usize, Part<'a>)> = Vec::with_capacity(params.len());
     for (name, v) in params.iter() {
         let Some(pos) = cat.position(name) else {
             seen(name, Fate::NotHashedName);
