@@ -117,12 +117,10 @@ pub async fn write_refusal(
         h.insert_header(request_id::HEADER, request_id)?;
     }
     h.insert_header(header::CONTENT_TYPE, XML_CONTENT_TYPE)?;
-    h.insert_header(
-        header::CONTENT_LENGTH,
-        itoa::Buffer::new().format(out.body.len()),
-    )?;
+    let mut n = itoa::Buffer::new();
+    h.insert_header(header::CONTENT_LENGTH, n.format(out.body.len()))?;
     if let Some(s) = out.retry_after {
-        h.insert_header(header::RETRY_AFTER, s.to_string())?;
+        h.insert_header(header::RETRY_AFTER, n.format(s))?;
     }
     session.write_response_header(Box::new(h), false).await?;
     session
