@@ -143,8 +143,10 @@ pub(crate) async fn keepalive_loop(
 /// request filter, then `logging`, then the session finished for reuse)
 /// and `handle_error` (`fail_to_proxy`, the error line unless suppressed,
 /// `logging`, the connection closed unless the hook says it may be
-/// reused). The gateway sets no downstream modules, subrequests or cache:
-/// those steps do nothing for it and are left out.
+/// reused). No downstream modules (pingora's `Session::new_h1` builds
+/// none, so MOR's answers pass byte for byte; pingora-proxy's default adds
+/// a disabled compression module that still runs per request), no
+/// subrequests, no cache: those steps are left out.
 pub(super) async fn serve_one(
     gw: &Gateway,
     stream: Box<Guarded>,

@@ -41,8 +41,9 @@ tokio::task_local! {
 }
 
 /// Tells the connection that its request header is complete (called by the
-/// HTTP/1 loop once a request's header is read, before any hook runs). Outside a connection of
-/// [`super::connections::Connections`] it does nothing.
+/// HTTP/1 loop once a request's header is read, before any hook runs).
+/// Outside a connection of [`super::connections::Connections`] it does
+/// nothing.
 pub fn header_complete() {
     let _ = CONN.try_with(|c| c.phase.store(BODY, Ordering::Relaxed));
 }

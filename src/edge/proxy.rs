@@ -11,7 +11,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
-use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::{Error, ErrorSource, ErrorType};
@@ -131,10 +130,6 @@ pub async fn write_refusal(
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
-
-    /// No downstream modules: MOR's answers pass byte for byte (pingora's
-    /// default adds a disabled compression module that still runs per request).
-    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx::new()
