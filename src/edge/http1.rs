@@ -9,7 +9,6 @@
 //! subrequest machinery (a 10 KB future, boxed and copied per request).
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
 
@@ -95,9 +94,13 @@ pub(crate) async fn keepalive_loop(
         }
         // Boxed: only while a request is served; the loop keeps the box
         // across the request, not the session it is built from.
-        let mut served: Pin<Box<dyn Future<Output = Option<Reused>> + Send + '_>> = Box::pin(
-            serve_one(gateway, stream, first, stopping, persistent.take()),
-        );
+        let mut served = Box::pin(serve_one(
+            gateway,
+            stream,
+            first,
+            stopping,
+            persistent.take(),
+        ));
         first = false;
         // A cut is made by the guarded stream inside a poll of the request
         // (its reads return Pending from then on): checked after each poll
